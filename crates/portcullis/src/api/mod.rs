@@ -1,0 +1,471 @@
+//! The JSON REST API under `/api/v1`, for scripts and the console.
+//!
+//! Authorization by construction: handlers that change the registry take an [`Admin`], which
+//! only the extractor can make, after checking the caller's API key belongs to an admin.
+//! Errors have one mapping, [`ApiError`] → `{"error": code, "message": text}`.
+//!
+//! - servers: `GET /servers`, `GET|PUT|DELETE /servers/{name}`
+//! - users and groups: `GET /users`, `PUT|DELETE /users/{email}`, `GET /groups`
+//! - grants: `GET|POST /grants`, `DELETE /grants/{id}`
+//! - API keys: `GET|POST /api-keys`, `DELETE /api-keys/{id}`
+//! - audit: `GET /audit`
+//! - `GET /openapi.json`
+
+mod openapi;
+
+use crate::app::AppState;
+use crate::apply::put_server;
+use crate::auth::{self, Caller};
+use crate::registry::{Email, Grantee, ServerSlug, ServerSpec, Transport, parse_group_name};
+use crate::snapshot::UserEntry;
+use crate::store::{self, StoreError};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/servers", get(list_servers))
+        .route("/servers/{name}", get(get_server).put(put_server_handler).delete(delete_server))
+        .route("/users", get(list_users))
+        .route("/users/{email}", axum::routing::put(put_user).delete(delete_user))
+        .route("/groups", get(list_groups))
+        .route("/grants", get(list_grants).post(add_grant))
+        .route("/grants/{id}", delete(delete_grant))
+        .route("/api-keys", get(list_api_keys).post(create_api_key))
+        .route("/api-keys/{id}", delete(revoke_api_key))
+        .route("/audit", get(audit))
+        .route("/openapi.json", get(openapi::document))
+}
+
+/// An API failure. Client errors explain themselves; internal ones are logged whole and
+/// reported opaquely.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the store failed")]
+    Internal(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Internal(StoreError::NotFound(text)) => {
+                return (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": text}))).into_response();
+            }
+            ApiError::Internal(StoreError::Conflict(text)) => {
+                return (StatusCode::CONFLICT, Json(json!({"error": "conflict", "message": text}))).into_response();
+            }
+            ApiError::Internal(error) => {
+                tracing::error!(%error, "API request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let mut response = (status, Json(json!({"error": code, "message": self.to_string()}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A signed-in user of the API.
+pub struct ApiUser(pub Arc<UserEntry>);
+
+/// A signed-in administrator. Only the extractor constructs it.
+pub struct Admin(#[allow(dead_code)] Arc<UserEntry>);
+
+impl FromRequestParts<AppState> for ApiUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let snapshot = state
+            .snapshot
+            .current()
+            .map_err(|_| ApiError::Internal(StoreError::Open("the policy snapshot is stale".into())))?;
+        match auth::authenticate(&snapshot, &parts.headers) {
+            Ok(Caller::User(user)) => Ok(ApiUser(user)),
+            Ok(Caller::Anonymous) => {
+                Err(ApiError::Unauthorized("send an API key as \"Authorization: Bearer <key>\"".into()))
+            }
+            Err(error) => Err(ApiError::Unauthorized(error.to_string())),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let ApiUser(user) = ApiUser::from_request_parts(parts, state).await?;
+        if !user.admin {
+            return Err(ApiError::Forbidden(format!("{} is not an administrator", user.email)));
+        }
+        Ok(Admin(user))
+    }
+}
+
+async fn reload(state: &AppState) {
+    if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
+        tracing::warn!(%error, "snapshot reload after an API change failed; the refresher will retry");
+    }
+}
+
+async fn list_servers(State(state): State<AppState>, ApiUser(user): ApiUser) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let servers = store::registry::list_servers(&mut connection).await?;
+    let snapshot =
+        state.snapshot.current().map_err(|_| ApiError::Internal(StoreError::Open("stale snapshot".into())))?;
+    let principal = user.principal();
+    let visible: Vec<_> = servers
+        .into_iter()
+        .filter(|server| {
+            user.admin
+                || snapshot
+                    .policy
+                    .decide(
+                        &principal,
+                        &policy::Request { server: &server.name, action: policy::Action::Connect, name: "" },
+                    )
+                    .is_allowed()
+        })
+        .collect();
+    Ok(Json(json!({ "servers": visible })))
+}
+
+async fn get_server(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let server = store::registry::get_server(&mut connection, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no server named {name:?}")))?;
+    Ok(Json(json!(server)))
+}
+
+/// The body of `PUT /servers/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerBody {
+    #[serde(default)]
+    description: String,
+    transport: String,
+    url: Option<String>,
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    shared_process: bool,
+}
+
+async fn put_server_handler(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    Json(body): Json<ServerBody>,
+) -> Result<Json<Value>, ApiError> {
+    let spec = ServerSpec {
+        name: ServerSlug::parse(&name).map_err(|error| ApiError::BadRequest(error.0))?,
+        description: body.description,
+        transport: Transport::parse(&body.transport).map_err(|error| ApiError::BadRequest(error.0))?,
+        url: body.url,
+        command: body.command,
+        args: body.args,
+        env: body.env,
+        headers: body.headers,
+        public: body.public,
+        shared_process: body.shared_process,
+    };
+    spec.validate().map_err(|error| ApiError::BadRequest(error.0))?;
+    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let change = put_server(&mut transaction, &state.keys, &spec).await?;
+    let server = store::registry::get_server(&mut transaction, &name).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    reload(&state).await;
+    Ok(Json(json!({ "changed": change.is_some(), "server": server })))
+}
+
+async fn delete_server(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    store::registry::delete_server(&mut connection, &name).await?;
+    drop(connection);
+    reload(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_users(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    Ok(Json(json!({ "users": store::registry::list_users(&mut connection).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+async fn put_user(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(email): Path<String>,
+    Json(body): Json<UserBody>,
+) -> Result<Json<Value>, ApiError> {
+    let email = Email::parse(&email).map_err(|error| ApiError::BadRequest(error.0))?;
+    let groups: Vec<String> = body
+        .groups
+        .iter()
+        .map(|group| parse_group_name(group))
+        .collect::<Result<_, _>>()
+        .map_err(|error| ApiError::BadRequest(error.0))?;
+    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let id = store::registry::upsert_user(&mut transaction, email.as_str(), &body.name, body.admin).await?;
+    let mut group_ids = Vec::new();
+    for group in &groups {
+        group_ids.push(store::registry::ensure_group(&mut transaction, group).await?);
+    }
+    store::registry::set_memberships(&mut transaction, &id, &group_ids).await?;
+    let user = store::registry::find_user(&mut transaction, email.as_str()).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    reload(&state).await;
+    Ok(Json(json!({ "user": user })))
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(email): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let email = Email::parse(&email).map_err(|error| ApiError::BadRequest(error.0))?;
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    store::registry::delete_user(&mut connection, email.as_str()).await?;
+    drop(connection);
+    reload(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_groups(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    Ok(Json(json!({ "groups": store::registry::list_groups(&mut connection).await? })))
+}
+
+async fn list_grants(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    Ok(Json(json!({ "grants": store::registry::list_grants(&mut connection).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    server: String,
+    user: Option<String>,
+    group: Option<String>,
+}
+
+async fn add_grant(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Json(body): Json<GrantBody>,
+) -> Result<Json<Value>, ApiError> {
+    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let server = store::registry::get_server(&mut transaction, &body.server)
+        .await?
+        .ok_or_else(|| ApiError::BadRequest(format!("no server named {:?}", body.server)))?;
+    let (grantee, principal_id) = match (&body.user, &body.group) {
+        (Some(email), None) => {
+            let email = Email::parse(email).map_err(|error| ApiError::BadRequest(error.0))?;
+            let user = store::registry::find_user(&mut transaction, email.as_str())
+                .await?
+                .ok_or_else(|| ApiError::BadRequest(format!("no user with email {email}")))?;
+            (Grantee::User, user.id)
+        }
+        (None, Some(group)) => {
+            let groups = store::registry::list_groups(&mut transaction).await?;
+            let group = groups
+                .into_iter()
+                .find(|candidate| candidate.name == *group)
+                .ok_or_else(|| ApiError::BadRequest(format!("no group named {group:?}")))?;
+            (Grantee::Group, group.id)
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "name exactly one of \"user\" (an email) or \"group\" (a group name)".into(),
+            ));
+        }
+    };
+    let id = store::registry::add_grant(&mut transaction, &server.id, grantee, &principal_id).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    reload(&state).await;
+    Ok(Json(json!({ "id": id })))
+}
+
+async fn delete_grant(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    store::registry::delete_grant(&mut connection, &id).await?;
+    drop(connection);
+    reload(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_api_keys(State(state): State<AppState>, ApiUser(user): ApiUser) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let keys: Vec<_> = store::registry::list_api_keys(&mut connection)
+        .await?
+        .into_iter()
+        .filter(|key| user.admin || key.user_id == user.id)
+        .collect();
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyBody {
+    /// Whose key; admins only. Defaults to the caller.
+    user: Option<String>,
+    #[serde(default)]
+    name: String,
+}
+
+async fn create_api_key(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Json(body): Json<ApiKeyBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let owner_id = match &body.user {
+        Some(email) if email.to_ascii_lowercase() != user.email => {
+            if !user.admin {
+                return Err(ApiError::Forbidden("only administrators create API keys for other users".into()));
+            }
+            let email = Email::parse(email).map_err(|error| ApiError::BadRequest(error.0))?;
+            store::registry::find_user(&mut transaction, email.as_str())
+                .await?
+                .ok_or_else(|| ApiError::BadRequest(format!("no user with email {email}")))?
+                .id
+        }
+        _ => user.id.clone(),
+    };
+    let (key, hash, prefix) = auth::new_api_key();
+    let id = store::registry::insert_api_key(&mut transaction, &owner_id, &body.name, &prefix, &hash).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    reload(&state).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "prefix": prefix, "key": key, "note": "the key is shown only once" })),
+    ))
+}
+
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let keys = store::registry::list_api_keys(&mut connection).await?;
+    let key =
+        keys.iter().find(|key| key.id == id).ok_or_else(|| ApiError::NotFound(format!("no API key with id {id:?}")))?;
+    if key.user_id != user.id && !user.admin {
+        return Err(ApiError::NotFound(format!("no API key with id {id:?}")));
+    }
+    store::registry::revoke_api_key(&mut connection, &id).await?;
+    drop(connection);
+    reload(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    user: Option<String>,
+    server: Option<String>,
+    method: Option<String>,
+    decision: Option<String>,
+    outcome: Option<String>,
+    target: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Audit events, newest first. Admins see everyone's; users see their own.
+async fn audit(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let user_id = match &query.user {
+        Some(email) if user.admin => {
+            let email = Email::parse(email).map_err(|error| ApiError::BadRequest(error.0))?;
+            Some(
+                store::registry::find_user(&mut connection, email.as_str())
+                    .await?
+                    .map(|found| found.id)
+                    .unwrap_or_default(),
+            )
+        }
+        Some(_) => return Err(ApiError::Forbidden("only administrators read other users' audit events".into())),
+        None if user.admin => None,
+        None => Some(user.id.clone()),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
+    }
+    let filter = store::audit::Filter {
+        user_id,
+        server: query.server,
+        method: query.method,
+        decision: query.decision,
+        outcome: query.outcome,
+        target: query.target,
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        before: query.before,
+        limit,
+    };
+    let events = store::audit::query(&mut connection, &filter).await?;
+    let next = (events.len() as i64 == limit).then(|| events.last().map(|event| event.seq)).flatten();
+    Ok(Json(json!({ "events": events, "next_before": next })))
+}

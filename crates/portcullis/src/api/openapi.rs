@@ -1,0 +1,125 @@
+//! The OpenAPI 3.1 document for `/api/v1`. Written as data next to the handlers it
+//! describes; a test checks that every route of the router appears here.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+fn error_responses() -> Value {
+    json!({
+        "400": {"$ref": "#/components/responses/Error"},
+        "401": {"$ref": "#/components/responses/Error"},
+        "403": {"$ref": "#/components/responses/Error"},
+        "404": {"$ref": "#/components/responses/Error"}
+    })
+}
+
+fn operation(summary: &str, body: Option<&str>, ok: &str) -> Value {
+    let mut responses = error_responses();
+    responses[ok] = json!({"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}});
+    let mut operation = json!({"summary": summary, "responses": responses});
+    if let Some(schema) = body {
+        operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+    }
+    operation
+}
+
+/// The paths documented, for the completeness test.
+pub const PATHS: &[&str] = &[
+    "/servers",
+    "/servers/{name}",
+    "/users",
+    "/users/{email}",
+    "/groups",
+    "/grants",
+    "/grants/{id}",
+    "/api-keys",
+    "/api-keys/{id}",
+    "/audit",
+    "/openapi.json",
+];
+
+fn audit_parameters() -> Value {
+    let text = ["user", "server", "method", "decision", "outcome", "target"]
+        .iter()
+        .map(|name| json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}));
+    let numbers = ["since_ms", "until_ms", "before", "limit"]
+        .iter()
+        .map(|name| json!({"name": name, "in": "query", "required": false, "schema": {"type": "integer"}}));
+    Value::Array(text.chain(numbers).collect())
+}
+
+pub fn build() -> Value {
+    let string = json!({"type": "string"});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Portcullis API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Registry, access and audit of the Portcullis MCP gateway. Authenticate with an API key: Authorization: Bearer <key>."},
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/servers": {"get": operation("Servers the caller may use (admins: all)", None, "200")},
+            "/servers/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": string}],
+                "get": operation("One server (admin); secrets are shown by name only", None, "200"),
+                "put": operation("Create or update a server (admin)", Some("Server"), "200"),
+                "delete": operation("Delete a server and its grants (admin)", None, "204")
+            },
+            "/users": {"get": operation("All users (admin)", None, "200")},
+            "/users/{email}": {
+                "parameters": [{"name": "email", "in": "path", "required": true, "schema": string}],
+                "put": operation("Create or update a user and their groups (admin)", Some("User"), "200"),
+                "delete": operation("Delete a user (admin)", None, "204")
+            },
+            "/groups": {"get": operation("All groups with members (admin)", None, "200")},
+            "/grants": {
+                "get": operation("All grants (admin)", None, "200"),
+                "post": operation("Grant a user or a group access to a server (admin)", Some("Grant"), "200")
+            },
+            "/grants/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
+                "delete": operation("Remove a grant (admin)", None, "204")
+            },
+            "/api-keys": {
+                "get": operation("The caller's API keys (admins: all), without the keys themselves", None, "200"),
+                "post": operation("Create an API key; the key is returned once", Some("ApiKey"), "201")
+            },
+            "/api-keys/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
+                "delete": operation("Revoke an API key (its owner or an admin)", None, "204")
+            },
+            "/audit": {"get": {
+                "summary": "Audit events, newest first (admins: all; users: their own)",
+                "parameters": audit_parameters(),
+                "responses": error_responses()
+            }},
+            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "the document"}}}}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}}}}},
+            "schemas": {
+                "Server": {"type": "object", "required": ["transport"], "additionalProperties": false, "properties": {
+                    "description": {"type": "string"},
+                    "transport": {"type": "string", "enum": ["streamable-http", "sse", "stdio"]},
+                    "url": {"type": "string"}, "command": {"type": "string"},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "secret; never returned"},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "secret; never returned"},
+                    "public": {"type": "boolean"}, "shared_process": {"type": "boolean"}}},
+                "User": {"type": "object", "additionalProperties": false, "properties": {
+                    "name": {"type": "string"}, "admin": {"type": "boolean"},
+                    "groups": {"type": "array", "items": {"type": "string"}}}},
+                "Grant": {"type": "object", "required": ["server"], "additionalProperties": false, "properties": {
+                    "server": {"type": "string"}, "user": {"type": "string"}, "group": {"type": "string"}}},
+                "ApiKey": {"type": "object", "additionalProperties": false, "properties": {
+                    "user": {"type": "string"}, "name": {"type": "string"}}}
+            }
+        }
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}

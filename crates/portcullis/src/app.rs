@@ -1,0 +1,143 @@
+//! Building and running the gateway: [`App::build`] opens the store, loads the snapshot,
+//! binds the listener (port 0 allowed) and reports the address; [`App::run_until_stopped`]
+//! serves until the shutdown future resolves, then drains and stops child processes.
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::crypto::{Keys, random_token};
+use crate::edge::HostPolicy;
+use crate::metrics::Metrics;
+use crate::snapshot::SnapshotHandle;
+use crate::store::Store;
+use crate::upstream::Upstreams;
+use crate::{api, proxy};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The shared handles every handler gets. Small and cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub keys: Keys,
+    pub snapshot: SnapshotHandle,
+    pub upstreams: Upstreams,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    pub hosts: Arc<HostPolicy>,
+    /// This process's replica id (random per start).
+    pub replica: Arc<str>,
+}
+
+/// A built, bound gateway.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    address: SocketAddr,
+}
+
+impl App {
+    /// Open the store, load the registry and bind the listener.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let keys = config.secret_key()?.derive();
+        let store = Store::open(&config.store).await?;
+        let snapshot = SnapshotHandle::start(store.clone(), keys.clone(), config.snapshot_max_age).await?;
+        let replica: Arc<str> = Arc::from(random_token(9));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
+        let address = listener.local_addr()?;
+        let state = AppState {
+            hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
+            upstreams: Upstreams::new(replica.to_string(), config.child_home.clone()),
+            audit: AuditLog::start(store.clone(), keys.clone()),
+            metrics: Metrics::default(),
+            config: Arc::new(config),
+            store,
+            keys,
+            snapshot,
+            replica,
+        };
+        let router = router(state.clone());
+        Ok(App { listener, router, state, address })
+    }
+
+    /// The address actually bound.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, drain, flush the audit log and
+    /// stop every stdio child.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let App { listener, router, state, .. } = self;
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        state.audit.flush().await;
+        state.upstreams.shutdown().await;
+        state.store.close().await;
+        Ok(())
+    }
+}
+
+fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/mcp/{server}", get(proxy::get).post(proxy::post).delete(proxy::delete))
+        .nest("/api/v1", api::router())
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), edge_checks))
+        .with_state(state)
+}
+
+/// DNS-rebinding protection and the early size check, before any handler runs.
+async fn edge_checks(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Err(reason) = state.hosts.check(request.headers()) {
+        tracing::info!(%reason, "request refused at the edge");
+        return (StatusCode::FORBIDDEN, reason).into_response();
+    }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > state.config.max_body_bytes) {
+        let message = format!("the body is larger than the gateway's limit of {} bytes", state.config.max_body_bytes);
+        return (StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    next.run(request).await
+}
+
+/// Ready when the snapshot is fresh (the store answers).
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.snapshot.current() {
+        Ok(_) => "ready".into_response(),
+        Err(stale) => (StatusCode::SERVICE_UNAVAILABLE, stale.to_string()).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let snapshot_ok = f64::from(u8::from(state.snapshot.current().is_ok()));
+    let gauges = [
+        ("portcullis_stdio_processes", "Running stdio server processes.", state.upstreams.stdio.len() as f64),
+        ("portcullis_snapshot_fresh", "1 when the policy snapshot is fresh, 0 when stale (denying).", snapshot_ok),
+    ];
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&gauges)).into_response()
+}

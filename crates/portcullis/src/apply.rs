@@ -1,0 +1,457 @@
+//! `portcullis apply -f FILE`: declarative servers, groups, users and grants from TOML.
+//!
+//! Idempotent: applying the same file twice changes nothing the second time. It adds and
+//! updates; it deletes only with `--prune`. Everything happens in one transaction, so a file
+//! with an error changes nothing, and `--dry-run` is the same run rolled back. Secrets may be
+//! written inline or as `env:VAR` / `file:PATH` references, resolved at apply time and then
+//! stored encrypted.
+
+use crate::crypto::Keys;
+use crate::registry::{
+    Email, Grantee, Invalid, Server, ServerSecrets, ServerSlug, ServerSpec, Transport, parse_group_name,
+};
+use crate::store::{self, Store, StoreError};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Why a file could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot read {path}: {problem}")]
+    Read { path: String, problem: String },
+    #[error("{path}: {problem}")]
+    Parse { path: String, problem: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Invalid> for ApplyError {
+    fn from(error: Invalid) -> Self {
+        ApplyError::Invalid(error.0)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    #[serde(default)]
+    servers: Vec<ServerDocument>,
+    #[serde(default)]
+    groups: Vec<GroupDocument>,
+    #[serde(default)]
+    users: Vec<UserDocument>,
+    #[serde(default)]
+    grants: Vec<GrantDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerDocument {
+    name: String,
+    #[serde(default)]
+    description: String,
+    transport: String,
+    url: Option<String>,
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    shared_process: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupDocument {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserDocument {
+    email: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantDocument {
+    server: String,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// What a run changed (or, for a dry run, would change), one line per change.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub changes: Vec<String>,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub prune: bool,
+    pub dry_run: bool,
+}
+
+/// Resolve a secret reference: `env:VAR`, `file:PATH`, or the literal value.
+fn resolve_secret(value: &str, what: &str) -> Result<String, ApplyError> {
+    if let Some(variable) = value.strip_prefix("env:") {
+        return crate::config::secret_from_environment(variable).ok_or_else(|| {
+            ApplyError::Invalid(format!("{what} refers to environment variable {variable}, which is not set"))
+        });
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ApplyError::Invalid(format!("{what} refers to file {path}, which cannot be read: {error}"))
+        })?;
+        return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+fn server_spec(document: &ServerDocument) -> Result<ServerSpec, ApplyError> {
+    let name = ServerSlug::parse(&document.name)?;
+    let transport = Transport::parse(&document.transport)
+        .map_err(|error| ApplyError::Invalid(format!("server {name}: {}", error.0)))?;
+    let mut env = BTreeMap::new();
+    for (key, value) in &document.env {
+        env.insert(key.clone(), resolve_secret(value, &format!("server {name}, env {key}"))?);
+    }
+    let mut headers = BTreeMap::new();
+    for (key, value) in &document.headers {
+        headers.insert(key.clone(), resolve_secret(value, &format!("server {name}, header {key}"))?);
+    }
+    let spec = ServerSpec {
+        name,
+        description: document.description.clone(),
+        transport,
+        url: document.url.clone(),
+        command: document.command.clone(),
+        args: document.args.clone(),
+        env,
+        headers,
+        public: document.public,
+        shared_process: document.shared_process,
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// A stored [`Server`] for a spec, with its secrets sealed under the server's id.
+pub fn seal_server(keys: &Keys, spec: &ServerSpec, id: &str) -> Server {
+    let secrets = ServerSecrets { env: spec.env.clone(), headers: spec.headers.clone() };
+    let sealed = keys.secrets.seal(&serde_json::to_vec(&secrets).unwrap_or_default(), id.as_bytes());
+    Server {
+        id: id.to_owned(),
+        name: spec.name.to_string(),
+        description: spec.description.clone(),
+        transport: spec.transport,
+        url: spec.url.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env_names: spec.env.keys().cloned().collect(),
+        header_names: spec.headers.keys().cloned().collect(),
+        public: spec.public,
+        shared_process: spec.shared_process,
+        created_at: 0,
+        updated_at: 0,
+        sealed_secrets: sealed,
+    }
+}
+
+/// Store a server (create or update). Returns a line describing the change, if anything changed.
+pub async fn put_server(
+    connection: &mut sqlx::AnyConnection,
+    keys: &Keys,
+    spec: &ServerSpec,
+) -> Result<Option<String>, StoreError> {
+    let existing = store::registry::get_server(connection, spec.name.as_str()).await?;
+    let id = match &existing {
+        Some(existing) => {
+            let secrets: ServerSecrets = keys
+                .secrets
+                .open(&existing.sealed_secrets, existing.id.as_bytes())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default();
+            let differences = differences(existing, &secrets, spec);
+            if differences.is_empty() {
+                return Ok(None);
+            }
+            let server = seal_server(keys, spec, &existing.id);
+            store::registry::upsert_server(connection, &server).await?;
+            return Ok(Some(format!("~ server {} ({})", spec.name, differences.join(", "))));
+        }
+        None => crate::crypto::new_id(),
+    };
+    // Seal under the id the row will get.
+    let server = seal_server(keys, spec, &id);
+    store::registry::upsert_server(connection, &server).await?;
+    Ok(Some(format!("+ server {} ({})", spec.name, spec.transport.as_str())))
+}
+
+fn differences(existing: &Server, secrets: &ServerSecrets, spec: &ServerSpec) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if existing.description != spec.description {
+        changed.push("description");
+    }
+    if existing.transport != spec.transport {
+        changed.push("transport");
+    }
+    if existing.url != spec.url {
+        changed.push("url");
+    }
+    if existing.command != spec.command {
+        changed.push("command");
+    }
+    if existing.args != spec.args {
+        changed.push("args");
+    }
+    if secrets.env != spec.env {
+        changed.push("env");
+    }
+    if secrets.headers != spec.headers {
+        changed.push("headers");
+    }
+    if existing.public != spec.public {
+        changed.push("public");
+    }
+    if existing.shared_process != spec.shared_process {
+        changed.push("shared_process");
+    }
+    changed
+}
+
+/// Read and apply a file.
+pub async fn apply_file(store: &Store, keys: &Keys, path: &Path, options: Options) -> Result<Report, ApplyError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ApplyError::Read { path: shown.clone(), problem: error.to_string() })?;
+    apply_text(store, keys, &text, &shown, options).await
+}
+
+/// Apply a TOML document (`source` names it in messages).
+pub async fn apply_text(
+    store: &Store,
+    keys: &Keys,
+    text: &str,
+    source: &str,
+    options: Options,
+) -> Result<Report, ApplyError> {
+    let document: Document = toml::from_str(text)
+        .map_err(|error| ApplyError::Parse { path: source.to_owned(), problem: error.to_string() })?;
+
+    // Validate everything before writing anything.
+    let mut specs = Vec::new();
+    let mut server_names = BTreeSet::new();
+    for server in &document.servers {
+        let spec = server_spec(server)?;
+        if !server_names.insert(spec.name.to_string()) {
+            return Err(ApplyError::Invalid(format!("server {} is listed twice", spec.name)));
+        }
+        specs.push(spec);
+    }
+    let mut group_names = BTreeSet::new();
+    for group in &document.groups {
+        group_names.insert(parse_group_name(&group.name)?);
+    }
+    let mut users = Vec::new();
+    let mut emails = BTreeSet::new();
+    for user in &document.users {
+        let email = Email::parse(&user.email)?;
+        if !emails.insert(email.to_string()) {
+            return Err(ApplyError::Invalid(format!("user {email} is listed twice")));
+        }
+        let groups: Vec<String> = user.groups.iter().map(|group| parse_group_name(group)).collect::<Result<_, _>>()?;
+        group_names.extend(groups.iter().cloned());
+        users.push((email, user, groups));
+    }
+
+    let mut transaction = store.pool.begin().await.map_err(StoreError::from)?;
+    let mut report = Report::default();
+    for spec in &specs {
+        if let Some(change) = put_server(&mut transaction, keys, spec).await? {
+            report.changes.push(change);
+        }
+    }
+    let existing_groups = store::registry::list_groups(&mut transaction).await?;
+    let mut group_ids = BTreeMap::new();
+    for name in &group_names {
+        match existing_groups.iter().find(|group| &group.name == name) {
+            Some(group) => {
+                group_ids.insert(name.clone(), group.id.clone());
+            }
+            None => {
+                let id = store::registry::ensure_group(&mut transaction, name).await?;
+                report.changes.push(format!("+ group {name}"));
+                group_ids.insert(name.clone(), id);
+            }
+        }
+    }
+    let existing_users = store::registry::list_users(&mut transaction).await?;
+    let mut user_ids = BTreeMap::new();
+    for (email, document, groups) in &users {
+        let existing = existing_users.iter().find(|user| user.email == email.as_str());
+        let mut wanted_groups = groups.clone();
+        wanted_groups.sort();
+        wanted_groups.dedup();
+        let id = match existing {
+            Some(user) => {
+                let mut changed = Vec::new();
+                if user.name != document.name {
+                    changed.push("name");
+                }
+                if user.admin != document.admin {
+                    changed.push("admin");
+                }
+                let mut current_groups = user.groups.clone();
+                current_groups.sort();
+                if current_groups != wanted_groups {
+                    changed.push("groups");
+                }
+                if changed.iter().any(|field| *field != "groups") {
+                    store::registry::upsert_user(&mut transaction, email.as_str(), &document.name, document.admin)
+                        .await?;
+                }
+                if !changed.is_empty() {
+                    report.changes.push(format!("~ user {email} ({})", changed.join(", ")));
+                }
+                if changed.contains(&"groups") {
+                    let ids: Vec<String> = wanted_groups.iter().map(|group| group_ids[group].clone()).collect();
+                    store::registry::set_memberships(&mut transaction, &user.id, &ids).await?;
+                }
+                user.id.clone()
+            }
+            None => {
+                let id = store::registry::upsert_user(&mut transaction, email.as_str(), &document.name, document.admin)
+                    .await?;
+                let ids: Vec<String> = wanted_groups.iter().map(|group| group_ids[group].clone()).collect();
+                store::registry::set_memberships(&mut transaction, &id, &ids).await?;
+                report.changes.push(format!("+ user {email}{}", if document.admin { " (admin)" } else { "" }));
+                id
+            }
+        };
+        user_ids.insert(email.to_string(), id);
+    }
+
+    // Grants may name servers, users and groups that exist already, not only those in the file.
+    let servers = store::registry::list_servers(&mut transaction).await?;
+    let all_users = store::registry::list_users(&mut transaction).await?;
+    let all_groups = store::registry::list_groups(&mut transaction).await?;
+    let existing_grants = store::registry::list_grants(&mut transaction).await?;
+    let mut wanted_grants = BTreeSet::new();
+    for grant in &document.grants {
+        let server = servers.iter().find(|server| server.name == grant.server).ok_or_else(|| {
+            ApplyError::Invalid(format!(
+                "a grant names server {:?}, which is neither in the file nor registered",
+                grant.server
+            ))
+        })?;
+        if grant.users.is_empty() && grant.groups.is_empty() {
+            return Err(ApplyError::Invalid(format!(
+                "the grant for server {} names no users and no groups",
+                grant.server
+            )));
+        }
+        for user in &grant.users {
+            let email = Email::parse(user)?;
+            let found = all_users.iter().find(|candidate| candidate.email == email.as_str()).ok_or_else(|| {
+                ApplyError::Invalid(format!(
+                    "the grant for server {} names user {email}, who does not exist",
+                    grant.server
+                ))
+            })?;
+            wanted_grants.insert((
+                server.id.clone(),
+                Grantee::User,
+                found.id.clone(),
+                format!("{} → user {email}", server.name),
+            ));
+        }
+        for group in &grant.groups {
+            let name = parse_group_name(group)?;
+            let found = all_groups.iter().find(|candidate| candidate.name == name).ok_or_else(|| {
+                ApplyError::Invalid(format!(
+                    "the grant for server {} names group {name:?}, which does not exist (add it under [[groups]])",
+                    grant.server
+                ))
+            })?;
+            wanted_grants.insert((
+                server.id.clone(),
+                Grantee::Group,
+                found.id.clone(),
+                format!("{} → group {name}", server.name),
+            ));
+        }
+    }
+    for (server_id, grantee, principal_id, label) in &wanted_grants {
+        let exists = existing_grants.iter().any(|grant| {
+            grant.grantee == *grantee
+                && grant.principal_id == *principal_id
+                && servers.iter().any(|server| server.id == *server_id && server.name == grant.server)
+        });
+        if !exists {
+            store::registry::add_grant(&mut transaction, server_id, *grantee, principal_id).await?;
+            report.changes.push(format!("+ grant {label}"));
+        }
+    }
+
+    if options.prune {
+        for grant in &existing_grants {
+            let server_id = servers.iter().find(|server| server.name == grant.server).map(|server| server.id.clone());
+            let kept = wanted_grants.iter().any(|(id, grantee, principal_id, _)| {
+                Some(id) == server_id.as_ref() && *grantee == grant.grantee && *principal_id == grant.principal_id
+            });
+            if !kept {
+                store::registry::delete_grant(&mut transaction, &grant.id).await?;
+                report.changes.push(format!(
+                    "- grant {} → {} {}",
+                    grant.server,
+                    grant.grantee.as_str(),
+                    grant.principal
+                ));
+            }
+        }
+        for server in &servers {
+            if !server_names.contains(&server.name) {
+                store::registry::delete_server(&mut transaction, &server.name).await?;
+                report.changes.push(format!("- server {}", server.name));
+            }
+        }
+        for user in &all_users {
+            if !emails.contains(&user.email) {
+                store::registry::delete_user(&mut transaction, &user.email).await?;
+                report.changes.push(format!("- user {}", user.email));
+            }
+        }
+        for group in &all_groups {
+            if !group_names.contains(&group.name) {
+                store::registry::delete_group(&mut transaction, &group.name).await?;
+                report.changes.push(format!("- group {}", group.name));
+            }
+        }
+    }
+
+    if options.dry_run {
+        transaction.rollback().await.map_err(StoreError::from)?;
+    } else {
+        transaction.commit().await.map_err(StoreError::from)?;
+    }
+    Ok(report)
+}

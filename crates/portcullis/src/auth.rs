@@ -1,0 +1,78 @@
+//! Authentication: who is calling. In this version, personal API keys sent as
+//! `Authorization: Bearer <key>`; a missing key is the anonymous principal (served only by
+//! public servers).
+
+use crate::crypto::{random_token, sha256_hex};
+use crate::snapshot::{Snapshot, UserEntry};
+use axum::http::HeaderMap;
+use std::sync::Arc;
+
+/// The prefix of every Portcullis API key, so leaked keys are easy to recognise and scan for.
+pub const API_KEY_PREFIX: &str = "pcs_";
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(Arc<UserEntry>),
+    Anonymous,
+}
+
+impl Caller {
+    pub fn principal(&self) -> policy::Principal {
+        match self {
+            Caller::User(user) => user.principal(),
+            Caller::Anonymous => policy::Principal::Anonymous,
+        }
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Caller::User(user) => Some(&user.id),
+            Caller::Anonymous => None,
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        match self {
+            Caller::User(user) => &user.email,
+            Caller::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// Why credentials were refused. The text goes to the client; it never repeats the key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    #[error("the Authorization header must be \"Bearer <api key>\"")]
+    Malformed,
+    #[error("the API key is not valid (unknown, revoked, or its user was removed)")]
+    InvalidKey,
+}
+
+/// Resolve the caller from the request headers against the snapshot.
+pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap) -> Result<Caller, AuthError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(Caller::Anonymous);
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    let hash = sha256_hex(token.as_bytes());
+    let user_id = snapshot.api_keys.get(&hash).ok_or(AuthError::InvalidKey)?;
+    let user = snapshot.users.get(user_id).ok_or(AuthError::InvalidKey)?;
+    Ok(Caller::User(user.clone()))
+}
+
+/// A new API key: (the key to show once, its hash to store, a short prefix to recognise it).
+pub fn new_api_key() -> (String, String, String) {
+    let key = format!("{API_KEY_PREFIX}{}", random_token(32));
+    let hash = sha256_hex(key.as_bytes());
+    let prefix = key[..API_KEY_PREFIX.len() + 6].to_owned();
+    (key, hash, prefix)
+}

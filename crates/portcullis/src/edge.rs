@@ -1,0 +1,122 @@
+//! The edge: checks made before anything else looks at a request. DNS-rebinding protection
+//! (Host and Origin must name this gateway), and the client's IP address (believing
+//! `X-Forwarded-For` only from trusted proxies).
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+
+/// Which Host / Origin names this gateway answers to.
+#[derive(Debug, Clone)]
+pub struct HostPolicy {
+    /// Host names (lower case, without port) accepted on any port.
+    names: Vec<String>,
+}
+
+impl HostPolicy {
+    /// `localhost`, any IP literal (DNS rebinding needs a DNS name), the host of `public_url`,
+    /// and the configured extra names.
+    pub fn new(public_url: Option<&str>, extra: &[String]) -> HostPolicy {
+        let mut names = vec!["localhost".to_owned()];
+        if let Some(host) = public_url.and_then(crate::config::host_of_url) {
+            names.push(strip_port(host).to_ascii_lowercase());
+        }
+        names.extend(extra.iter().map(|name| strip_port(name).to_ascii_lowercase()));
+        HostPolicy { names }
+    }
+
+    fn allows_host(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        let literal = name.trim_start_matches('[').trim_end_matches(']');
+        literal.parse::<IpAddr>().is_ok() || self.names.iter().any(|allowed| *allowed == name)
+    }
+
+    /// Why the request must be refused, if it must.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), String> {
+        if let Some(host) = headers.get(axum::http::header::HOST) {
+            let host = host.to_str().map_err(|_| "the Host header is not valid text".to_owned())?;
+            if !self.allows_host(host) {
+                return Err(format!(
+                    "Host {host:?} is not a name of this gateway (DNS-rebinding protection); set public_url or \
+                     allowed_hosts to accept it"
+                ));
+            }
+        }
+        if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+            let origin = origin.to_str().map_err(|_| "the Origin header is not valid text".to_owned())?;
+            let allowed = crate::config::host_of_url(origin).is_some_and(|host| self.allows_host(host));
+            if !allowed {
+                return Err(format!(
+                    "Origin {origin:?} is not allowed (DNS-rebinding protection); set public_url or allowed_hosts to \
+                     accept it"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().map_or(host, |inner| &host[..inner.len() + 2]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+/// untrusted address in `X-Forwarded-For`.
+pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer_ip = peer.ip();
+    if !trusted.iter().any(|net| net.contains(&peer_ip)) {
+        return peer_ip;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|item| item.trim().parse().ok())
+        .collect();
+    forwarded.into_iter().rev().find(|ip| !trusted.iter().any(|net| net.contains(ip))).unwrap_or(peer_ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn check(policy: &HostPolicy, host: Option<&str>, origin: Option<&str>) -> bool {
+        let mut headers = HeaderMap::new();
+        if let Some(host) = host {
+            headers.insert("host", HeaderValue::from_str(host).unwrap());
+        }
+        if let Some(origin) = origin {
+            headers.insert("origin", HeaderValue::from_str(origin).unwrap());
+        }
+        policy.check(&headers).is_ok()
+    }
+
+    #[test]
+    fn dns_rebinding() {
+        let policy = HostPolicy::new(Some("https://mcp.example.com"), &["gw.internal".into()]);
+        assert!(check(&policy, Some("127.0.0.1:8080"), None));
+        assert!(check(&policy, Some("localhost:9"), Some("http://localhost:9")));
+        assert!(check(&policy, Some("[::1]:80"), None));
+        assert!(check(&policy, Some("mcp.example.com"), Some("https://mcp.example.com")));
+        assert!(check(&policy, Some("GW.internal:443"), None));
+        assert!(!check(&policy, Some("evil.example.com"), None));
+        assert!(!check(&policy, Some("127.0.0.1:8080"), Some("http://evil.example.com")));
+        assert!(!check(&policy, Some("127.0.0.1:8080"), Some("null")));
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 10.0.0.7"));
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "8.8.8.8:5000".parse().unwrap();
+        assert_eq!(client_ip(proxy, &headers, &trusted).to_string(), "1.2.3.4");
+        assert_eq!(client_ip(stranger, &headers, &trusted).to_string(), "8.8.8.8");
+    }
+}

@@ -1,0 +1,40 @@
+//! Portcullis: an MCP gateway and governance control plane.
+//!
+//! Start reading at [`app::App::build`], which wires everything together, then follow a
+//! request through [`proxy`]. The parts:
+//!
+//! - [`config`]: the one typed configuration (file → env → flags); the only reader of the
+//!   environment.
+//! - [`app`]: builds the router and shared state, binds, serves, drains.
+//! - [`edge`]: DNS-rebinding protection and client IP resolution.
+//! - [`auth`]: who is calling (API keys).
+//! - [`proxy`]: the data plane (`/mcp/{server}`): parse, authorise, audit, forward, relay.
+//! - [`upstream`]: Streamable HTTP and stdio connections to MCP servers.
+//! - [`snapshot`]: the immutable registry snapshot the data plane reads; refreshed from the
+//!   store, fail-closed when stale.
+//! - [`audit`]: group-committed audit events.
+//! - [`registry`]: domain types (servers, users, groups, grants, API keys).
+//! - [`apply`]: declarative TOML apply.
+//! - [`api`]: the REST API and its OpenAPI document.
+//! - [`store`]: all SQL, for SQLite and PostgreSQL.
+//! - [`crypto`]: keys, sealing, hashing.
+//! - [`metrics`]: Prometheus exposition.
+//! - [`demo`]: the built-in demo / echo MCP server.
+//! - [`cli`]: the subcommands other than `serve`.
+
+pub mod api;
+pub mod app;
+pub mod apply;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod edge;
+pub mod metrics;
+pub mod proxy;
+pub mod registry;
+pub mod snapshot;
+pub mod store;
+pub mod upstream;

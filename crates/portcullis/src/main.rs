@@ -1,0 +1,278 @@
+//! The `portcullis` binary: parses the command line and hands over to the library.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use portcullis::app::App;
+use portcullis::config::{self, Config, LogFormat, RawSettings};
+use portcullis::crypto::SecretKey;
+use portcullis::store::Store;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "MCP gateway and governance control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the store and key are; shared by every subcommand that touches the store.
+#[derive(Args, Clone, Default)]
+struct StoreArgs {
+    /// Directory of the SQLite store and of a generated secret key.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Use PostgreSQL (postgres://…) instead of SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// File with the secret key (or set PORTCULLIS_SECRET_KEY).
+    #[arg(long)]
+    secret_key_file: Option<PathBuf>,
+    /// TOML configuration file (or set PORTCULLIS_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn settings(&self) -> RawSettings {
+        let mut settings = RawSettings::new();
+        if let Some(value) = &self.data_dir {
+            settings.insert("data_dir", value.display().to_string());
+        }
+        if let Some(value) = &self.database_url {
+            settings.insert("database_url", value.clone());
+        }
+        if let Some(value) = &self.secret_key_file {
+            settings.insert("secret_key_file", value.display().to_string());
+        }
+        settings
+    }
+
+    fn load(&self, extra: RawSettings) -> anyhow::Result<Config> {
+        let mut settings = self.settings();
+        settings.extend(extra);
+        Ok(config::load(self.config.as_deref(), settings)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// ADDR:PORT to listen on (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// External base URL, e.g. https://mcp.example.com.
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Comma-separated CIDRs whose X-Forwarded-For is believed.
+        #[arg(long)]
+        trusted_proxies: Option<String>,
+        /// text or json.
+        #[arg(long)]
+        log_format: Option<String>,
+        /// Register the built-in demo server and a demo user, and print how to connect.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply a TOML file of servers, groups, users and grants.
+    Apply {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The file to apply.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Also delete what the file does not list.
+        #[arg(long)]
+        prune: bool,
+        /// Show what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Manage API keys.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+    /// Bridge a stdio-only MCP client to a gateway URL.
+    Connect {
+        /// The gateway URL, e.g. http://127.0.0.1:8080/mcp/github.
+        url: String,
+        /// API key (or set PORTCULLIS_API_KEY).
+        #[arg(long, env = "PORTCULLIS_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
+    /// Secret key helpers.
+    SecretKey {
+        #[command(subcommand)]
+        command: SecretKeyCommand,
+    },
+    /// The built-in demo MCP server on stdio (started by the gateway for `--demo`).
+    #[command(hide = true)]
+    DemoServer,
+    /// The built-in echo MCP server over Streamable HTTP (a benchmark upstream).
+    #[command(hide = true)]
+    EchoUpstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key for a user; the key is printed once, alone on the last line.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's email.
+        #[arg(long)]
+        user: String,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretKeyCommand {
+    /// Print a new random secret key.
+    Generate,
+}
+
+fn init_logging(config: Option<&Config>) {
+    let filter = config.map_or("warn".to_owned(), |config| config.log_filter.clone());
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.is_some_and(|config| config.log_format == LogFormat::Json) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { store, listen, public_url, trusted_proxies, log_format, demo } => {
+            let mut flags = RawSettings::new();
+            for (key, value) in [
+                ("listen", listen),
+                ("public_url", public_url),
+                ("trusted_proxies", trusted_proxies),
+                ("log_format", log_format),
+            ] {
+                if let Some(value) = value {
+                    flags.insert(key, value);
+                }
+            }
+            let config = store.load(flags)?;
+            init_logging(Some(&config));
+            let demo_key = if demo {
+                let keys = config.secret_key()?.derive();
+                let store = Store::open(&config.store).await?;
+                let key = portcullis::cli::set_up_demo(&store, &keys).await?;
+                store.close().await;
+                Some(key)
+            } else {
+                None
+            };
+            let app = App::build(config).await?;
+            let address = app.address();
+            println!("listening on http://{address}");
+            if let Some(key) = demo_key {
+                print_demo_instructions(address, &key);
+            }
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Apply { store, file, prune, dry_run } => {
+            let config = store.load(RawSettings::new())?;
+            init_logging(None);
+            let keys = config.secret_key()?.derive();
+            let opened = Store::open(&config.store).await?;
+            let options = portcullis::apply::Options { prune, dry_run };
+            let report = portcullis::apply::apply_file(&opened, &keys, &file, options).await?;
+            opened.close().await;
+            for change in &report.changes {
+                println!("{change}");
+            }
+            let verb = if dry_run { "would change" } else { "changed" };
+            match report.changes.len() {
+                0 => println!("nothing to change"),
+                count => println!("{verb} {count} item{}", if count == 1 { "" } else { "s" }),
+            }
+            Ok(())
+        }
+        Command::ApiKey { command: ApiKeyCommand::Create { store, user, name } } => {
+            let config = store.load(RawSettings::new())?;
+            init_logging(None);
+            let opened = Store::open(&config.store).await?;
+            let key = portcullis::cli::create_api_key(&opened, &user, &name).await?;
+            opened.close().await;
+            eprintln!("API key for {user} (shown only once; store it safely):");
+            println!("{key}");
+            Ok(())
+        }
+        Command::Connect { url, api_key } => {
+            init_logging(None);
+            portcullis::cli::connect(&url, api_key.as_deref()).await
+        }
+        Command::SecretKey { command: SecretKeyCommand::Generate } => {
+            println!("{}", SecretKey::generate().encode());
+            Ok(())
+        }
+        Command::DemoServer => portcullis::demo::run_stdio().await,
+        Command::EchoUpstream { listen } => {
+            let (address, serve) =
+                portcullis::demo::bind_http(listen).await.context("cannot bind the echo upstream")?;
+            println!("listening on http://{address}/mcp");
+            serve.await;
+            Ok(())
+        }
+    }
+}
+
+fn print_demo_instructions(address: std::net::SocketAddr, key: &str) {
+    let url = format!("http://{address}/mcp/demo");
+    println!();
+    println!("Demo ready. Server \"demo\" (tools: echo, add) for user {}.", portcullis::cli::DEMO_USER);
+    println!("  URL:     {url}");
+    println!("  API key: {key}");
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -H 'Accept: application/json, text/event-stream' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' -D -"
+    );
+    println!();
+    println!("Client configuration (Claude Code, Cursor, VS Code and others that speak Streamable HTTP):");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "mcpServers": {"demo": {"type": "http", "url": url, "headers": {"Authorization": format!("Bearer {key}")}}}
+        }))
+        .unwrap_or_default()
+    );
+    println!("Clients that only speak stdio: portcullis connect {url} --api-key {key}");
+}

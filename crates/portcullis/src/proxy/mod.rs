@@ -1,0 +1,913 @@
+//! The data plane: the Streamable HTTP endpoint `/mcp/{server}` that MCP clients talk to.
+//!
+//! Every message takes the same path: edge checks (in the router) → authenticate → find the
+//! server → parse strictly → resolve the sealed session → authorise ([`methods::intent`] +
+//! the one policy function) → audit (durably before a `tools/call` goes anywhere) → forward
+//! what was checked → relay the answer, filtering lists → record the outcome.
+//!
+//! - [`session`]: the sealed `Mcp-Session-Id`.
+//! - [`methods`]: per-method authorization intent and list filtering.
+//! - this file: the HTTP handlers (POST, GET, DELETE) and the relay of answers.
+
+pub mod methods;
+pub mod session;
+
+use crate::app::AppState;
+use crate::audit::{AuditEvent, Completion};
+use crate::auth::{self, Caller};
+use crate::crypto::random_token;
+use crate::edge;
+use crate::snapshot::{ServerEntry, Snapshot};
+use crate::store::now_ms;
+use crate::upstream::{Attachment, Replies, UpstreamError, response_id};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use mcp::envelope::{Body as RpcBody, EnvelopeError};
+use mcp::error::error_response;
+use mcp::{ErrorCode, Message, MessageKind, ProtocolVersion, sse};
+use serde_json::{Value, json};
+use session::SessionState;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio::time::timeout_at;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Everything known about one HTTP exchange once the caller and server are known.
+struct Exchange {
+    state: AppState,
+    snapshot: Arc<Snapshot>,
+    caller: Caller,
+    entry: Arc<ServerEntry>,
+    ip: String,
+    correlation_id: String,
+    started: Instant,
+    accepts_sse: bool,
+}
+
+/// What to send back for one message.
+enum Answer {
+    /// 202: a notification or a response was passed on.
+    Accepted,
+    /// One JSON-RPC message, with an HTTP status and maybe a new session header.
+    Json(StatusCode, Value, Option<String>),
+    /// A `text/event-stream` body relaying the upstream's messages.
+    Stream(Body),
+}
+
+impl Exchange {
+    fn server(&self) -> &str {
+        &self.entry.server.name
+    }
+
+    fn event(&self, method: &str, decision: &'static str, reason: String, outcome: &str) -> AuditEvent {
+        AuditEvent {
+            id: crate::crypto::new_id(),
+            ts: now_ms(),
+            user_id: self.caller.user_id().map(str::to_owned),
+            principal: self.caller.label().to_owned(),
+            server: Some(self.server().to_owned()),
+            method: method.to_owned(),
+            target: None,
+            sealed_arguments: None,
+            arguments_digest: None,
+            decision,
+            reason,
+            outcome: outcome.to_owned(),
+            error: None,
+            latency_us: None,
+            client_name: None,
+            client_version: None,
+            ip: Some(self.ip.clone()),
+            correlation_id: self.correlation_id.clone(),
+            replica: self.state.replica.to_string(),
+        }
+    }
+
+    fn latency_us(&self) -> i64 {
+        self.started.elapsed().as_micros() as i64
+    }
+}
+
+/// `POST /mcp/{server}`: one JSON-RPC message (or a batch, where the version allows).
+pub async fn post(
+    State(state): State<AppState>,
+    Path(server): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let exchange = match begin(&state, &server, peer, &headers) {
+        Ok(exchange) => exchange,
+        Err(response) => return response,
+    };
+    let header_version = match header_version(&headers) {
+        Ok(version) => version,
+        Err(response) => return response,
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("application/json") {
+        let message = "the body must be a JSON-RPC message sent with Content-Type: application/json";
+        return invalid(
+            &exchange,
+            "(unparsed)",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            ErrorCode::InvalidRequest,
+            message,
+        );
+    }
+    let parsed = match RpcBody::parse(&body) {
+        Ok(parsed) => parsed,
+        Err(EnvelopeError { code, message, id }) => {
+            return invalid(&exchange, "(unparsed)", StatusCode::BAD_REQUEST, id.as_ref(), code, &message);
+        }
+    };
+    match parsed {
+        RpcBody::Single(message) => {
+            if let Err(response) = check_stateless_headers(&exchange, &headers, &message, header_version) {
+                return response;
+            }
+            into_response(handle(&exchange, &headers, message, header_version).await)
+        }
+        RpcBody::Batch(messages) => {
+            let version = header_version.unwrap_or(ProtocolVersion::ASSUMED_WITHOUT_HEADER);
+            if !version.allows_batch() {
+                let message = format!(
+                    "JSON-RPC batches were removed in protocol version 2025-06-18 and this request uses {version}; \
+                     send one message per request"
+                );
+                return invalid(
+                    &exchange,
+                    "(batch)",
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    ErrorCode::InvalidRequest,
+                    &message,
+                );
+            }
+            let mut exchange = exchange;
+            exchange.accepts_sse = false;
+            let mut answers = Vec::new();
+            let mut session_header = None;
+            for message in messages {
+                match handle(&exchange, &headers, message, header_version).await {
+                    Answer::Json(_, value, session) => {
+                        answers.push(value);
+                        session_header = session_header.or(session);
+                    }
+                    Answer::Accepted | Answer::Stream(_) => {}
+                }
+            }
+            if answers.is_empty() {
+                return StatusCode::ACCEPTED.into_response();
+            }
+            json_response(StatusCode::OK, &Value::Array(answers), session_header.as_deref())
+        }
+    }
+}
+
+/// Authenticate and find the server; the error is the finished response.
+fn begin(state: &AppState, server: &str, peer: SocketAddr, headers: &HeaderMap) -> Result<Exchange, Response> {
+    let started = Instant::now();
+    let ip = edge::client_ip(peer, headers, &state.config.trusted_proxies).to_string();
+    let correlation_id = random_token(12);
+    let snapshot = state.snapshot.current().map_err(|stale| {
+        tracing::error!(%stale, "refusing data-plane traffic");
+        plain_error(StatusCode::SERVICE_UNAVAILABLE, "the gateway cannot reach its policy store; try again shortly")
+    })?;
+    let caller = match auth::authenticate(&snapshot, headers) {
+        Ok(caller) => caller,
+        Err(error) => {
+            state.metrics.request("auth", "unauthenticated");
+            state.audit.record(AuditEvent {
+                id: crate::crypto::new_id(),
+                ts: now_ms(),
+                user_id: None,
+                principal: "unauthenticated".into(),
+                server: Some(server.to_owned()),
+                method: "(authentication)".into(),
+                target: None,
+                sealed_arguments: None,
+                arguments_digest: None,
+                decision: "deny",
+                reason: error.to_string(),
+                outcome: "unauthenticated".into(),
+                error: None,
+                latency_us: Some(started.elapsed().as_micros() as i64),
+                client_name: None,
+                client_version: None,
+                ip: Some(ip),
+                correlation_id,
+                replica: state.replica.to_string(),
+            });
+            return Err(unauthorized(state, &error.to_string()));
+        }
+    };
+    let entry = match snapshot.servers.get(server) {
+        Some(entry) => entry.clone(),
+        // Without credentials, do not reveal which servers exist.
+        None if matches!(caller, Caller::Anonymous) => {
+            return Err(unauthorized(state, "this endpoint needs an API key: send \"Authorization: Bearer <key>\""));
+        }
+        None => {
+            let value = error_response(
+                None,
+                ErrorCode::InvalidRequest,
+                &format!("there is no server named {server:?}; GET /api/v1/servers lists the servers you can use"),
+            );
+            return Err(json_response(StatusCode::NOT_FOUND, &value, None));
+        }
+    };
+    if matches!(caller, Caller::Anonymous) && !entry.server.public {
+        return Err(unauthorized(state, "this server needs an API key: send \"Authorization: Bearer <key>\""));
+    }
+    let accepts_sse = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("text/event-stream") || value.contains("*/*"));
+    Ok(Exchange { state: state.clone(), snapshot, caller, entry, ip, correlation_id, started, accepts_sse })
+}
+
+fn header_version(headers: &HeaderMap) -> Result<Option<ProtocolVersion>, Response> {
+    let Some(value) = headers.get("mcp-protocol-version") else { return Ok(None) };
+    let text = value.to_str().unwrap_or("");
+    match ProtocolVersion::parse(text) {
+        Some(version) => Ok(Some(version)),
+        None => {
+            let message = format!(
+                "MCP-Protocol-Version {text:?} is not supported; this gateway speaks {}",
+                ProtocolVersion::list()
+            );
+            let value = error_response(None, ErrorCode::UnsupportedVersion, &message);
+            Err(json_response(StatusCode::BAD_REQUEST, &value, None))
+        }
+    }
+}
+
+/// In the stateless era, `Mcp-Method` and `Mcp-Name` headers must agree with the body; a
+/// gateway that let them differ could be made to route on one name and call another.
+fn check_stateless_headers(
+    exchange: &Exchange,
+    headers: &HeaderMap,
+    message: &Message,
+    version: Option<ProtocolVersion>,
+) -> Result<(), Response> {
+    let method_header = headers.get("mcp-method").map(|value| value.to_str().unwrap_or("\u{0}"));
+    let name_header = headers.get("mcp-name").map(|value| value.to_str().unwrap_or("\u{0}"));
+    let id = message.id.as_ref().map(mcp::Id::to_value);
+    let mismatch = |text: String| {
+        invalid(exchange, message.method(), StatusCode::BAD_REQUEST, id.as_ref(), ErrorCode::HeaderMismatch, &text)
+    };
+    if version.is_some_and(ProtocolVersion::is_stateless)
+        && method_header.is_none()
+        && message.kind != MessageKind::Response
+    {
+        return Err(mismatch("protocol version 2026-07-28 requires an Mcp-Method header naming the method".into()));
+    }
+    if let Some(method_header) = method_header
+        && message.kind != MessageKind::Response
+        && method_header != message.method()
+    {
+        return Err(mismatch(format!(
+            "the Mcp-Method header ({method_header:?}) does not match the body's method ({:?})",
+            message.method()
+        )));
+    }
+    if let Some(name_header) = name_header {
+        let body_name = message.param_str("name").or_else(|| message.param_str("uri"));
+        if body_name != Some(name_header) {
+            return Err(mismatch(format!(
+                "the Mcp-Name header ({name_header:?}) does not match the body's name ({:?})",
+                body_name.unwrap_or("")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Handle one message of a POST.
+async fn handle(
+    exchange: &Exchange,
+    headers: &HeaderMap,
+    message: Message,
+    header_version: Option<ProtocolVersion>,
+) -> Answer {
+    let method = message.method().to_owned();
+    if message.kind == MessageKind::Request && method == "initialize" {
+        return initialize(exchange, message).await;
+    }
+    if message.kind == MessageKind::Request && method == "server/discover" {
+        let value = error_response(
+            message.id.as_ref().map(mcp::Id::to_value).as_ref(),
+            ErrorCode::MethodNotFound,
+            "this gateway serves MCP sessions: send initialize (protocol 2025-11-25 or older)",
+        );
+        record_simple(exchange, &method, "none", "stateless discovery is not offered", "invalid", None);
+        return Answer::Json(StatusCode::BAD_REQUEST, value, None);
+    }
+    let id = message.id.as_ref().map(mcp::Id::to_value);
+    let session = match resolve_session(exchange, headers) {
+        Ok(session) => session,
+        Err((status, text)) => {
+            record_simple(exchange, &method, "none", &text, "invalid", None);
+            return Answer::Json(status, error_response(id.as_ref(), ErrorCode::SessionNotFound, &text), None);
+        }
+    };
+    let version = header_version.unwrap_or_else(|| session.protocol_version());
+    match message.kind {
+        MessageKind::Request => request(exchange, &session, version, message).await,
+        MessageKind::Notification | MessageKind::Response => {
+            // Notifications and answers to the server's own requests carry no new intent
+            // beyond the session, which was authorised when it was opened and is re-checked here.
+            let decision = connect_decision(exchange);
+            if !decision.is_allowed() {
+                record_simple(exchange, &method_label(&message), "deny", &decision.reason, "denied", Some(&session));
+                return Answer::Accepted;
+            }
+            let result = exchange.state.upstreams.send(&exchange.entry, &session.attachment, version, &message).await;
+            let (outcome, error) = match &result {
+                Ok(()) => ("ok", None),
+                Err(error) => (outcome_of_error(error), Some(error.to_string())),
+            };
+            let mut event = exchange.event(&method_label(&message), "allow", decision.reason, outcome);
+            event.error = error;
+            fill_client(&mut event, Some(&session));
+            event.latency_us = Some(exchange.latency_us());
+            exchange.state.audit.record(event);
+            match result {
+                Err(UpstreamError::SessionGone) => Answer::Json(
+                    StatusCode::NOT_FOUND,
+                    error_response(None, ErrorCode::SessionNotFound, "the session has ended; initialize a new one"),
+                    None,
+                ),
+                _ => Answer::Accepted,
+            }
+        }
+    }
+}
+
+fn method_label(message: &Message) -> String {
+    match message.kind {
+        MessageKind::Response => "(response)".to_owned(),
+        _ => message.method().to_owned(),
+    }
+}
+
+fn connect_decision(exchange: &Exchange) -> policy::Decision {
+    let request = policy::Request { server: exchange.server(), action: policy::Action::Connect, name: "" };
+    exchange.snapshot.policy.decide(&exchange.caller.principal(), &request)
+}
+
+/// Open the sealed session, and check it belongs to this caller and server.
+fn resolve_session(exchange: &Exchange, headers: &HeaderMap) -> Result<SessionState, (StatusCode, String)> {
+    let Some(header) = headers.get(SESSION_HEADER).and_then(|value| value.to_str().ok()) else {
+        return Err((StatusCode::BAD_REQUEST, "the Mcp-Session-Id header is missing: send initialize first".into()));
+    };
+    let not_found =
+        || (StatusCode::NOT_FOUND, "the session is unknown or has ended; initialize a new session".to_owned());
+    let session = SessionState::open(&exchange.state.keys.session, header).ok_or_else(not_found)?;
+    if session.server != exchange.server() || session.user_id.as_deref() != exchange.caller.user_id() {
+        return Err(not_found());
+    }
+    Ok(session)
+}
+
+fn fill_client(event: &mut AuditEvent, session: Option<&SessionState>) {
+    if let Some((name, version)) = session.and_then(|session| session.client.clone()) {
+        event.client_name = Some(name);
+        event.client_version = Some(version);
+    }
+}
+
+fn record_simple(
+    exchange: &Exchange,
+    method: &str,
+    decision: &'static str,
+    reason: &str,
+    outcome: &str,
+    session: Option<&SessionState>,
+) {
+    let mut event = exchange.event(method, decision, reason.to_owned(), outcome);
+    fill_client(&mut event, session);
+    event.latency_us = Some(exchange.latency_us());
+    exchange.state.metrics.request(method, outcome);
+    exchange.state.audit.record(event);
+}
+
+/// `initialize`: authorise the connection, open the upstream session, seal it.
+async fn initialize(exchange: &Exchange, message: Message) -> Answer {
+    let id = message.id.as_ref().map(mcp::Id::to_value);
+    let client_info = message.params().and_then(|params| params.get("clientInfo"));
+    let client = client_info.map(|info| {
+        let text =
+            |key: &str| info.get(key).and_then(Value::as_str).unwrap_or("").chars().take(128).collect::<String>();
+        (text("name"), text("version"))
+    });
+    let requested = message.param_str("protocolVersion").unwrap_or("").to_owned();
+    let decision = connect_decision(exchange);
+    exchange.state.metrics.decision(decision.is_allowed());
+    let mut event = exchange.event(
+        "initialize",
+        if decision.is_allowed() { "allow" } else { "deny" },
+        decision.reason.clone(),
+        "pending",
+    );
+    if let Some((name, version)) = &client {
+        event.client_name = Some(name.clone());
+        event.client_version = Some(version.clone());
+    }
+    if !decision.is_allowed() {
+        event.outcome = "denied".into();
+        event.latency_us = Some(exchange.latency_us());
+        exchange.state.metrics.request("initialize", "denied");
+        exchange.state.audit.record(event);
+        let value =
+            error_response(id.as_ref(), ErrorCode::AccessDenied, &format!("access denied: {}", decision.reason));
+        return Answer::Json(StatusCode::OK, value, None);
+    }
+    let deadline = tokio::time::Instant::now() + exchange.state.config.upstream_timeout;
+    let opened = match timeout_at(deadline, exchange.state.upstreams.open(&exchange.entry, &message)).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::Timeout),
+    };
+    let (attachment, mut replies) = match opened {
+        Ok(opened) => opened,
+        Err(error) => return upstream_failure(exchange, event, id.as_ref(), &error),
+    };
+    // The initialize answer is small and needed whole (to learn the negotiated version).
+    let answer = loop {
+        match timeout_at(deadline, replies.recv()).await {
+            Ok(Some(Ok(value))) if response_id(&value).is_some() => break Ok(value),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(error))) => break Err(error),
+            Ok(None) => break Err(UpstreamError::Invalid("no answer to initialize".into())),
+            Err(_) => break Err(UpstreamError::Timeout),
+        }
+    };
+    let value = match answer {
+        Ok(value) => value,
+        Err(error) => {
+            exchange.state.upstreams.close(&exchange.entry, &attachment, ProtocolVersion::LATEST_SESSION).await;
+            return upstream_failure(exchange, event, id.as_ref(), &error);
+        }
+    };
+    let negotiated = value
+        .get("result")
+        .and_then(|result| result.get("protocolVersion"))
+        .and_then(Value::as_str)
+        .and_then(ProtocolVersion::parse)
+        .unwrap_or_else(|| ProtocolVersion::negotiate(&requested));
+    let session = SessionState {
+        server: exchange.server().to_owned(),
+        user_id: exchange.caller.user_id().map(str::to_owned),
+        version: negotiated.as_str().to_owned(),
+        attachment,
+        client,
+        created_ms: now_ms(),
+    };
+    let header = value.get("result").is_some().then(|| session.seal(&exchange.state.keys.session));
+    let outcome = if value.get("error").is_some() { "error" } else { "ok" };
+    event.outcome = outcome.into();
+    event.latency_us = Some(exchange.latency_us());
+    exchange.state.metrics.request("initialize", outcome);
+    exchange.state.audit.record(event);
+    Answer::Json(StatusCode::OK, value, header)
+}
+
+fn outcome_of_error(error: &UpstreamError) -> &'static str {
+    match error {
+        UpstreamError::Timeout => "upstream_timeout",
+        UpstreamError::Invalid(_) => "upstream_invalid",
+        UpstreamError::SessionGone => "session_gone",
+        _ => "upstream_unavailable",
+    }
+}
+
+fn error_code_of(error: &UpstreamError) -> ErrorCode {
+    match error {
+        UpstreamError::Timeout => ErrorCode::UpstreamTimeout,
+        UpstreamError::Invalid(_) => ErrorCode::UpstreamInvalid,
+        UpstreamError::SessionGone => ErrorCode::SessionNotFound,
+        UpstreamError::NotSupported(_) => ErrorCode::MethodNotFound,
+        _ => ErrorCode::UpstreamUnavailable,
+    }
+}
+
+/// The upstream failed before answering: a JSON-RPC error for the client, the outcome for audit.
+fn upstream_failure(exchange: &Exchange, mut event: AuditEvent, id: Option<&Value>, error: &UpstreamError) -> Answer {
+    tracing::warn!(server = %exchange.server(), correlation_id = %exchange.correlation_id, %error, "upstream failure");
+    let outcome = outcome_of_error(error);
+    event.outcome = outcome.into();
+    event.error = Some(error.to_string());
+    event.latency_us = Some(exchange.latency_us());
+    exchange.state.metrics.request(&event.method, outcome);
+    exchange.state.metrics.upstream_error(exchange.server());
+    exchange.state.audit.record(event);
+    let status = if matches!(error, UpstreamError::SessionGone) { StatusCode::NOT_FOUND } else { StatusCode::OK };
+    let text = format!("server {:?}: {error}", exchange.server());
+    Answer::Json(status, error_response(id, error_code_of(error), &text), None)
+}
+
+/// Any request other than `initialize`.
+async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolVersion, message: Message) -> Answer {
+    let method = message.method().to_owned();
+    let id = message.id.as_ref().map(mcp::Id::to_value);
+    let intent = match methods::intent(&message) {
+        Ok(intent) => intent,
+        Err((code, text)) => {
+            record_simple(exchange, &method, "none", &text, "invalid", Some(session));
+            return Answer::Json(StatusCode::OK, error_response(id.as_ref(), code, &text), None);
+        }
+    };
+    let principal = exchange.caller.principal();
+    let target = intent.target.clone().unwrap_or_default();
+    let decision = exchange
+        .snapshot
+        .policy
+        .decide(&principal, &policy::Request { server: exchange.server(), action: intent.action, name: &target });
+    exchange.state.metrics.decision(decision.is_allowed());
+    let mut event = exchange.event(
+        &method,
+        if decision.is_allowed() { "allow" } else { "deny" },
+        decision.reason.clone(),
+        "pending",
+    );
+    event.target = intent.target.clone();
+    fill_client(&mut event, Some(session));
+    if let Some(arguments) = &intent.arguments {
+        let (sealed, digest) = exchange.state.audit.seal_arguments(arguments);
+        event.sealed_arguments = Some(sealed);
+        event.arguments_digest = Some(digest);
+    }
+    if !decision.is_allowed() {
+        event.outcome = "denied".into();
+        event.latency_us = Some(exchange.latency_us());
+        exchange.state.metrics.request(&method, "denied");
+        exchange.state.audit.record(event);
+        let text = format!("access denied: {}", decision.reason);
+        return Answer::Json(StatusCode::OK, error_response(id.as_ref(), ErrorCode::AccessDenied, &text), None);
+    }
+    // A call with an effect is on the record before it happens; if the record cannot be
+    // written, the call does not happen.
+    let durable = method == "tools/call";
+    let event_id = event.id.clone();
+    if durable {
+        if exchange.state.audit.record_durable(event.clone()).await.is_err() {
+            exchange.state.metrics.request(&method, "audit_unavailable");
+            let text = "the audit log cannot be written, so the call was not made; try again shortly";
+            return Answer::Json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error_response(id.as_ref(), ErrorCode::Internal, text),
+                None,
+            );
+        }
+    }
+    let deadline = tokio::time::Instant::now() + exchange.state.config.upstream_timeout;
+    let sent = match timeout_at(
+        deadline,
+        exchange.state.upstreams.request(&exchange.entry, &session.attachment, version, &message),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::Timeout),
+    };
+    let replies = match sent {
+        Ok(replies) => replies,
+        Err(error) => {
+            if durable {
+                exchange.state.audit.complete(Completion {
+                    id: event_id,
+                    outcome: outcome_of_error(&error).into(),
+                    error: Some(error.to_string()),
+                    latency_us: Some(exchange.latency_us()),
+                });
+                exchange.state.metrics.request(&method, outcome_of_error(&error));
+                let status =
+                    if matches!(error, UpstreamError::SessionGone) { StatusCode::NOT_FOUND } else { StatusCode::OK };
+                let text = format!("server {:?}: {error}", exchange.server());
+                return Answer::Json(status, error_response(id.as_ref(), error_code_of(&error), &text), None);
+            }
+            return upstream_failure(exchange, event, id.as_ref(), &error);
+        }
+    };
+    let finish = Finish {
+        state: exchange.state.clone(),
+        snapshot: exchange.snapshot.clone(),
+        principal,
+        entry: exchange.entry.clone(),
+        attachment: session.attachment.clone(),
+        version,
+        method,
+        started: exchange.started,
+        event: if durable { None } else { Some(event) },
+        event_id,
+    };
+    relay(finish, replies, id.unwrap_or(Value::Null), deadline, exchange.accepts_sse).await
+}
+
+/// What is needed to finish a request once its answer is complete.
+struct Finish {
+    state: AppState,
+    snapshot: Arc<Snapshot>,
+    principal: policy::Principal,
+    entry: Arc<ServerEntry>,
+    attachment: Attachment,
+    version: ProtocolVersion,
+    method: String,
+    started: Instant,
+    /// The event to insert at the end (requests without an effect), or `None` when it was
+    /// inserted durably already and only needs its outcome.
+    event: Option<AuditEvent>,
+    event_id: String,
+}
+
+impl Finish {
+    /// Filter the final answer and record the outcome.
+    fn response(&self, mut value: Value) -> Value {
+        let hidden = methods::filter_list(
+            &self.method,
+            &mut value,
+            &self.snapshot.policy,
+            &self.principal,
+            &self.entry.server.name,
+        );
+        if hidden > 0 {
+            tracing::debug!(server = %self.entry.server.name, hidden, "list entries hidden by policy");
+        }
+        let outcome = if value.get("error").is_some() { "error" } else { "ok" };
+        let error = value
+            .get("error")
+            .and_then(|error| error.get("message"))
+            .and_then(Value::as_str)
+            .map(|text| text.chars().take(500).collect::<String>());
+        self.record(outcome, error);
+        value
+    }
+
+    fn record(&self, outcome: &str, error: Option<String>) {
+        let latency_us = self.started.elapsed().as_micros() as i64;
+        self.state.metrics.request(&self.method, outcome);
+        self.state.metrics.latency(&self.method, self.started.elapsed());
+        match &self.event {
+            Some(event) => {
+                let mut event = event.clone();
+                event.outcome = outcome.to_owned();
+                event.error = error;
+                event.latency_us = Some(latency_us);
+                self.state.audit.record(event);
+            }
+            None => self.state.audit.complete(Completion {
+                id: self.event_id.clone(),
+                outcome: outcome.to_owned(),
+                error,
+                latency_us: Some(latency_us),
+            }),
+        }
+    }
+
+    /// The request failed mid-way: tell the upstream to stop, record it, and build the error.
+    fn failure(&self, id: &Value, error: &UpstreamError) -> Value {
+        if matches!(error, UpstreamError::Timeout) {
+            self.cancel_upstream(id, "the gateway's upstream timeout expired");
+        }
+        self.state.metrics.upstream_error(&self.entry.server.name);
+        self.record(outcome_of_error(error), Some(error.to_string()));
+        let text = format!("server {:?}: {error}", self.entry.server.name);
+        error_response(Some(id), error_code_of(error), &text)
+    }
+
+    fn cancel_upstream(&self, id: &Value, reason: &str) {
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": reason}});
+        let Ok(message) = Message::from_value(cancel) else { return };
+        let upstreams = self.state.upstreams.clone();
+        let entry = self.entry.clone();
+        let attachment = self.attachment.clone();
+        let version = self.version;
+        tokio::spawn(async move {
+            let _ = upstreams.send(&entry, &attachment, version, &message).await;
+        });
+    }
+}
+
+/// Relay the upstream's answer: one JSON message when the response is all there is, otherwise
+/// an event stream carrying everything the upstream sends until the response.
+async fn relay(
+    finish: Finish,
+    mut replies: Replies,
+    id: Value,
+    deadline: tokio::time::Instant,
+    accepts_sse: bool,
+) -> Answer {
+    let first = match timeout_at(deadline, replies.recv()).await {
+        Ok(Some(Ok(value))) => value,
+        Ok(Some(Err(error))) => return Answer::Json(StatusCode::OK, finish.failure(&id, &error), None),
+        Ok(None) => {
+            let error = UpstreamError::Invalid("the answer ended without a response".into());
+            return Answer::Json(StatusCode::OK, finish.failure(&id, &error), None);
+        }
+        Err(_) => return Answer::Json(StatusCode::OK, finish.failure(&id, &UpstreamError::Timeout), None),
+    };
+    if response_id(&first) == Some(&id) {
+        return Answer::Json(StatusCode::OK, finish.response(first), None);
+    }
+    if !accepts_sse {
+        // The client takes only JSON: drop what comes before the response.
+        loop {
+            match timeout_at(deadline, replies.recv()).await {
+                Ok(Some(Ok(value))) if response_id(&value) == Some(&id) => {
+                    return Answer::Json(StatusCode::OK, finish.response(value), None);
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(error))) => return Answer::Json(StatusCode::OK, finish.failure(&id, &error), None),
+                Ok(None) => {
+                    let error = UpstreamError::Invalid("the answer ended without a response".into());
+                    return Answer::Json(StatusCode::OK, finish.failure(&id, &error), None);
+                }
+                Err(_) => return Answer::Json(StatusCode::OK, finish.failure(&id, &UpstreamError::Timeout), None),
+            }
+        }
+    }
+    let (sender, receiver) = mpsc::channel::<Bytes>(32);
+    tokio::spawn(async move {
+        let send = |value: &Value| Bytes::from(sse::Event::message(value.to_string()).to_wire());
+        if sender.send(send(&first)).await.is_err() {
+            finish.cancel_upstream(&id, "the client went away");
+            finish.record("cancelled", Some("the client closed the stream".into()));
+            return;
+        }
+        loop {
+            let item = timeout_at(deadline, replies.recv()).await;
+            let (value, last) = match item {
+                Ok(Some(Ok(value))) => {
+                    let last = response_id(&value) == Some(&id);
+                    (if last { finish.response(value) } else { value }, last)
+                }
+                Ok(Some(Err(error))) => (finish.failure(&id, &error), true),
+                Ok(None) => {
+                    (finish.failure(&id, &UpstreamError::Invalid("the answer ended without a response".into())), true)
+                }
+                Err(_) => (finish.failure(&id, &UpstreamError::Timeout), true),
+            };
+            if sender.send(send(&value)).await.is_err() {
+                if !last {
+                    finish.cancel_upstream(&id, "the client went away");
+                    finish.record("cancelled", Some("the client closed the stream".into()));
+                }
+                return;
+            }
+            if last {
+                return;
+            }
+        }
+    });
+    Answer::Stream(sse_body(receiver))
+}
+
+fn sse_body(receiver: mpsc::Receiver<Bytes>) -> Body {
+    let stream = stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|bytes| (Ok::<Bytes, Infallible>(bytes), receiver))
+    });
+    Body::from_stream(stream)
+}
+
+fn into_response(answer: Answer) -> Response {
+    match answer {
+        Answer::Accepted => StatusCode::ACCEPTED.into_response(),
+        Answer::Json(status, value, session) => json_response(status, &value, session.as_deref()),
+        Answer::Stream(body) => {
+            let mut response = Response::new(body);
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value, session: Option<&str>) -> Response {
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response();
+    if let Some(session) = session.and_then(|session| HeaderValue::from_str(session).ok()) {
+        response.headers_mut().insert(SESSION_HEADER, session);
+    }
+    response
+}
+
+fn plain_error(status: StatusCode, text: &str) -> Response {
+    let value = error_response(None, ErrorCode::Internal, text);
+    json_response(status, &value, None)
+}
+
+/// 401 with the `WWW-Authenticate` header clients use to find out how to sign in.
+fn unauthorized(state: &AppState, text: &str) -> Response {
+    let value = error_response(None, ErrorCode::InvalidRequest, text);
+    let mut response = json_response(StatusCode::UNAUTHORIZED, &value, None);
+    let realm = state.config.public_url.as_deref().unwrap_or("portcullis");
+    let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// Bad input: a JSON-RPC error with the status, and an audit event.
+fn invalid(
+    exchange: &Exchange,
+    method: &str,
+    status: StatusCode,
+    id: Option<&Value>,
+    code: ErrorCode,
+    text: &str,
+) -> Response {
+    record_simple(exchange, method, "none", text, "invalid", None);
+    json_response(status, &error_response(id, code, text), None)
+}
+
+/// `GET /mcp/{server}`: the stream of messages the upstream sends outside requests.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(server): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let exchange = match begin(&state, &server, peer, &headers) {
+        Ok(exchange) => exchange,
+        Err(response) => return response,
+    };
+    if !exchange.accepts_sse {
+        return plain_error(StatusCode::NOT_ACCEPTABLE, "GET opens an event stream: send Accept: text/event-stream");
+    }
+    let session = match resolve_session(&exchange, &headers) {
+        Ok(session) => session,
+        Err((status, text)) => {
+            record_simple(&exchange, "(stream)", "none", &text, "invalid", None);
+            return json_response(status, &error_response(None, ErrorCode::SessionNotFound, &text), None);
+        }
+    };
+    let decision = connect_decision(&exchange);
+    if !decision.is_allowed() {
+        record_simple(&exchange, "(stream)", "deny", &decision.reason, "denied", Some(&session));
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &error_response(None, ErrorCode::AccessDenied, &format!("access denied: {}", decision.reason)),
+            None,
+        );
+    }
+    let version = session.protocol_version();
+    let mut listener = match state.upstreams.listen(&exchange.entry, &session.attachment, version).await {
+        Ok(listener) => listener,
+        Err(UpstreamError::NotSupported(_)) => {
+            return (StatusCode::METHOD_NOT_ALLOWED, "this server offers no event stream").into_response();
+        }
+        Err(UpstreamError::SessionGone) => {
+            let value = error_response(None, ErrorCode::SessionNotFound, "the session has ended; initialize a new one");
+            return json_response(StatusCode::NOT_FOUND, &value, None);
+        }
+        Err(error) => {
+            let text = format!("server {server:?}: {error}");
+            return json_response(StatusCode::BAD_GATEWAY, &error_response(None, error_code_of(&error), &text), None);
+        }
+    };
+    record_simple(&exchange, "(stream)", "allow", &decision.reason, "ok", Some(&session));
+    let (sender, receiver) = mpsc::channel::<Bytes>(32);
+    tokio::spawn(async move {
+        while let Some(value) = listener.recv().await {
+            let bytes = Bytes::from(sse::Event::message(value.to_string()).to_wire());
+            if sender.send(bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    into_response(Answer::Stream(sse_body(receiver)))
+}
+
+/// `DELETE /mcp/{server}`: end the session.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(server): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let exchange = match begin(&state, &server, peer, &headers) {
+        Ok(exchange) => exchange,
+        Err(response) => return response,
+    };
+    let session = match resolve_session(&exchange, &headers) {
+        Ok(session) => session,
+        Err((status, text)) => {
+            record_simple(&exchange, "(delete session)", "none", &text, "invalid", None);
+            return json_response(status, &error_response(None, ErrorCode::SessionNotFound, &text), None);
+        }
+    };
+    state.upstreams.close(&exchange.entry, &session.attachment, session.protocol_version()).await;
+    record_simple(&exchange, "(delete session)", "allow", "the session's owner ended it", "ok", Some(&session));
+    StatusCode::OK.into_response()
+}

@@ -1,0 +1,314 @@
+//! The registry's domain types: servers, users, groups, grants and API keys. Values are
+//! parsed at the boundary (`ServerSlug::parse`, `Email::parse`) so the rest of the code never
+//! sees an invalid one.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Why a value was refused, with what would be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// A server name as used in `/mcp/{server}` and in namespaced tool names `{server}__{tool}`:
+/// 1–32 characters of `[a-z0-9-]`, not starting or ending with `-`. Underscores are excluded
+/// so the `__` separator is unambiguous.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ServerSlug(String);
+
+impl ServerSlug {
+    pub fn parse(text: &str) -> Result<ServerSlug, Invalid> {
+        let valid_chars = text.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+        if text.is_empty() || text.len() > 32 || !valid_chars || text.starts_with('-') || text.ends_with('-') {
+            return Err(Invalid(format!(
+                "server name {text:?} is not valid: use 1-32 characters of a-z, 0-9 and '-', not starting or ending \
+                 with '-' (for example \"github\" or \"jira-cloud\")"
+            )));
+        }
+        Ok(ServerSlug(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServerSlug {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// A user's email address, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(text: &str) -> Result<Email, Invalid> {
+        let text = text.trim().to_ascii_lowercase();
+        let valid = match text.split_once('@') {
+            Some((local, domain)) => {
+                !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+            }
+            None => false,
+        };
+        if !valid || text.len() > 254 || text.chars().any(char::is_whitespace) {
+            return Err(Invalid(format!("{text:?} is not an email address such as ann@example.com")));
+        }
+        Ok(Email(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// A group name: 1–64 printable characters without commas.
+pub fn parse_group_name(text: &str) -> Result<String, Invalid> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || trimmed.len() > 64 || trimmed.contains(',') || trimmed.chars().any(char::is_control) {
+        return Err(Invalid(format!("group name {text:?} is not valid: use 1-64 characters without commas")));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// How the gateway talks to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    StreamableHttp,
+    Sse,
+    Stdio,
+}
+
+impl Transport {
+    pub fn parse(text: &str) -> Result<Transport, Invalid> {
+        match text {
+            "streamable-http" | "http" => Ok(Transport::StreamableHttp),
+            "sse" => Ok(Transport::Sse),
+            "stdio" => Ok(Transport::Stdio),
+            _ => Err(Invalid(format!("transport {text:?} is not one of streamable-http, sse, stdio"))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable-http",
+            Transport::Sse => "sse",
+            Transport::Stdio => "stdio",
+        }
+    }
+}
+
+/// A server as an admin describes it, secrets included (in memory only).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: ServerSlug,
+    pub description: String,
+    pub transport: Transport,
+    /// For HTTP and SSE servers.
+    pub url: Option<String>,
+    /// For stdio servers.
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    /// Environment of a stdio child. Values are secrets.
+    pub env: BTreeMap<String, String>,
+    /// Headers sent upstream on every HTTP request. Values are secrets.
+    pub headers: BTreeMap<String, String>,
+    /// Requests without credentials are served as the anonymous principal.
+    pub public: bool,
+    /// One stdio process shared by every session (only for stateless tools).
+    pub shared_process: bool,
+}
+
+impl fmt::Debug for ServerSpec {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("ServerSpec")
+            .field("name", &self.name)
+            .field("transport", &self.transport)
+            .field("url", &self.url)
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("public", &self.public)
+            .finish()
+    }
+}
+
+impl ServerSpec {
+    /// Check that the fields fit the transport.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let name = &self.name;
+        match self.transport {
+            Transport::StreamableHttp | Transport::Sse => {
+                let Some(url) = &self.url else {
+                    return Err(Invalid(format!("server {name}: transport {} needs a url", self.transport.as_str())));
+                };
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(Invalid(format!("server {name}: url {url:?} must start with http:// or https://")));
+                }
+                if self.command.is_some() || !self.args.is_empty() || !self.env.is_empty() {
+                    return Err(Invalid(format!(
+                        "server {name}: command, args and env are for stdio servers; HTTP servers take url and headers"
+                    )));
+                }
+                for header in self.headers.keys() {
+                    if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                        return Err(Invalid(format!("server {name}: {header:?} is not a valid HTTP header name")));
+                    }
+                }
+                for (header, value) in &self.headers {
+                    if reqwest::header::HeaderValue::from_str(value).is_err() {
+                        return Err(Invalid(format!(
+                            "server {name}: the value of header {header:?} has characters not allowed in HTTP headers"
+                        )));
+                    }
+                }
+            }
+            Transport::Stdio => {
+                if self.command.as_deref().is_none_or(str::is_empty) {
+                    return Err(Invalid(format!("server {name}: transport stdio needs a command")));
+                }
+                if self.url.is_some() || !self.headers.is_empty() {
+                    return Err(Invalid(format!(
+                        "server {name}: url and headers are for HTTP servers; stdio servers take command, args and env"
+                    )));
+                }
+                for key in self.env.keys() {
+                    if key.is_empty() || key.contains('=') || key.contains('\0') {
+                        return Err(Invalid(format!(
+                            "server {name}: {key:?} is not a valid environment variable name"
+                        )));
+                    }
+                }
+            }
+        }
+        if self.shared_process && self.transport != Transport::Stdio {
+            return Err(Invalid(format!("server {name}: shared_process only applies to stdio servers")));
+        }
+        Ok(())
+    }
+}
+
+/// A server as stored and shown: secrets only by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct Server {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub transport: Transport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub args: Vec<String>,
+    /// Names of the environment variables set (values are never returned).
+    pub env_names: Vec<String>,
+    /// Names of the headers set (values are never returned).
+    pub header_names: Vec<String>,
+    pub public: bool,
+    pub shared_process: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(skip)]
+    pub sealed_secrets: Vec<u8>,
+}
+
+/// The secret part of a server, sealed together in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSecrets {
+    pub env: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub admin: bool,
+    pub groups: Vec<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// Who a grant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grantee {
+    User,
+    Group,
+}
+
+impl Grantee {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grantee::User => "user",
+            Grantee::Group => "group",
+        }
+    }
+}
+
+/// "This user / group may use this server."
+#[derive(Debug, Clone, Serialize)]
+pub struct Grant {
+    pub id: String,
+    pub server: String,
+    pub grantee: Grantee,
+    /// The user's email or the group's name.
+    pub principal: String,
+    #[serde(skip)]
+    pub principal_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub user_email: String,
+    pub name: String,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    #[serde(skip)]
+    pub key_hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        for good in ["a", "github", "jira-cloud", "x1", "0123456789abcdef0123456789abcdef"] {
+            assert!(ServerSlug::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a__b", "a b", "0123456789abcdef0123456789abcdef0", "é"] {
+            assert!(ServerSlug::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(Email::parse(" Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+        for bad in ["ann", "@example.com", "ann@example", "a n@example.com", "ann@.com"] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

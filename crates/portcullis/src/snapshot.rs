@@ -1,0 +1,201 @@
+//! The in-memory snapshot of the registry that the data plane reads. The data plane never
+//! queries the database on the request path; it asks [`SnapshotHandle::current`].
+//!
+//! A refresher task polls the registry revision (a single-row read) every 250 ms and reloads
+//! the whole registry when it changed, so a change made by `portcullis apply`, the API or
+//! another replica is in force within a second everywhere. If the store cannot be read for
+//! longer than `snapshot_max_age`, [`SnapshotHandle::current`] fails and the data plane denies
+//! everything (fail closed) until it can read again.
+
+use crate::crypto::Keys;
+use crate::registry::{Grantee, Server, ServerSecrets};
+use crate::store::{self, Store, StoreError};
+use policy::{Grant, PolicySet, Principal};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// A server with its decrypted credentials, ready for the upstream layer.
+#[derive(Debug)]
+pub struct ServerEntry {
+    pub server: Server,
+    pub secrets: ServerSecrets,
+}
+
+/// A user as the data plane needs it.
+#[derive(Debug, Clone)]
+pub struct UserEntry {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub admin: bool,
+    pub groups: Vec<String>,
+}
+
+impl UserEntry {
+    pub fn principal(&self) -> Principal {
+        Principal::User { id: self.id.clone(), email: self.email.clone(), groups: self.groups.clone() }
+    }
+}
+
+/// Everything the data plane reads, immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub servers: HashMap<String, Arc<ServerEntry>>,
+    pub users: HashMap<String, Arc<UserEntry>>,
+    /// Active API keys: SHA-256 of the key → user id.
+    pub api_keys: HashMap<String, String>,
+    pub policy: PolicySet,
+}
+
+impl Snapshot {
+    /// Read the whole registry.
+    pub async fn load(store: &Store, keys: &Keys) -> Result<Snapshot, StoreError> {
+        let mut connection = store.pool.acquire().await?;
+        let revision = store::registry::revision(&mut connection).await?;
+        let servers = store::registry::list_servers(&mut connection).await?;
+        let users = store::registry::list_users(&mut connection).await?;
+        let grants = store::registry::list_grants(&mut connection).await?;
+        let api_keys = store::registry::list_api_keys(&mut connection).await?;
+        drop(connection);
+
+        let mut server_map = HashMap::new();
+        let mut public = HashSet::new();
+        for server in servers {
+            let secrets = match keys.secrets.open(&server.sealed_secrets, server.id.as_bytes()) {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Err(_) => {
+                    // Fail closed for this server: without its credentials it is left out.
+                    tracing::error!(server = %server.name, "cannot decrypt the server's credentials (was the secret key changed?); the server is unavailable");
+                    continue;
+                }
+            };
+            if server.public {
+                public.insert(server.name.clone());
+            }
+            server_map.insert(server.name.clone(), Arc::new(ServerEntry { server, secrets }));
+        }
+        let user_map: HashMap<String, Arc<UserEntry>> = users
+            .into_iter()
+            .map(|user| {
+                let entry = UserEntry {
+                    id: user.id.clone(),
+                    email: user.email,
+                    name: user.name,
+                    admin: user.admin,
+                    groups: user.groups,
+                };
+                (user.id, Arc::new(entry))
+            })
+            .collect();
+        let policy_grants: Vec<Grant> = grants
+            .iter()
+            .map(|grant| {
+                let (users, groups) = match grant.grantee {
+                    Grantee::User => (vec![grant.principal_id.clone()], Vec::new()),
+                    Grantee::Group => (Vec::new(), vec![grant.principal.clone()]),
+                };
+                Grant { id: grant.id.clone(), server: grant.server.clone(), users, groups }
+            })
+            .collect();
+        let api_key_map = api_keys
+            .into_iter()
+            .filter(|key| key.revoked_at.is_none())
+            .map(|key| (key.key_hash, key.user_id))
+            .collect();
+        Ok(Snapshot {
+            revision,
+            servers: server_map,
+            users: user_map,
+            api_keys: api_key_map,
+            policy: PolicySet::new(&policy_grants, &public),
+        })
+    }
+}
+
+/// The snapshot could not be refreshed for too long.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the policy snapshot is stale (the store has not answered for {0:?}); denying until it does")]
+pub struct Stale(pub Duration);
+
+/// Shared handle to the current snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotHandle {
+    current: Arc<RwLock<Arc<Snapshot>>>,
+    last_checked: Arc<Mutex<Instant>>,
+    max_age: Duration,
+}
+
+impl SnapshotHandle {
+    /// Load the first snapshot and start the refresher.
+    pub async fn start(store: Store, keys: Keys, max_age: Duration) -> Result<SnapshotHandle, StoreError> {
+        let snapshot = Snapshot::load(&store, &keys).await?;
+        let handle = SnapshotHandle {
+            current: Arc::new(RwLock::new(Arc::new(snapshot))),
+            last_checked: Arc::new(Mutex::new(Instant::now())),
+            max_age,
+        };
+        let refresher = handle.clone();
+        tokio::spawn(async move { refresher.refresh_loop(store, keys).await });
+        Ok(handle)
+    }
+
+    /// The snapshot to decide with, or [`Stale`] when it is too old to trust.
+    pub fn current(&self) -> Result<Arc<Snapshot>, Stale> {
+        let age = self.last_checked.lock().map(|checked| checked.elapsed()).unwrap_or(Duration::MAX);
+        if age > self.max_age {
+            return Err(Stale(age));
+        }
+        Ok(self.current.read().map(|current| current.clone()).unwrap_or_default())
+    }
+
+    /// Reload now (after a change made through this process's API).
+    pub async fn reload(&self, store: &Store, keys: &Keys) -> Result<(), StoreError> {
+        let snapshot = Snapshot::load(store, keys).await?;
+        self.publish(snapshot);
+        Ok(())
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        if let Ok(mut current) = self.current.write() {
+            *current = Arc::new(snapshot);
+        }
+        if let Ok(mut checked) = self.last_checked.lock() {
+            *checked = Instant::now();
+        }
+    }
+
+    async fn refresh_loop(self, store: Store, keys: Keys) {
+        let mut interval = tokio::time::interval(Duration::from_millis(250));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            // Stop when the app is gone (only the refresher holds the handle).
+            if Arc::strong_count(&self.current) == 1 {
+                return;
+            }
+            let known = self.current.read().map(|current| current.revision).unwrap_or(-1);
+            let revision = async {
+                let mut connection = store.pool.acquire().await?;
+                store::registry::revision(&mut connection).await
+            };
+            match tokio::time::timeout(Duration::from_secs(5), revision).await {
+                Ok(Ok(revision)) if revision == known => {
+                    if let Ok(mut checked) = self.last_checked.lock() {
+                        *checked = Instant::now();
+                    }
+                }
+                Ok(Ok(_)) => match Snapshot::load(&store, &keys).await {
+                    Ok(snapshot) => {
+                        tracing::debug!(revision = snapshot.revision, "registry snapshot reloaded");
+                        self.publish(snapshot);
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot reload the registry snapshot"),
+                },
+                Ok(Err(error)) => tracing::warn!(%error, "cannot read the registry revision"),
+                Err(_) => tracing::warn!("reading the registry revision timed out"),
+            }
+        }
+    }
+}

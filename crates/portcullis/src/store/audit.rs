@@ -1,0 +1,165 @@
+//! Audit events: inserted in batches (group commit), completed with their outcome, queried
+//! newest first with a cursor.
+
+use super::StoreError;
+use crate::audit::{AuditEvent, Completion};
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+/// Insert events in the caller's transaction.
+pub async fn insert(connection: &mut AnyConnection, events: &[AuditEvent]) -> Result<(), StoreError> {
+    for event in events {
+        sqlx::query(
+            "INSERT INTO audit_events (id, ts, user_id, principal, server, method, target, sealed_arguments, \
+             arguments_digest, decision, reason, outcome, error, latency_us, client_name, client_version, ip, \
+             correlation_id, replica) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+        )
+        .bind(&event.id)
+        .bind(event.ts)
+        .bind(&event.user_id)
+        .bind(&event.principal)
+        .bind(&event.server)
+        .bind(&event.method)
+        .bind(&event.target)
+        .bind(&event.sealed_arguments)
+        .bind(&event.arguments_digest)
+        .bind(event.decision)
+        .bind(&event.reason)
+        .bind(&event.outcome)
+        .bind(&event.error)
+        .bind(event.latency_us)
+        .bind(&event.client_name)
+        .bind(&event.client_version)
+        .bind(&event.ip)
+        .bind(&event.correlation_id)
+        .bind(&event.replica)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Record how calls ended.
+pub async fn complete(connection: &mut AnyConnection, completions: &[Completion]) -> Result<(), StoreError> {
+    for completion in completions {
+        sqlx::query("UPDATE audit_events SET outcome = $1, error = $2, latency_us = $3 WHERE id = $4")
+            .bind(&completion.outcome)
+            .bind(&completion.error)
+            .bind(completion.latency_us)
+            .bind(&completion.id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Which events to return.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub user_id: Option<String>,
+    pub server: Option<String>,
+    pub method: Option<String>,
+    pub decision: Option<String>,
+    pub outcome: Option<String>,
+    pub target: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only events older than this cursor (the `seq` of the last event of the previous page).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// An audit event as the API shows it. Arguments stay sealed; only their digest is shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub id: String,
+    pub time_ms: i64,
+    pub user_id: Option<String>,
+    pub principal: String,
+    pub server: Option<String>,
+    pub method: String,
+    pub target: Option<String>,
+    pub arguments_digest: Option<String>,
+    pub decision: String,
+    pub reason: String,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub latency_us: Option<i64>,
+    pub client_name: Option<String>,
+    pub client_version: Option<String>,
+    pub ip: Option<String>,
+    pub correlation_id: String,
+    #[serde(skip)]
+    pub sealed_arguments: Option<Vec<u8>>,
+}
+
+pub async fn query(connection: &mut AnyConnection, filter: &Filter) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut sql = String::from(
+        "SELECT seq, id, ts, user_id, principal, server, method, target, sealed_arguments, arguments_digest, decision, \
+         reason, outcome, error, latency_us, client_name, client_version, ip, correlation_id FROM audit_events WHERE 1 = 1",
+    );
+    let mut texts: Vec<String> = Vec::new();
+    let mut numbers: Vec<i64> = Vec::new();
+    let mut placeholders = 0;
+    let mut next = || {
+        placeholders += 1;
+        format!("${placeholders}")
+    };
+    // Text conditions first, numeric ones after, so binds can be added in the same order.
+    for (column, value) in [
+        ("user_id", &filter.user_id),
+        ("server", &filter.server),
+        ("method", &filter.method),
+        ("decision", &filter.decision),
+        ("outcome", &filter.outcome),
+        ("target", &filter.target),
+    ] {
+        if let Some(value) = value {
+            sql.push_str(&format!(" AND {column} = {}", next()));
+            texts.push(value.clone());
+        }
+    }
+    for (condition, value) in [("ts >= ", filter.since_ms), ("ts < ", filter.until_ms), ("seq < ", filter.before)] {
+        if let Some(value) = value {
+            sql.push_str(&format!(" AND {condition}{}", next()));
+            numbers.push(value);
+        }
+    }
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", next()));
+    numbers.push(filter.limit);
+    let mut query = sqlx::query(&sql);
+    for text in texts {
+        query = query.bind(text);
+    }
+    for number in numbers {
+        query = query.bind(number);
+    }
+    let rows = query.fetch_all(connection).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AuditRecord {
+                seq: row.try_get("seq")?,
+                id: row.try_get("id")?,
+                time_ms: row.try_get("ts")?,
+                user_id: row.try_get("user_id")?,
+                principal: row.try_get("principal")?,
+                server: row.try_get("server")?,
+                method: row.try_get("method")?,
+                target: row.try_get("target")?,
+                arguments_digest: row.try_get("arguments_digest")?,
+                decision: row.try_get("decision")?,
+                reason: row.try_get("reason")?,
+                outcome: row.try_get("outcome")?,
+                error: row.try_get("error")?,
+                latency_us: row.try_get("latency_us")?,
+                client_name: row.try_get("client_name")?,
+                client_version: row.try_get("client_version")?,
+                ip: row.try_get("ip")?,
+                correlation_id: row.try_get("correlation_id")?,
+                sealed_arguments: row.try_get("sealed_arguments")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,261 @@
+//! Streamable HTTP upstreams. One pooled client for all servers; the upstream's session id is
+//! carried by the caller (sealed in the client's session), so any replica can continue any
+//! session.
+
+use super::{Listener, Replies, Reply, UpstreamError, response_id};
+use crate::snapshot::ServerEntry;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use mcp::{Message, ProtocolVersion, sse};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The largest single message accepted from an upstream.
+const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct HttpUpstream {
+    client: reqwest::Client,
+}
+
+impl Default for HttpUpstream {
+    fn default() -> Self {
+        HttpUpstream::new()
+    }
+}
+
+impl HttpUpstream {
+    pub fn new() -> HttpUpstream {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            // Redirects could carry the upstream credentials to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("the HTTP client configuration is valid");
+        HttpUpstream { client }
+    }
+
+    fn url(entry: &ServerEntry) -> Result<&str, UpstreamError> {
+        entry.server.url.as_deref().ok_or_else(|| UpstreamError::Unavailable("the server has no URL configured".into()))
+    }
+
+    fn headers(entry: &ServerEntry, session: Option<&str>, version: Option<ProtocolVersion>) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(entry.secrets.headers.len() + 4);
+        for (name, value) in &entry.secrets.headers {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+        if let Some(session) = session.and_then(|session| HeaderValue::from_str(session).ok()) {
+            headers.insert("mcp-session-id", session);
+        }
+        if let Some(version) = version {
+            headers.insert("mcp-protocol-version", HeaderValue::from_static(version.as_str()));
+        }
+        headers
+    }
+
+    async fn post(
+        &self,
+        entry: &ServerEntry,
+        session: Option<&str>,
+        version: Option<ProtocolVersion>,
+        message: &Message,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = Self::url(entry)?;
+        let mut request =
+            self.client.post(url).headers(Self::headers(entry, session, version)).body(message.to_bytes());
+        if let Some(method) = message.method.as_deref().filter(|_| version.is_some_and(ProtocolVersion::is_stateless)) {
+            request = request.header("mcp-method", method);
+        }
+        request.send().await.map_err(describe_send_error)
+    }
+
+    /// Send `initialize`; remember the session id the upstream issues.
+    pub async fn open(
+        &self,
+        entry: &ServerEntry,
+        initialize: &Message,
+    ) -> Result<(super::Attachment, Replies), UpstreamError> {
+        let response = self.post(entry, None, None, initialize).await?;
+        let session = response.headers().get("mcp-session-id").and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let replies = self.replies(response, initialize, session.is_some()).await?;
+        Ok((super::Attachment::Http { session }, replies))
+    }
+
+    pub async fn request(
+        &self,
+        entry: &ServerEntry,
+        session: Option<&str>,
+        version: ProtocolVersion,
+        message: &Message,
+    ) -> Result<Replies, UpstreamError> {
+        let response = self.post(entry, session, Some(version), message).await?;
+        self.replies(response, message, session.is_some()).await
+    }
+
+    /// Turn an HTTP answer into the stream of messages answering `request`.
+    async fn replies(
+        &self,
+        response: reqwest::Response,
+        request: &Message,
+        has_session: bool,
+    ) -> Result<Replies, UpstreamError> {
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND && has_session {
+            return Err(UpstreamError::SessionGone);
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let (sender, receiver) = mpsc::channel(32);
+        if content_type.starts_with("text/event-stream") && status.is_success() {
+            let wanted = request.id.as_ref().map(mcp::Id::to_value);
+            tokio::spawn(relay_event_stream(response, wanted, sender));
+            return Ok(receiver);
+        }
+        let body = response.bytes().await.map_err(|error| UpstreamError::Unavailable(error.to_string()))?;
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(UpstreamError::Invalid("the answer is larger than 32 MiB".into()));
+        }
+        match serde_json::from_slice::<Value>(&body) {
+            // A JSON-RPC answer (even an error with an HTTP error status) is the upstream's own word.
+            Ok(value) if response_id(&value).is_some() => {
+                let _ = sender.try_send(Ok(value));
+                Ok(receiver)
+            }
+            _ if !status.is_success() => Err(UpstreamError::Unavailable(format!("it answered HTTP {status}"))),
+            _ => Err(UpstreamError::Invalid(format!(
+                "HTTP {status} with content type {content_type:?} and no JSON-RPC response"
+            ))),
+        }
+    }
+
+    /// Send a notification or a response; the upstream answers 202.
+    pub async fn send(
+        &self,
+        entry: &ServerEntry,
+        session: Option<&str>,
+        version: ProtocolVersion,
+        message: &Message,
+    ) -> Result<(), UpstreamError> {
+        let response = self.post(entry, session, Some(version), message).await?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            reqwest::StatusCode::NOT_FOUND if session.is_some() => Err(UpstreamError::SessionGone),
+            status => Err(UpstreamError::Unavailable(format!("it answered HTTP {status}"))),
+        }
+    }
+
+    /// Open the upstream's GET stream.
+    pub async fn listen(
+        &self,
+        entry: &ServerEntry,
+        session: Option<&str>,
+        version: ProtocolVersion,
+    ) -> Result<Listener, UpstreamError> {
+        let url = Self::url(entry)?;
+        let mut headers = Self::headers(entry, session, Some(version));
+        headers.remove(CONTENT_TYPE);
+        headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        let response = self.client.get(url).headers(headers).send().await.map_err(describe_send_error)?;
+        match response.status() {
+            status if status.is_success() => {}
+            reqwest::StatusCode::METHOD_NOT_ALLOWED => {
+                return Err(UpstreamError::NotSupported("the upstream offers no GET stream".into()));
+            }
+            reqwest::StatusCode::NOT_FOUND if session.is_some() => return Err(UpstreamError::SessionGone),
+            status => return Err(UpstreamError::Unavailable(format!("GET stream answered HTTP {status}"))),
+        }
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut parser = sse::Parser::new(MAX_MESSAGE_BYTES);
+            let mut stream = response.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                let Ok(events) = parser.push(&chunk) else { return };
+                for event in events {
+                    if let Ok(value) = serde_json::from_str::<Value>(&event.data)
+                        && sender.send(value).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
+    /// DELETE the upstream session.
+    pub async fn close(&self, entry: &ServerEntry, session: &str, version: ProtocolVersion) {
+        let Ok(url) = Self::url(entry) else { return };
+        let mut headers = Self::headers(entry, Some(session), Some(version));
+        headers.remove(CONTENT_TYPE);
+        if let Err(error) = self.client.delete(url).headers(headers).send().await {
+            tracing::debug!(server = %entry.server.name, %error, "upstream DELETE failed");
+        }
+    }
+}
+
+/// Relay an SSE answer message by message until the response to `wanted` went through.
+async fn relay_event_stream(response: reqwest::Response, wanted: Option<Value>, sender: mpsc::Sender<Reply>) {
+    let mut parser = sse::Parser::new(MAX_MESSAGE_BYTES);
+    let mut stream = response.bytes_stream();
+    loop {
+        let chunk: Bytes = match stream.next().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(error)) => {
+                let _ = sender.send(Err(UpstreamError::Unavailable(format!("the stream broke: {error}")))).await;
+                return;
+            }
+            None => {
+                let _ = sender
+                    .send(Err(UpstreamError::Invalid("the stream ended before the response arrived".into())))
+                    .await;
+                return;
+            }
+        };
+        let events = match parser.push(&chunk) {
+            Ok(events) => events,
+            Err(error) => {
+                let _ = sender.send(Err(UpstreamError::Invalid(error.to_string()))).await;
+                return;
+            }
+        };
+        for event in events {
+            if event.data.is_empty() {
+                continue;
+            }
+            let value = match serde_json::from_str::<Value>(&event.data) {
+                Ok(value) if value.is_object() => value,
+                _ => {
+                    let _ = sender.send(Err(UpstreamError::Invalid("an event is not a JSON-RPC message".into()))).await;
+                    return;
+                }
+            };
+            let done = wanted.is_some() && response_id(&value) == wanted.as_ref();
+            if sender.send(Ok(value)).await.is_err() || done {
+                return;
+            }
+        }
+    }
+}
+
+fn describe_send_error(error: reqwest::Error) -> UpstreamError {
+    if error.is_timeout() {
+        UpstreamError::Timeout
+    } else if error.is_connect() {
+        UpstreamError::Unavailable("cannot connect to it".into())
+    } else {
+        UpstreamError::Unavailable("the request failed before an answer arrived".into())
+    }
+}

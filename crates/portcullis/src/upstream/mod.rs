@@ -1,0 +1,169 @@
+//! Talking to upstream MCP servers. The proxy sees one interface, [`Upstreams`], whatever the
+//! transport:
+//!
+//! - [`http`]: Streamable HTTP, over a pooled `reqwest` client. Stateless in the gateway: the
+//!   upstream session id travels inside the sealed client session.
+//! - [`stdio`]: child processes speaking newline-delimited JSON-RPC, one per client session
+//!   (or one shared per server), supervised and reaped when idle. State lives in this
+//!   process, so the sealed session names the owning replica.
+//!
+//! Every request returns [`Replies`]: the messages the upstream sends while answering (progress,
+//! logs, sampling requests …) ending with the response itself.
+
+pub mod http;
+pub mod stdio;
+
+use crate::registry::Transport;
+use crate::snapshot::ServerEntry;
+use mcp::{Message, ProtocolVersion};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Where a client session is attached upstream. Sealed into the `Mcp-Session-Id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "k")]
+pub enum Attachment {
+    /// A Streamable HTTP upstream, with its session id if it issued one.
+    #[serde(rename = "h")]
+    Http {
+        #[serde(rename = "s", skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+    },
+    /// A stdio child owned by replica `replica`, known there as `local`.
+    #[serde(rename = "p")]
+    Stdio {
+        #[serde(rename = "r")]
+        replica: String,
+        #[serde(rename = "l")]
+        local: String,
+    },
+}
+
+/// Why an upstream could not answer. Messages are for people; they never include credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the upstream server is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the upstream server did not answer in time")]
+    Timeout,
+    #[error("the upstream server sent something that is not MCP: {0}")]
+    Invalid(String),
+    /// The upstream no longer knows the session: the client must initialize again.
+    #[error("the upstream session has ended; initialize a new session")]
+    SessionGone,
+    /// The session's process lives on another replica.
+    #[error("the session lives on replica {0}")]
+    OtherReplica(String),
+    /// The upstream does not offer this (for example no GET stream).
+    #[error("the upstream server does not support this: {0}")]
+    NotSupported(String),
+}
+
+/// One item of an upstream's answer.
+pub type Reply = Result<Value, UpstreamError>;
+
+/// The messages answering one request; the stream ends after the response.
+pub type Replies = mpsc::Receiver<Reply>;
+
+/// Messages an upstream sends outside any request (the GET stream).
+pub type Listener = mpsc::Receiver<Value>;
+
+/// The upstream connectors. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Upstreams {
+    pub http: http::HttpUpstream,
+    pub stdio: stdio::StdioPool,
+}
+
+impl Upstreams {
+    pub fn new(replica: String, home: String) -> Upstreams {
+        Upstreams { http: http::HttpUpstream::new(), stdio: stdio::StdioPool::new(replica, home) }
+    }
+
+    /// Open an upstream session with the client's `initialize`.
+    pub async fn open(
+        &self,
+        entry: &ServerEntry,
+        initialize: &Message,
+    ) -> Result<(Attachment, Replies), UpstreamError> {
+        match entry.server.transport {
+            Transport::StreamableHttp => self.http.open(entry, initialize).await,
+            Transport::Stdio => self.stdio.open(entry, initialize).await,
+            Transport::Sse => Err(UpstreamError::NotSupported("legacy SSE upstreams are not supported yet".into())),
+        }
+    }
+
+    /// Send a request; the replies end with its response.
+    pub async fn request(
+        &self,
+        entry: &ServerEntry,
+        attachment: &Attachment,
+        version: ProtocolVersion,
+        message: &Message,
+    ) -> Result<Replies, UpstreamError> {
+        match attachment {
+            Attachment::Http { session } => self.http.request(entry, session.as_deref(), version, message).await,
+            Attachment::Stdio { replica, local } => {
+                self.stdio.check_owner(replica)?;
+                self.stdio.request(local, message).await
+            }
+        }
+    }
+
+    /// Send a notification or a response to a server-to-client request.
+    pub async fn send(
+        &self,
+        entry: &ServerEntry,
+        attachment: &Attachment,
+        version: ProtocolVersion,
+        message: &Message,
+    ) -> Result<(), UpstreamError> {
+        match attachment {
+            Attachment::Http { session } => self.http.send(entry, session.as_deref(), version, message).await,
+            Attachment::Stdio { replica, local } => {
+                self.stdio.check_owner(replica)?;
+                self.stdio.send(local, message).await
+            }
+        }
+    }
+
+    /// Messages the upstream sends outside requests.
+    pub async fn listen(
+        &self,
+        entry: &ServerEntry,
+        attachment: &Attachment,
+        version: ProtocolVersion,
+    ) -> Result<Listener, UpstreamError> {
+        match attachment {
+            Attachment::Http { session } => self.http.listen(entry, session.as_deref(), version).await,
+            Attachment::Stdio { replica, local } => {
+                self.stdio.check_owner(replica)?;
+                self.stdio.listen(local)
+            }
+        }
+    }
+
+    /// End the upstream session.
+    pub async fn close(&self, entry: &ServerEntry, attachment: &Attachment, version: ProtocolVersion) {
+        match attachment {
+            Attachment::Http { session: Some(session) } => self.http.close(entry, session, version).await,
+            Attachment::Http { session: None } => {}
+            Attachment::Stdio { local, .. } => self.stdio.close(local),
+        }
+    }
+
+    /// Stop every child process.
+    pub async fn shutdown(&self) {
+        self.stdio.shutdown().await;
+    }
+}
+
+/// The `id` of a response message, if `value` is one.
+pub fn response_id(value: &Value) -> Option<&Value> {
+    let object = value.as_object()?;
+    if object.contains_key("method") {
+        return None;
+    }
+    if object.contains_key("result") || object.contains_key("error") { object.get("id") } else { None }
+}
