@@ -88,7 +88,7 @@ impl Body {
     pub fn parse(bytes: &[u8]) -> Result<Body, EnvelopeError> {
         let value = parse_strict(bytes).map_err(|error| {
             let message = match error {
-                JsonError::Syntax(detail) => format!("{detail}; send one JSON-RPC 2.0 message"),
+                JsonError::Syntax(_) => format!("{error}; send one JSON-RPC 2.0 message"),
                 JsonError::DuplicateKey(_) => error.to_string(),
             };
             EnvelopeError::new(ErrorCode::ParseError, message, None)

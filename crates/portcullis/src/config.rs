@@ -259,6 +259,12 @@ pub fn describe_settings() -> String {
 }
 
 fn suggest(key: &str, render: impl Fn(&str) -> String) -> String {
+    // A known setting that the key starts with (listen_port → listen) is the likeliest meaning.
+    if let Some(setting) =
+        SETTINGS.iter().filter(|setting| key.starts_with(setting.key)).max_by_key(|setting| setting.key.len())
+    {
+        return format!("; did you mean \"{}\"?", render(setting.key));
+    }
     let best = SETTINGS
         .iter()
         .map(|setting| (edit_distance(key, setting.key), setting.key))

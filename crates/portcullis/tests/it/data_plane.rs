@@ -1,0 +1,284 @@
+//! The request path end to end against the built-in demo server (stdio) and the echo
+//! upstream (Streamable HTTP).
+
+use crate::support::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn stdio_upstream_lists_calls_and_audits() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("demo", Some(&key));
+    let init = client.initialize().await;
+    assert_eq!(init.status, 200, "{}", init.text);
+    assert_eq!(init.last()["result"]["serverInfo"]["name"], "portcullis-demo");
+    assert!(client.session.is_some(), "initialize must return a session");
+    assert_eq!(client.tool_names().await, vec!["echo", "add"]);
+    let reply = client.call_tool("echo", json!({"message": "through the gateway"})).await;
+    assert_eq!(text_of(&reply), "through the gateway");
+    let reply = client.call_tool("add", json!({"a": 2, "b": 40})).await;
+    assert_eq!(text_of(&reply), "42");
+
+    let events = gw.audit().await;
+    let call =
+        events.iter().find(|event| event.method == "tools/call" && event.target.as_deref() == Some("echo")).unwrap();
+    assert_eq!(call.decision, "allow");
+    assert_eq!(call.outcome, "ok");
+    assert_eq!(call.principal, "ann@example.com");
+    assert_eq!(call.client_name.as_deref(), Some("portcullis-tests"));
+    assert!(call.latency_us.is_some());
+    // Arguments are stored sealed, with a keyed digest; they open with the deployment key.
+    let sealed = call.sealed_arguments.as_ref().expect("arguments are recorded");
+    assert!(!String::from_utf8_lossy(sealed).contains("through the gateway"), "arguments must be encrypted at rest");
+    assert_eq!(gw.state.audit.open_arguments(sealed), Some(json!({"message": "through the gateway"})));
+    assert_eq!(call.arguments_digest.as_ref().map(String::len), Some(64));
+    assert!(events.iter().any(|event| event.method == "initialize" && event.outcome == "ok"));
+    assert!(events.iter().any(|event| event.method == "tools/list" && event.outcome == "ok"));
+
+    // DELETE ends the session; the process is gone and the session with it.
+    let deleted = client.request_builder(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    let after = client.call_tool("echo", json!({"message": "x"})).await;
+    assert_eq!(after.status, 404, "{}", after.text);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_clients_with_the_same_request_ids_get_their_own_answers() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut tasks = Vec::new();
+    for index in 0..50 {
+        let mut client = gw.client("demo", Some(&key));
+        tasks.push(tokio::spawn(async move {
+            client.initialize().await;
+            // Every client uses the same ids (its counter starts at 1).
+            let reply = client.call_tool("echo", json!({"message": format!("client {index}")})).await;
+            assert_eq!(reply.last()["id"], 2);
+            text_of(&reply)
+        }));
+    }
+    for (index, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), format!("client {index}"));
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http_upstream_and_a_denied_user() {
+    let gw = TestGateway::start().await;
+    let (upstream, serve) = portcullis::demo::bind_http("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let upstream_task = tokio::spawn(serve);
+    gw.apply(&format!(
+        r#"
+        [[servers]]
+        name = "echo"
+        transport = "streamable-http"
+        url = "http://{upstream}/mcp"
+        headers = {{ Authorization = "Bearer upstream-secret" }}
+
+        [[groups]]
+        name = "engineering"
+
+        [[users]]
+        email = "ann@example.com"
+        groups = ["engineering"]
+
+        [[users]]
+        email = "bob@example.com"
+
+        [[grants]]
+        server = "echo"
+        groups = ["engineering"]
+        "#
+    ))
+    .await;
+    let ann = gw.api_key("ann@example.com").await;
+    let bob = gw.api_key("bob@example.com").await;
+
+    let mut client = gw.client("echo", Some(&ann));
+    assert_eq!(client.initialize().await.status, 200);
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "hello"})).await), "hello");
+
+    // Bob has no grant: a JSON-RPC error (not 401/403), with a reason, and an audit event.
+    let mut denied = gw.client("echo", Some(&bob));
+    let reply = denied.initialize().await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.error_code(), Some(-32030));
+    assert!(reply.error_message().contains("bob@example.com has no grant for server \"echo\""), "{}", reply.text);
+    // Bob cannot borrow Ann's session either.
+    let mut borrowed = denied.clone();
+    borrowed.session = client.session.clone();
+    assert_eq!(borrowed.call_tool("echo", json!({"message": "x"})).await.status, 404);
+
+    let events = gw.audit().await;
+    assert!(
+        events
+            .iter()
+            .any(|event| event.principal == "bob@example.com" && event.decision == "deny" && event.outcome == "denied")
+    );
+
+    // The upstream credential is never shown by the API.
+    let admin = gw.apply("[[users]]\nemail = \"root@example.com\"\nadmin = true\n").await;
+    assert_eq!(admin, vec!["+ user root@example.com (admin)"]);
+    let root = gw.api_key("root@example.com").await;
+    let body = reqwest::Client::new()
+        .get(gw.url("/api/v1/servers/echo"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("\"header_names\":[\"Authorization\"]"), "{body}");
+    assert!(!body.contains("upstream-secret"), "a secret leaked: {body}");
+    upstream_task.abort();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn public_servers_serve_anonymous_callers_and_others_demand_a_key() {
+    let gw = TestGateway::start().await;
+    let mut toml = demo_server_toml("open", &[]);
+    toml.push_str("public = true\n");
+    toml.push_str(&demo_server_toml("closed", &[]));
+    gw.apply(&toml).await;
+    let mut anonymous = gw.client("open", None);
+    assert_eq!(anonymous.initialize().await.status, 200);
+    assert_eq!(text_of(&anonymous.call_tool("echo", json!({"message": "anyone"})).await), "anyone");
+
+    let reply = gw.client("closed", None).initialize().await;
+    assert_eq!(reply.status, 401);
+    assert!(reply.headers.contains_key("www-authenticate"));
+    let reply = gw.client("closed", Some("pcs_not-a-real-key")).initialize().await;
+    assert_eq!(reply.status, 401);
+    assert!(!reply.text.contains("pcs_not-a-real-key"), "the key must not be echoed");
+    // Unknown servers look the same as closed ones to anonymous callers.
+    assert_eq!(gw.client("nothing-here", None).initialize().await.status, 401);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_a_grant_denies_the_next_call() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("demo", Some(&key));
+    client.initialize().await;
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "before"})).await), "before");
+    // Remove the grant with a pruning apply that keeps everything else.
+    let changes = portcullis::apply::apply_text(
+        gw.store(),
+        &gw.state.keys,
+        &(demo_server_toml("demo", &[]) + "\n[[users]]\nemail = \"ann@example.com\"\n"),
+        "test",
+        portcullis::apply::Options { prune: true, dry_run: false },
+    )
+    .await
+    .unwrap();
+    assert_eq!(changes.changes, vec!["- grant demo → user ann@example.com"]);
+    // The refresher picks the change up within a second, without an explicit reload.
+    let mut denied = false;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let reply = client.call_tool("echo", json!({"message": "after"})).await;
+        if reply.error_code() == Some(-32030) {
+            denied = true;
+            break;
+        }
+    }
+    assert!(denied, "the call must be denied within 2 seconds of removing the grant");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn audit_store_failure_fails_tools_call_closed() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("demo", Some(&key));
+    client.initialize().await;
+    // Break the audit table for real; the call must not be forwarded.
+    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone").execute(&gw.store().pool).await.unwrap();
+    let reply = client.call_tool("echo", json!({"message": "must not run"})).await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert!(reply.error_message().contains("audit log cannot be written"), "{}", reply.text);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn slow_and_dead_upstreams_fail_only_their_own_callers() {
+    use axum::routing::post;
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_address = slow.local_addr().unwrap();
+    let slow_router = axum::Router::new().route(
+        "/mcp",
+        post(|body: axum::body::Bytes| async move {
+            let message: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if message["method"] == "tools/call" {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+            axum::Json(portcullis::demo::answer(&message).unwrap_or(json!({})))
+        }),
+    );
+    let slow_task = tokio::spawn(async move { axum::serve(slow, slow_router).await.unwrap() });
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let gw = TestGateway::start_with(Options {
+        tweak: Box::new(|config| config.upstream_timeout = std::time::Duration::from_secs(1)),
+        ..Options::default()
+    })
+    .await;
+    gw.apply(&format!(
+        "[[servers]]\nname = \"slow\"\ntransport = \"streamable-http\"\nurl = \"http://{slow_address}/mcp\"\n\
+         [[servers]]\nname = \"dead\"\ntransport = \"streamable-http\"\nurl = \"http://{dead}/mcp\"\n\
+         {}\n[[grants]]\nserver = \"slow\"\nusers = [\"ann@example.com\"]\n[[grants]]\nserver = \"dead\"\nusers = [\"ann@example.com\"]\n",
+        demo_server_toml("demo", &["ann@example.com"])
+    ))
+    .await;
+    let key = gw.api_key("ann@example.com").await;
+
+    let mut slow_client = gw.client("slow", Some(&key));
+    slow_client.initialize().await;
+    let started = std::time::Instant::now();
+    let reply = slow_client.call_tool("echo", json!({"message": "zzz"})).await;
+    assert_eq!(reply.error_code(), Some(-32032), "{}", reply.text);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    let reply = gw.client("dead", Some(&key)).initialize().await;
+    assert_eq!(reply.error_code(), Some(-32031), "{}", reply.text);
+    assert!(reply.error_message().contains("unavailable"), "{}", reply.text);
+
+    // The healthy server is unaffected.
+    let mut healthy = gw.client("demo", Some(&key));
+    healthy.initialize().await;
+    assert_eq!(text_of(&healthy.call_tool("echo", json!({"message": "fine"})).await), "fine");
+
+    let events = gw.audit().await;
+    assert!(events.iter().any(|event| event.server.as_deref() == Some("slow") && event.outcome == "upstream_timeout"));
+    assert!(
+        events.iter().any(|event| event.server.as_deref() == Some("dead") && event.outcome == "upstream_unavailable")
+    );
+    slow_task.abort();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("demo", Some(&key));
+    client.initialize().await;
+    client.call_tool("echo", json!({"message": "m"})).await;
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(gw.url("/readyz")).send().await.unwrap().status(), 200);
+    let metrics = http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("portcullis_requests_total{method=\"tools/call\",outcome=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_decisions_total{effect=\"allow\"}"), "{metrics}");
+    assert!(metrics.contains("portcullis_stdio_processes 1"), "{metrics}");
+    gw.stop().await;
+}

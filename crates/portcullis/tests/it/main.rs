@@ -1,0 +1,10 @@
+//! The integration tests: one binary, real gateway, real stores, real MCP peers.
+
+mod support;
+
+mod apply;
+mod bad_input;
+mod data_plane;
+mod peers;
+mod replicas;
+mod store_suite;

@@ -1,0 +1,48 @@
+//! Two gateway processes on one PostgreSQL serve the same Streamable HTTP session.
+
+use crate::support::*;
+use portcullis::crypto::SecretKey;
+use serde_json::json;
+
+#[tokio::test]
+async fn two_replicas_share_a_session_on_postgres() {
+    let (url, name) = fresh_postgres_database().await;
+    let key = SecretKey::generate();
+    let store = StoreKind::Postgres(url, name.clone());
+    let first = TestGateway::start_with(Options { store: store.clone(), key: key.clone(), ..Options::default() }).await;
+    let second = TestGateway::start_with(Options { store, key, ..Options::default() }).await;
+    let (upstream, serve) = portcullis::demo::bind_http("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let upstream_task = tokio::spawn(serve);
+    first
+        .apply(&format!(
+            "[[servers]]\nname = \"echo\"\ntransport = \"streamable-http\"\nurl = \"http://{upstream}/mcp\"\n\
+             [[users]]\nemail = \"ann@example.com\"\n[[grants]]\nserver = \"echo\"\nusers = [\"ann@example.com\"]\n"
+        ))
+        .await;
+    let api_key = first.api_key("ann@example.com").await;
+    // The second replica learns about the change through the store within a second.
+    let mut on_first = first.client("echo", Some(&api_key));
+    assert_eq!(on_first.initialize().await.status, 200);
+    let mut on_second = second.client("echo", Some(&api_key));
+    on_second.session = on_first.session.clone();
+    let mut answered = None;
+    for _ in 0..30 {
+        let reply = on_second.call_tool("echo", json!({"message": "from replica two"})).await;
+        if reply.status == 200 && reply.last().get("result").is_some() {
+            answered = Some(text_of(&reply));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.as_deref(), Some("from replica two"));
+    // Both replicas wrote to the same audit log.
+    let events = first.audit().await;
+    assert!(events.iter().any(|event| event.method == "initialize" && event.outcome == "ok"));
+    second.state.audit.flush().await;
+    let events = first.audit().await;
+    assert!(events.iter().any(|event| event.method == "tools/call" && event.outcome == "ok"));
+    upstream_task.abort();
+    first.stop().await;
+    second.stop().await;
+    drop_postgres_database(&name).await;
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Reference MCP client (official Python SDK `mcp` 2.x) used by Portcullis integration tests.
+
+Usage:
+  mcp_client.py URL [--token TOKEN] [--mode legacy|auto] [--timeout SECS]
+                [--call TOOL --args JSON]... [--list-resources] [--list-prompts]
+
+Prints one JSON object on stdout and exits 0; on any failure prints the error to
+stderr (JSON-RPC errors as "MCP error CODE: MESSAGE") and exits 1.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+import anyio
+import httpx2
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors are failures too: exit 1, not argparse's 2
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+class CallAction(argparse.Action):
+    """--call starts a new call; the next --args attaches to it (so --args is optional, default {})."""
+
+    def __call__(self, parser, ns, value, option):
+        if option == "--call":
+            ns.calls.append([value, None])
+            return
+        if not ns.calls or ns.calls[-1][1] is not None:
+            parser.error("--args must follow its own --call")
+        try:
+            ns.calls[-1][1] = json.loads(value)
+        except json.JSONDecodeError as e:
+            parser.error(f"--args for {ns.calls[-1][0]!r} is not JSON: {e}")
+
+
+def parse_args() -> argparse.Namespace:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("url")
+    p.add_argument("--token", help="sent as 'Authorization: Bearer TOKEN'")
+    # auto = probe 2026-07-28 `server/discover`, fall back to `initialize`; legacy = `initialize` only.
+    p.add_argument("--mode", choices=["legacy", "auto"], default="auto")
+    # Bounds every request so a hung gateway fails the test instead of stalling it.
+    p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--call", dest="calls", action=CallAction, default=[], metavar="TOOL")
+    p.add_argument("--args", dest="calls", action=CallAction, metavar="JSON", help="arguments of the preceding --call")
+    p.add_argument("--list-resources", action="store_true")
+    p.add_argument("--list-prompts", action="store_true")
+    return p.parse_args()
+
+
+def text_of(result) -> str:
+    # Only text blocks matter to the tests; images/resources are skipped.
+    return "".join(c.text for c in result.content if getattr(c, "type", None) == "text")
+
+
+async def list_all(fetch, field: str) -> list:
+    # Follow nextCursor so a gateway that paginates merged listings is still seen whole.
+    items, cursor = [], None
+    for _ in range(100):
+        page = await fetch(cursor=cursor)
+        items += getattr(page, field)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return items
+
+
+async def run(a: argparse.Namespace) -> dict:
+    headers = {"Authorization": f"Bearer {a.token}"} if a.token else None
+    # Short connect timeout so a closed port fails fast; read timeout bounds a stuck stream.
+    timeout = httpx2.Timeout(a.timeout, connect=5.0)
+    # Our own httpx2 client is the only way to add headers; the SDK won't close it for us.
+    async with create_mcp_http_client(headers=headers, timeout=timeout) as http:
+        transport = streamable_http_client(a.url, http_client=http)
+        # cache=None: every list must really reach the gateway, not a client-side cache.
+        async with Client(transport, mode=a.mode, read_timeout_seconds=a.timeout, cache=None) as client:
+            out: dict = {
+                "protocol": client.protocol_version,
+                # 2026-era servers may omit serverInfo, so None is possible in auto mode.
+                "server": client.server_info.name if client.server_info else None,
+                "tools": [t.name for t in await list_all(client.list_tools, "tools")],
+                "calls": [],
+            }
+            for tool, arguments in a.calls:
+                r = await client.call_tool(tool, arguments if arguments is not None else {})
+                out["calls"].append({"tool": tool, "is_error": bool(r.is_error), "text": text_of(r)})
+            if a.list_resources:
+                out["resources"] = [str(r.uri) for r in await list_all(client.list_resources, "resources")]
+            if a.list_prompts:
+                out["prompts"] = [p.name for p in await list_all(client.list_prompts, "prompts")]
+            return out
+
+
+def leaves(exc: BaseException):
+    # anyio task groups wrap transport failures in (nested) ExceptionGroups.
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from leaves(e)
+    else:
+        yield exc
+
+
+def main() -> int:
+    a = parse_args()
+    # The SDK logs transport tracebacks at ERROR; keep stderr to our one-line diagnosis.
+    logging.basicConfig(level=logging.CRITICAL)
+    try:
+        out = anyio.run(run, a)
+    except BaseException as exc:  # noqa: BLE001 - any failure must become exit 1
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        errs = list(leaves(exc))
+        mcp_err = next((e for e in errs if isinstance(e, MCPError)), None)
+        if mcp_err is not None:
+            print(f"MCP error {mcp_err.code}: {mcp_err.message}", file=sys.stderr)
+        else:
+            print("; ".join(f"{type(e).__name__}: {e}".rstrip(": ") for e in errs), file=sys.stderr)
+        return 1
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
