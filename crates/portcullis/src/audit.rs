@@ -56,7 +56,7 @@ pub struct Completion {
 pub struct AuditUnavailable;
 
 enum Op {
-    Insert(AuditEvent, Option<oneshot::Sender<Result<(), AuditUnavailable>>>),
+    Insert(Box<AuditEvent>, Option<oneshot::Sender<Result<(), AuditUnavailable>>>),
     Complete(Completion),
 }
 
@@ -100,13 +100,13 @@ impl AuditLog {
     /// Write the event and wait until it is committed.
     pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
         let (done, wait) = oneshot::channel();
-        self.sender.send(Op::Insert(event, Some(done))).await.map_err(|_| AuditUnavailable)?;
+        self.sender.send(Op::Insert(Box::new(event), Some(done))).await.map_err(|_| AuditUnavailable)?;
         wait.await.map_err(|_| AuditUnavailable)?
     }
 
     /// Queue the event without waiting (for requests with no effect to protect).
     pub fn record(&self, event: AuditEvent) {
-        if let Err(error) = self.sender.try_send(Op::Insert(event, None)) {
+        if let Err(error) = self.sender.try_send(Op::Insert(Box::new(event), None)) {
             tracing::error!(%error, "audit queue full or closed: an audit event was dropped");
         }
     }
@@ -142,7 +142,7 @@ impl AuditLog {
             replica: String::new(),
         };
         let (done, wait) = oneshot::channel();
-        if self.sender.send(Op::Insert(marker, Some(done))).await.is_ok() {
+        if self.sender.send(Op::Insert(Box::new(marker), Some(done))).await.is_ok() {
             let _ = wait.await;
         }
     }
@@ -159,7 +159,7 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Op>) {
                 // An empty id is a flush marker: it only waits for the commit.
                 Op::Insert(event, waiter) => {
                     if !event.id.is_empty() {
-                        inserts.push(event);
+                        inserts.push(*event);
                     }
                     waiters.extend(waiter);
                 }

@@ -28,7 +28,7 @@ impl HostPolicy {
     fn allows_host(&self, host: &str) -> bool {
         let name = strip_port(host).to_ascii_lowercase();
         let literal = name.trim_start_matches('[').trim_end_matches(']');
-        literal.parse::<IpAddr>().is_ok() || self.names.iter().any(|allowed| *allowed == name)
+        literal.parse::<IpAddr>().is_ok() || self.names.contains(&name)
     }
 
     /// Why the request must be refused, if it must.

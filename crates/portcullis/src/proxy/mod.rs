@@ -9,6 +9,9 @@
 //! - [`methods`]: per-method authorization intent and list filtering.
 //! - this file: the HTTP handlers (POST, GET, DELETE) and the relay of answers.
 
+// Handlers return finished `Response`s as their error value: that is the answer to send.
+#![allow(clippy::result_large_err)]
+
 pub mod methods;
 pub mod session;
 
@@ -559,16 +562,14 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
     // written, the call does not happen.
     let durable = method == "tools/call";
     let event_id = event.id.clone();
-    if durable {
-        if exchange.state.audit.record_durable(event.clone()).await.is_err() {
-            exchange.state.metrics.request(&method, "audit_unavailable");
-            let text = "the audit log cannot be written, so the call was not made; try again shortly";
-            return Answer::Json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                error_response(id.as_ref(), ErrorCode::Internal, text),
-                None,
-            );
-        }
+    if durable && exchange.state.audit.record_durable(event.clone()).await.is_err() {
+        exchange.state.metrics.request(&method, "audit_unavailable");
+        let text = "the audit log cannot be written, so the call was not made; try again shortly";
+        return Answer::Json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_response(id.as_ref(), ErrorCode::Internal, text),
+            None,
+        );
     }
     let deadline = tokio::time::Instant::now() + exchange.state.config.upstream_timeout;
     let sent = match timeout_at(

@@ -1,1 +1,134 @@
+//! Real third-party MCP peers through the gateway: the reference server
+//! `@modelcontextprotocol/server-everything` (npm) over stdio and Streamable HTTP, and the
+//! official Python SDK (`mcp` 2.x, PyPI) as the client.
 
+use crate::support::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn everything_entry() -> PathBuf {
+    peers_dir().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+}
+
+/// Run the Python SDK client; returns its JSON report.
+async fn python_client(url: &str, token: &str, mode: &str, extra: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
+    let output = tokio::process::Command::new(peers_dir().join("venv/bin/python"))
+        .arg(script)
+        .args([url, "--token", token, "--mode", mode])
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "python client failed ({mode}): {stderr}\n{stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("client printed no JSON ({error}): {stdout}"))
+}
+
+#[tokio::test]
+async fn python_sdk_through_the_gateway_to_server_everything_over_stdio() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        r#"
+        [[servers]]
+        name = "everything"
+        transport = "stdio"
+        command = "node"
+        args = ["{}", "stdio"]
+        env = {{ CANARY = "configured-for-the-server" }}
+
+        [[users]]
+        email = "ann@example.com"
+
+        [[grants]]
+        server = "everything"
+        users = ["ann@example.com"]
+        "#,
+        everything_entry().display()
+    ))
+    .await;
+    let key = gw.api_key("ann@example.com").await;
+    let url = gw.url("/mcp/everything");
+    for mode in ["auto", "legacy"] {
+        let report = python_client(
+            &url,
+            &key,
+            mode,
+            &[
+                "--call",
+                "echo",
+                "--args",
+                r#"{"message":"hi"}"#,
+                "--call",
+                "get-env",
+                "--list-resources",
+                "--list-prompts",
+            ],
+        )
+        .await;
+        assert_eq!(report["server"], "mcp-servers/everything", "{report}");
+        let tools: Vec<&str> = report["tools"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(tools.contains(&"echo") && tools.contains(&"get-sum"), "{tools:?}");
+        assert_eq!(report["calls"][0]["text"], "Echo: hi");
+        // The child sees its configured environment and nothing of the gateway's.
+        let environment = report["calls"][1]["text"].as_str().unwrap();
+        assert!(environment.contains("configured-for-the-server"), "{environment}");
+        assert!(!environment.contains("CARGO_PKG_NAME"), "the gateway's environment leaked: {environment}");
+        assert!(!environment.contains("PORTCULLIS"), "the gateway's environment leaked: {environment}");
+        assert!(!report["resources"].as_array().unwrap().is_empty());
+        assert!(report["prompts"].as_array().unwrap().iter().any(|prompt| prompt == "simple-prompt"));
+    }
+    let events = gw.audit().await;
+    assert!(events.iter().any(|event| event.target.as_deref() == Some("get-env") && event.outcome == "ok"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn python_sdk_through_the_gateway_to_server_everything_over_streamable_http() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut upstream = tokio::process::Command::new("node")
+        .arg(everything_entry())
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let upstream_url = format!("http://127.0.0.1:{port}/mcp");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "[[servers]]\nname = \"everything\"\ntransport = \"streamable-http\"\nurl = \"{upstream_url}\"\n\
+         [[users]]\nemail = \"ann@example.com\"\n[[grants]]\nserver = \"everything\"\nusers = [\"ann@example.com\"]\n"
+    ))
+    .await;
+    let key = gw.api_key("ann@example.com").await;
+    let report = python_client(
+        &gw.url("/mcp/everything"),
+        &key,
+        "auto",
+        &["--call", "get-sum", "--args", r#"{"a":2,"b":3}"#, "--call", "echo", "--args", r#"{"message":"over http"}"#],
+    )
+    .await;
+    assert_eq!(report["calls"][0]["text"], "The sum of 2 and 3 is 5.", "{report}");
+    assert_eq!(report["calls"][1]["text"], "Echo: over http");
+    // A wrong key is refused before anything reaches the upstream.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
+    let refused = tokio::process::Command::new(peers_dir().join("venv/bin/python"))
+        .arg(script)
+        .args([gw.url("/mcp/everything").as_str(), "--token", "pcs_wrong", "--mode", "legacy"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    gw.stop().await;
+    upstream.kill().await.unwrap();
+}
