@@ -22,9 +22,10 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "ci" => ci(),
         "peers" => peers().map(|_| ()),
+        "bench" => bench(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|peers>\n  ci     install test dependencies, then fmt, clippy and every test\n  peers  install the npm/PyPI test peers only"
+                "usage: cargo xtask <ci|peers|bench>\n  ci     install test dependencies, then fmt, clippy and every test\n  peers  install the npm/PyPI test peers only\n  bench  release build, then gateway vs direct latency and throughput (extra args go to `portcullis bench`)"
             );
             std::process::exit(2)
         }
@@ -75,6 +76,15 @@ fn ci() -> anyhow::Result<()> {
         .current_dir(&root))?;
     done(started);
     Ok(())
+}
+
+/// Build in release mode and run `portcullis bench` with the remaining arguments.
+fn bench() -> anyhow::Result<()> {
+    let extra: Vec<String> = std::env::args().skip(2).collect();
+    run(Command::new("cargo")
+        .args(["run", "--release", "--quiet", "-p", "portcullis", "--", "bench"])
+        .args(extra)
+        .current_dir(workspace_root()))
 }
 
 fn workspace_root() -> PathBuf {

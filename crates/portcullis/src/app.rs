@@ -33,6 +33,8 @@ pub struct AppState {
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub hosts: Arc<HostPolicy>,
+    /// Legacy HTTP+SSE sessions, which live in this process.
+    pub legacy: proxy::legacy::LegacySessions,
     /// This process's replica id (random per start).
     pub replica: Arc<str>,
 }
@@ -61,6 +63,7 @@ impl App {
             upstreams: Upstreams::new(replica.to_string(), config.child_home.clone()),
             audit: AuditLog::start(store.clone(), keys.clone()),
             metrics: Metrics::default(),
+            legacy: Default::default(),
             config: Arc::new(config),
             store,
             keys,
@@ -98,6 +101,8 @@ fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/mcp/{server}", get(proxy::get).post(proxy::post).delete(proxy::delete))
+        .route("/sse/{server}", get(proxy::legacy::open))
+        .route("/sse/{server}/message", axum::routing::post(proxy::legacy::message))
         .nest("/api/v1", api::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -136,7 +141,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let snapshot_ok = f64::from(u8::from(state.snapshot.current().is_ok()));
     let gauges = [
-        ("portcullis_stdio_processes", "Running stdio server processes.", state.upstreams.stdio.len() as f64),
+        (
+            "portcullis_upstream_links",
+            "Open in-process upstream links (stdio processes, SSE streams).",
+            state.upstreams.local.len() as f64,
+        ),
         ("portcullis_snapshot_fresh", "1 when the policy snapshot is fresh, 0 when stale (denying).", snapshot_ok),
     ];
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&gauges)).into_response()

@@ -21,12 +21,14 @@
 //! - [`metrics`]: Prometheus exposition.
 //! - [`demo`]: the built-in demo / echo MCP server.
 //! - [`cli`]: the subcommands other than `serve`.
+//! - [`bench`]: the gateway-versus-direct benchmark.
 
 pub mod api;
 pub mod app;
 pub mod apply;
 pub mod audit;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -108,6 +108,18 @@ enum Command {
         #[command(subcommand)]
         command: SecretKeyCommand,
     },
+    /// Measure the gateway's overhead against the same upstream called directly.
+    Bench {
+        /// Seconds measured per run (after warm-up).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Seconds of warm-up per run.
+        #[arg(long, default_value_t = 1)]
+        warmup: u64,
+        /// Comma-separated concurrency levels.
+        #[arg(long, default_value = "1,32", value_delimiter = ',')]
+        concurrency: Vec<usize>,
+    },
     /// The built-in demo MCP server on stdio (started by the gateway for `--demo`).
     #[command(hide = true)]
     DemoServer,
@@ -242,6 +254,15 @@ async fn main() -> anyhow::Result<()> {
         Command::SecretKey { command: SecretKeyCommand::Generate } => {
             println!("{}", SecretKey::generate().encode());
             Ok(())
+        }
+        Command::Bench { duration, warmup, concurrency } => {
+            init_logging(None);
+            let settings = portcullis::bench::Settings {
+                duration: std::time::Duration::from_secs(duration),
+                warmup: std::time::Duration::from_secs(warmup),
+                concurrency,
+            };
+            portcullis::bench::run(settings).await.map(|_| ())
         }
         Command::DemoServer => portcullis::demo::run_stdio().await,
         Command::EchoUpstream { listen } => {

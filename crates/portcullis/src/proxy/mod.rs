@@ -12,6 +12,7 @@
 // Handlers return finished `Response`s as their error value: that is the answer to send.
 #![allow(clippy::result_large_err)]
 
+pub mod legacy;
 pub mod methods;
 pub mod session;
 
@@ -27,7 +28,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use mcp::envelope::{Body as RpcBody, EnvelopeError};
 use mcp::error::error_response;
 use mcp::{ErrorCode, Message, MessageKind, ProtocolVersion, sse};
@@ -58,10 +59,10 @@ struct Exchange {
 enum Answer {
     /// 202: a notification or a response was passed on.
     Accepted,
-    /// One JSON-RPC message, with an HTTP status and maybe a new session header.
-    Json(StatusCode, Value, Option<String>),
-    /// A `text/event-stream` body relaying the upstream's messages.
-    Stream(Body),
+    /// One JSON-RPC message, with an HTTP status and, after `initialize`, the new session.
+    Json(StatusCode, Value, Option<SessionState>),
+    /// The upstream's messages, relayed as they come; the last one is the response.
+    Stream(mpsc::Receiver<Value>),
 }
 
 impl Exchange {
@@ -137,7 +138,7 @@ pub async fn post(
             if let Err(response) = check_stateless_headers(&exchange, &headers, &message, header_version) {
                 return response;
             }
-            into_response(handle(&exchange, &headers, message, header_version).await)
+            into_response(&state, handle(&exchange, SessionSource::Header(&headers), message, header_version).await)
         }
         RpcBody::Batch(messages) => {
             let version = header_version.unwrap_or(ProtocolVersion::ASSUMED_WITHOUT_HEADER);
@@ -158,12 +159,12 @@ pub async fn post(
             let mut exchange = exchange;
             exchange.accepts_sse = false;
             let mut answers = Vec::new();
-            let mut session_header = None;
+            let mut new_session = None;
             for message in messages {
-                match handle(&exchange, &headers, message, header_version).await {
+                match handle(&exchange, SessionSource::Header(&headers), message, header_version).await {
                     Answer::Json(_, value, session) => {
                         answers.push(value);
-                        session_header = session_header.or(session);
+                        new_session = new_session.or(session);
                     }
                     Answer::Accepted | Answer::Stream(_) => {}
                 }
@@ -171,7 +172,8 @@ pub async fn post(
             if answers.is_empty() {
                 return StatusCode::ACCEPTED.into_response();
             }
-            json_response(StatusCode::OK, &Value::Array(answers), session_header.as_deref())
+            let header = new_session.map(|session| session.seal(&state.keys.session));
+            json_response(StatusCode::OK, &Value::Array(answers), header.as_deref())
         }
     }
 }
@@ -296,10 +298,18 @@ fn check_stateless_headers(
     Ok(())
 }
 
+/// Where the session of a message comes from.
+enum SessionSource<'a> {
+    /// The sealed `Mcp-Session-Id` header (Streamable HTTP).
+    Header(&'a HeaderMap),
+    /// Already known (legacy SSE sessions live in this process).
+    Known(Option<SessionState>),
+}
+
 /// Handle one message of a POST.
 async fn handle(
     exchange: &Exchange,
-    headers: &HeaderMap,
+    source: SessionSource<'_>,
     message: Message,
     header_version: Option<ProtocolVersion>,
 ) -> Answer {
@@ -317,7 +327,14 @@ async fn handle(
         return Answer::Json(StatusCode::BAD_REQUEST, value, None);
     }
     let id = message.id.as_ref().map(mcp::Id::to_value);
-    let session = match resolve_session(exchange, headers) {
+    let resolved = match source {
+        SessionSource::Header(headers) => resolve_session(exchange, headers),
+        SessionSource::Known(Some(session)) => Ok(session),
+        SessionSource::Known(None) => {
+            Err((StatusCode::BAD_REQUEST, "the session is not initialized: send initialize first".to_owned()))
+        }
+    };
+    let session = match resolved {
         Ok(session) => session,
         Err((status, text)) => {
             record_simple(exchange, &method, "none", &text, "invalid", None);
@@ -476,13 +493,13 @@ async fn initialize(exchange: &Exchange, message: Message) -> Answer {
         client,
         created_ms: now_ms(),
     };
-    let header = value.get("result").is_some().then(|| session.seal(&exchange.state.keys.session));
+    let opened = value.get("result").is_some().then_some(session);
     let outcome = if value.get("error").is_some() { "error" } else { "ok" };
     event.outcome = outcome.into();
     event.latency_us = Some(exchange.latency_us());
     exchange.state.metrics.request("initialize", outcome);
     exchange.state.audit.record(event);
-    Answer::Json(StatusCode::OK, value, header)
+    Answer::Json(StatusCode::OK, value, opened)
 }
 
 fn outcome_of_error(error: &UpstreamError) -> &'static str {
@@ -737,10 +754,9 @@ async fn relay(
             }
         }
     }
-    let (sender, receiver) = mpsc::channel::<Bytes>(32);
+    let (sender, receiver) = mpsc::channel::<Value>(32);
     tokio::spawn(async move {
-        let send = |value: &Value| Bytes::from(sse::Event::message(value.to_string()).to_wire());
-        if sender.send(send(&first)).await.is_err() {
+        if sender.send(first).await.is_err() {
             finish.cancel_upstream(&id, "the client went away");
             finish.record("cancelled", Some("the client closed the stream".into()));
             return;
@@ -758,7 +774,7 @@ async fn relay(
                 }
                 Err(_) => (finish.failure(&id, &UpstreamError::Timeout), true),
             };
-            if sender.send(send(&value)).await.is_err() {
+            if sender.send(value).await.is_err() {
                 if !last {
                     finish.cancel_upstream(&id, "the client went away");
                     finish.record("cancelled", Some("the client closed the stream".into()));
@@ -770,27 +786,36 @@ async fn relay(
             }
         }
     });
-    Answer::Stream(sse_body(receiver))
+    Answer::Stream(receiver)
 }
 
-fn sse_body(receiver: mpsc::Receiver<Bytes>) -> Body {
-    let stream = stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|bytes| (Ok::<Bytes, Infallible>(bytes), receiver))
+/// An event stream of JSON-RPC messages, optionally preceded by one fixed event.
+fn sse_body(first: Option<sse::Event>, receiver: mpsc::Receiver<Value>) -> Body {
+    let first = stream::iter(first.map(|event| Ok::<Bytes, Infallible>(Bytes::from(event.to_wire()))));
+    let rest = stream::unfold(receiver, |mut receiver| async move {
+        let value = receiver.recv().await?;
+        let bytes = Bytes::from(sse::Event::message(value.to_string()).to_wire());
+        Some((Ok::<Bytes, Infallible>(bytes), receiver))
     });
-    Body::from_stream(stream)
+    Body::from_stream(first.chain(rest))
 }
 
-fn into_response(answer: Answer) -> Response {
+fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn into_response(state: &AppState, answer: Answer) -> Response {
     match answer {
         Answer::Accepted => StatusCode::ACCEPTED.into_response(),
-        Answer::Json(status, value, session) => json_response(status, &value, session.as_deref()),
-        Answer::Stream(body) => {
-            let mut response = Response::new(body);
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            response
+        Answer::Json(status, value, session) => {
+            let header = session.map(|session| session.seal(&state.keys.session));
+            json_response(status, &value, header.as_deref())
         }
+        Answer::Stream(receiver) => sse_response(sse_body(None, receiver)),
     }
 }
 
@@ -863,7 +888,7 @@ pub async fn get(
         );
     }
     let version = session.protocol_version();
-    let mut listener = match state.upstreams.listen(&exchange.entry, &session.attachment, version).await {
+    let listener = match state.upstreams.listen(&exchange.entry, &session.attachment, version).await {
         Ok(listener) => listener,
         Err(UpstreamError::NotSupported(_)) => {
             return (StatusCode::METHOD_NOT_ALLOWED, "this server offers no event stream").into_response();
@@ -878,16 +903,7 @@ pub async fn get(
         }
     };
     record_simple(&exchange, "(stream)", "allow", &decision.reason, "ok", Some(&session));
-    let (sender, receiver) = mpsc::channel::<Bytes>(32);
-    tokio::spawn(async move {
-        while let Some(value) = listener.recv().await {
-            let bytes = Bytes::from(sse::Event::message(value.to_string()).to_wire());
-            if sender.send(bytes).await.is_err() {
-                return;
-            }
-        }
-    });
-    into_response(Answer::Stream(sse_body(receiver)))
+    sse_response(sse_body(None, listener))
 }
 
 /// `DELETE /mcp/{server}`: end the session.

@@ -40,6 +40,11 @@ impl HttpUpstream {
         HttpUpstream { client }
     }
 
+    /// The pooled client, shared with the SSE transport.
+    pub fn client(&self) -> reqwest::Client {
+        self.client.clone()
+    }
+
     fn url(entry: &ServerEntry) -> Result<&str, UpstreamError> {
         entry.server.url.as_deref().ok_or_else(|| UpstreamError::Unavailable("the server has no URL configured".into()))
     }

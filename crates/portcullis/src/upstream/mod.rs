@@ -3,14 +3,16 @@
 //!
 //! - [`http`]: Streamable HTTP, over a pooled `reqwest` client. Stateless in the gateway: the
 //!   upstream session id travels inside the sealed client session.
-//! - [`stdio`]: child processes speaking newline-delimited JSON-RPC, one per client session
-//!   (or one shared per server), supervised and reaped when idle. State lives in this
-//!   process, so the sealed session names the owning replica.
+//! - [`channel`]: links whose state lives in this process — [`stdio`] child processes and
+//!   legacy [`sse`] streams — one per client session, with id remapping and message routing.
+//!   The sealed session names the owning replica.
 //!
 //! Every request returns [`Replies`]: the messages the upstream sends while answering (progress,
 //! logs, sampling requests …) ending with the response itself.
 
+pub mod channel;
 pub mod http;
+pub mod sse;
 pub mod stdio;
 
 use crate::registry::Transport;
@@ -30,9 +32,10 @@ pub enum Attachment {
         #[serde(rename = "s", skip_serializing_if = "Option::is_none")]
         session: Option<String>,
     },
-    /// A stdio child owned by replica `replica`, known there as `local`.
+    /// An in-process link (stdio child or SSE stream) owned by replica `replica`, known there
+    /// as `local`.
     #[serde(rename = "p")]
-    Stdio {
+    Local {
         #[serde(rename = "r")]
         replica: String,
         #[serde(rename = "l")]
@@ -73,12 +76,14 @@ pub type Listener = mpsc::Receiver<Value>;
 #[derive(Clone, Debug)]
 pub struct Upstreams {
     pub http: http::HttpUpstream,
-    pub stdio: stdio::StdioPool,
+    pub local: channel::ChannelPool,
 }
 
 impl Upstreams {
     pub fn new(replica: String, home: String) -> Upstreams {
-        Upstreams { http: http::HttpUpstream::new(), stdio: stdio::StdioPool::new(replica, home) }
+        let http = http::HttpUpstream::new();
+        let local = channel::ChannelPool::new(replica, home, http.client());
+        Upstreams { http, local }
     }
 
     /// Open an upstream session with the client's `initialize`.
@@ -89,8 +94,7 @@ impl Upstreams {
     ) -> Result<(Attachment, Replies), UpstreamError> {
         match entry.server.transport {
             Transport::StreamableHttp => self.http.open(entry, initialize).await,
-            Transport::Stdio => self.stdio.open(entry, initialize).await,
-            Transport::Sse => Err(UpstreamError::NotSupported("legacy SSE upstreams are not supported yet".into())),
+            Transport::Stdio | Transport::Sse => self.local.open(entry, initialize).await,
         }
     }
 
@@ -104,9 +108,9 @@ impl Upstreams {
     ) -> Result<Replies, UpstreamError> {
         match attachment {
             Attachment::Http { session } => self.http.request(entry, session.as_deref(), version, message).await,
-            Attachment::Stdio { replica, local } => {
-                self.stdio.check_owner(replica)?;
-                self.stdio.request(local, message).await
+            Attachment::Local { replica, local } => {
+                self.local.check_owner(replica)?;
+                self.local.request(local, message).await
             }
         }
     }
@@ -121,9 +125,9 @@ impl Upstreams {
     ) -> Result<(), UpstreamError> {
         match attachment {
             Attachment::Http { session } => self.http.send(entry, session.as_deref(), version, message).await,
-            Attachment::Stdio { replica, local } => {
-                self.stdio.check_owner(replica)?;
-                self.stdio.send(local, message).await
+            Attachment::Local { replica, local } => {
+                self.local.check_owner(replica)?;
+                self.local.send(local, message).await
             }
         }
     }
@@ -137,9 +141,9 @@ impl Upstreams {
     ) -> Result<Listener, UpstreamError> {
         match attachment {
             Attachment::Http { session } => self.http.listen(entry, session.as_deref(), version).await,
-            Attachment::Stdio { replica, local } => {
-                self.stdio.check_owner(replica)?;
-                self.stdio.listen(local)
+            Attachment::Local { replica, local } => {
+                self.local.check_owner(replica)?;
+                self.local.listen(local)
             }
         }
     }
@@ -149,13 +153,13 @@ impl Upstreams {
         match attachment {
             Attachment::Http { session: Some(session) } => self.http.close(entry, session, version).await,
             Attachment::Http { session: None } => {}
-            Attachment::Stdio { local, .. } => self.stdio.close(local),
+            Attachment::Local { local, .. } => self.local.close(local),
         }
     }
 
     /// Stop every child process.
     pub async fn shutdown(&self) {
-        self.stdio.shutdown().await;
+        self.local.shutdown().await;
     }
 }
 

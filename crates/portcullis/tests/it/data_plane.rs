@@ -279,6 +279,6 @@ async fn metrics_and_health() {
     let metrics = http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("portcullis_requests_total{method=\"tools/call\",outcome=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("portcullis_decisions_total{effect=\"allow\"}"), "{metrics}");
-    assert!(metrics.contains("portcullis_stdio_processes 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_upstream_links 1"), "{metrics}");
     gw.stop().await;
 }

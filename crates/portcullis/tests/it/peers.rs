@@ -132,3 +132,59 @@ async fn python_sdk_through_the_gateway_to_server_everything_over_streamable_htt
     gw.stop().await;
     upstream.kill().await.unwrap();
 }
+
+/// Start server-everything over a network transport on a free loopback port.
+async fn everything_over(mode: &str) -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = tokio::process::Command::new("node")
+        .arg(everything_entry())
+        .arg(mode)
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (child, port)
+}
+
+#[tokio::test]
+async fn legacy_sse_on_both_sides_server_everything_and_the_python_sdk() {
+    let (mut upstream, port) = everything_over("sse").await;
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "[[servers]]\nname = \"everything\"\ntransport = \"sse\"\nurl = \"http://127.0.0.1:{port}/sse\"\n\
+         [[users]]\nemail = \"ann@example.com\"\n[[grants]]\nserver = \"everything\"\nusers = [\"ann@example.com\"]\n"
+    ))
+    .await;
+    let key = gw.api_key("ann@example.com").await;
+    // A modern client through the gateway to a legacy SSE upstream.
+    let report = python_client(
+        &gw.url("/mcp/everything"),
+        &key,
+        "auto",
+        &["--call", "echo", "--args", r#"{"message":"to an sse upstream"}"#],
+    )
+    .await;
+    assert_eq!(report["calls"][0]["text"], "Echo: to an sse upstream", "{report}");
+    // A legacy client on the gateway's /sse front, to the same legacy upstream.
+    let report = python_client(
+        &gw.url("/sse/everything"),
+        &key,
+        "legacy",
+        &["--transport", "sse", "--call", "get-sum", "--args", r#"{"a":20,"b":22}"#, "--list-prompts"],
+    )
+    .await;
+    assert_eq!(report["calls"][0]["text"], "The sum of 20 and 22 is 42.", "{report}");
+    assert!(report["prompts"].as_array().unwrap().iter().any(|prompt| prompt == "simple-prompt"));
+    let events = gw.audit().await;
+    assert!(events.iter().any(|event| event.target.as_deref() == Some("get-sum") && event.outcome == "ok"));
+    gw.stop().await;
+    upstream.kill().await.unwrap();
+}

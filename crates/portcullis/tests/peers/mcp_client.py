@@ -2,7 +2,7 @@
 """Reference MCP client (official Python SDK `mcp` 2.x) used by Portcullis integration tests.
 
 Usage:
-  mcp_client.py URL [--token TOKEN] [--mode legacy|auto] [--timeout SECS]
+  mcp_client.py URL [--token TOKEN] [--mode legacy|auto] [--transport streamable-http|sse] [--timeout SECS]
                 [--call TOOL --args JSON]... [--list-resources] [--list-prompts]
 
 Prints one JSON object on stdout and exits 0; on any failure prints the error to
@@ -17,6 +17,7 @@ import sys
 import anyio
 import httpx2
 from mcp.client import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
@@ -49,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--token", help="sent as 'Authorization: Bearer TOKEN'")
     # auto = probe 2026-07-28 `server/discover`, fall back to `initialize`; legacy = `initialize` only.
     p.add_argument("--mode", choices=["legacy", "auto"], default="auto")
+    # streamable-http = POST/GET/DELETE on one URL; sse = the legacy 2024-11-05 HTTP+SSE transport.
+    p.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
     # Bounds every request so a hung gateway fails the test instead of stalling it.
     p.add_argument("--timeout", type=float, default=20.0)
     p.add_argument("--call", dest="calls", action=CallAction, default=[], metavar="TOOL")
@@ -81,7 +84,10 @@ async def run(a: argparse.Namespace) -> dict:
     timeout = httpx2.Timeout(a.timeout, connect=5.0)
     # Our own httpx2 client is the only way to add headers; the SDK won't close it for us.
     async with create_mcp_http_client(headers=headers, timeout=timeout) as http:
-        transport = streamable_http_client(a.url, http_client=http)
+        if a.transport == "sse":
+            transport = sse_client(a.url, headers=headers, timeout=a.timeout)
+        else:
+            transport = streamable_http_client(a.url, http_client=http)
         # cache=None: every list must really reach the gateway, not a client-side cache.
         async with Client(transport, mode=a.mode, read_timeout_seconds=a.timeout, cache=None) as client:
             out: dict = {

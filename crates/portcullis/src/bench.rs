@@ -1,0 +1,269 @@
+//! `portcullis bench`: the gateway's overhead, measured against the same upstream called
+//! directly, in one run on one machine.
+//!
+//! It starts two real processes of this binary — the echo upstream (`echo-upstream`, a
+//! stateless Streamable HTTP MCP server) and the gateway (`serve`, SQLite store, API key
+//! authentication, grant authorization and durable audit on) — then drives `tools/call` over
+//! real MCP sessions, one keep-alive connection per worker, at concurrency 1 and 32. Every
+//! load targets loopback, is bounded in time and stops by itself.
+
+use crate::crypto::new_id;
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub label: String,
+    pub concurrency: usize,
+    pub requests: usize,
+    pub errors: usize,
+    pub seconds: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+}
+
+impl Measurement {
+    pub fn throughput(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// Settings of a benchmark run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub concurrency: Vec<usize>,
+}
+
+struct Process {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Start this binary with `args` and wait for its `listening on http://…` line.
+async fn start(args: &[&str]) -> anyhow::Result<Process> {
+    let executable = std::env::current_exe().context("cannot find the portcullis executable")?;
+    let mut child = Command::new(executable)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start a child process")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("the child did not start within 60 s")??
+        .context("the child exited before listening")?;
+    let url = line.strip_prefix("listening on ").context("unexpected first line")?.to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Process { child, url })
+}
+
+fn percentile(sorted: &[u64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+/// A worker's connection: one HTTP/1.1 keep-alive connection and, through the gateway, one
+/// MCP session.
+struct Worker {
+    client: reqwest::Client,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Worker {
+    async fn new(url: &str, key: Option<&str>) -> anyhow::Result<Worker> {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).build()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("content-type", "application/json".parse()?);
+        headers.insert("accept", "application/json, text/event-stream".parse()?);
+        if let Some(key) = key {
+            headers.insert("authorization", format!("Bearer {key}").parse()?);
+        }
+        let mut worker = Worker { client, url: url.to_owned(), headers };
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "portcullis-bench", "version": "1"}}});
+        let response =
+            worker.client.post(&worker.url).headers(worker.headers.clone()).body(initialize.to_string()).send().await?;
+        if !response.status().is_success() {
+            bail!("initialize at {url} answered HTTP {}", response.status());
+        }
+        if let Some(session) = response.headers().get("mcp-session-id").cloned() {
+            worker.headers.insert("mcp-session-id", session);
+            worker.headers.insert("mcp-protocol-version", "2025-06-18".parse()?);
+        }
+        let _ = response.bytes().await?;
+        Ok(worker)
+    }
+
+    async fn call(&self, id: u64) -> bool {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello"}}}}}}"#
+        );
+        let Ok(response) = self.client.post(&self.url).headers(self.headers.clone()).body(body).send().await else {
+            return false;
+        };
+        let ok = response.status().is_success();
+        match response.bytes().await {
+            Ok(bytes) => ok && serde_json::from_slice::<Value>(&bytes).is_ok_and(|value| value.get("result").is_some()),
+            Err(_) => false,
+        }
+    }
+}
+
+async fn measure(
+    label: &str,
+    url: &str,
+    key: Option<&str>,
+    concurrency: usize,
+    settings: &Settings,
+) -> anyhow::Result<Measurement> {
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        workers.push(Worker::new(url, key).await?);
+    }
+    let warmup_until = Instant::now() + settings.warmup;
+    let measure_until = warmup_until + settings.duration;
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|worker| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(100_000);
+                let mut errors = 0usize;
+                let mut id = 1u64;
+                loop {
+                    let started = Instant::now();
+                    if started >= measure_until {
+                        break;
+                    }
+                    let ok = worker.call(id).await;
+                    id += 1;
+                    if started >= warmup_until {
+                        if ok {
+                            latencies.push(started.elapsed().as_nanos() as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, worker_errors) = task.await?;
+        all.extend(latencies);
+        errors += worker_errors;
+    }
+    all.sort_unstable();
+    Ok(Measurement {
+        label: label.to_owned(),
+        concurrency,
+        requests: all.len(),
+        errors,
+        seconds: settings.duration.as_secs_f64(),
+        p50_us: percentile(&all, 0.50),
+        p90_us: percentile(&all, 0.90),
+        p99_us: percentile(&all, 0.99),
+    })
+}
+
+/// Run the whole benchmark and print the table.
+pub async fn run(settings: Settings) -> anyhow::Result<Vec<Measurement>> {
+    let directory = std::env::temp_dir().join(format!("portcullis-bench-{}", new_id()));
+    std::fs::create_dir_all(&directory)?;
+    let result = run_in(&directory, &settings).await;
+    let _ = std::fs::remove_dir_all(&directory);
+    result
+}
+
+async fn run_in(directory: &std::path::Path, settings: &Settings) -> anyhow::Result<Vec<Measurement>> {
+    let data_dir = directory.join("data");
+    let data = data_dir.display().to_string();
+    eprintln!("starting the echo upstream and the gateway (SQLite store in {data})");
+    let upstream = start(&["echo-upstream", "--listen", "127.0.0.1:0"]).await?;
+    let config_path: PathBuf = directory.join("bench.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[[servers]]\nname = \"echo\"\ntransport = \"streamable-http\"\nurl = \"{}\"\n\
+             [[users]]\nemail = \"bench@example.com\"\n[[grants]]\nserver = \"echo\"\nusers = [\"bench@example.com\"]\n",
+            upstream.url
+        ),
+    )?;
+    let config = crate::config::load(None, [("data_dir", data.clone())].into_iter().collect())?;
+    let keys = config.secret_key()?.derive();
+    let store = crate::store::Store::open(&config.store).await?;
+    crate::apply::apply_file(&store, &keys, &config_path, Default::default()).await?;
+    let key = crate::cli::create_api_key(&store, "bench@example.com", "bench").await?;
+    store.close().await;
+    let gateway = start(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &data]).await?;
+    let gateway_url = format!("{}/mcp/echo", gateway.url);
+
+    let mut results = Vec::new();
+    for &concurrency in &settings.concurrency {
+        eprintln!("concurrency {concurrency}: direct …");
+        results.push(measure("direct", &upstream.url, None, concurrency, settings).await?);
+        eprintln!("concurrency {concurrency}: through the gateway …");
+        results.push(measure("gateway", &gateway_url, Some(&key), concurrency, settings).await?);
+    }
+    print_table(&results);
+    drop(gateway);
+    drop(upstream);
+    Ok(results)
+}
+
+fn print_table(results: &[Measurement]) {
+    println!();
+    println!(
+        "tools/call echo, {} s per run after warm-up; latency in microseconds",
+        results.first().map_or(0.0, |m| m.seconds)
+    );
+    println!("{:<8} {:>4} {:>9} {:>9} {:>9} {:>11} {:>7}", "target", "conc", "p50", "p90", "p99", "req/s", "errors");
+    for measurement in results {
+        println!(
+            "{:<8} {:>4} {:>9.0} {:>9.0} {:>9.0} {:>11.0} {:>7}",
+            measurement.label,
+            measurement.concurrency,
+            measurement.p50_us,
+            measurement.p90_us,
+            measurement.p99_us,
+            measurement.throughput(),
+            measurement.errors
+        );
+    }
+    println!();
+    for pair in results.chunks(2) {
+        if let [direct, gateway] = pair {
+            println!(
+                "concurrency {:>2}: gateway adds {:.0} µs at p50 and {:.0} µs at p99; throughput {:.0}% of direct",
+                direct.concurrency,
+                gateway.p50_us - direct.p50_us,
+                gateway.p99_us - direct.p99_us,
+                100.0 * gateway.throughput() / direct.throughput()
+            );
+        }
+    }
+}
