@@ -174,7 +174,7 @@ pub async fn message(
             Answer::Accepted => {}
             Answer::Json(_, value, opened) => {
                 if let Some(opened) = opened {
-                    *session.state.lock().await = Some(opened);
+                    *session.state.lock().await = Some(*opened);
                 }
                 let _ = session.stream.send(value).await;
             }

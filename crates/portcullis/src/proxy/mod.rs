@@ -60,7 +60,7 @@ enum Answer {
     /// 202: a notification or a response was passed on.
     Accepted,
     /// One JSON-RPC message, with an HTTP status and, after `initialize`, the new session.
-    Json(StatusCode, Value, Option<SessionState>),
+    Json(StatusCode, Value, Option<Box<SessionState>>),
     /// The upstream's messages, relayed as they come; the last one is the response.
     Stream(mpsc::Receiver<Value>),
 }
@@ -493,7 +493,7 @@ async fn initialize(exchange: &Exchange, message: Message) -> Answer {
         client,
         created_ms: now_ms(),
     };
-    let opened = value.get("result").is_some().then_some(session);
+    let opened = value.get("result").is_some().then(|| Box::new(session));
     let outcome = if value.get("error").is_some() { "error" } else { "ok" };
     event.outcome = outcome.into();
     event.latency_us = Some(exchange.latency_us());
