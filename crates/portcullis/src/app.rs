@@ -61,7 +61,7 @@ impl App {
         let state = AppState {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
             upstreams: Upstreams::new(replica.to_string(), config.child_home.clone()),
-            audit: AuditLog::start(store.clone(), keys.clone()),
+            audit: AuditLog::start(store.clone(), &config.store, keys.clone()),
             metrics: Metrics::default(),
             legacy: Default::default(),
             config: Arc::new(config),
@@ -100,6 +100,7 @@ impl App {
 fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
+        .route("/mcp", get(proxy::aggregate::get).post(proxy::aggregate::post).delete(proxy::aggregate::delete))
         .route("/mcp/{server}", get(proxy::get).post(proxy::post).delete(proxy::delete))
         .route("/sse/{server}", get(proxy::legacy::open))
         .route("/sse/{server}/message", axum::routing::post(proxy::legacy::message))

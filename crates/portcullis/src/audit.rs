@@ -1,11 +1,12 @@
 //! The audit log: every request produces an [`AuditEvent`].
 //!
-//! One writer task owns the store connection for audit writes and commits whatever has queued
+//! One writer (a thread with its own connection on SQLite, a task on PostgreSQL) owns the store connection for audit writes and commits whatever has queued
 //! up since its last commit in one transaction (group commit): under load many calls share one
 //! commit, at concurrency 1 a call pays one commit. [`AuditLog::record_durable`] returns only
 //! after the event's transaction committed; a `tools/call` is forwarded only after that. When
 //! the store cannot write, callers get [`AuditUnavailable`] and fail closed.
 
+use crate::config::StoreLocation;
 use crate::crypto::Keys;
 use crate::store::{self, Store};
 use std::time::Duration;
@@ -77,10 +78,25 @@ impl std::fmt::Debug for AuditLog {
 const BATCH: usize = 512;
 
 impl AuditLog {
-    /// Start the writer task.
-    pub fn start(store: Store, keys: Keys) -> AuditLog {
+    /// Start the writer: on SQLite a dedicated thread with its own connection, on
+    /// PostgreSQL a task on the pool.
+    pub fn start(store: Store, location: &StoreLocation, keys: Keys) -> AuditLog {
         let (sender, receiver) = mpsc::channel(16 * 1024);
-        tokio::spawn(writer(store, receiver));
+        match location {
+            StoreLocation::Sqlite(path) => {
+                let path = path.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("audit-writer".into())
+                    .spawn(move || sqlite_writer(&path, receiver));
+                if let Err(error) = spawned {
+                    // Without a writer every durable record fails: calls fail closed.
+                    tracing::error!(%error, "cannot start the audit writer thread");
+                }
+            }
+            StoreLocation::Postgres(_) => {
+                tokio::spawn(writer(store, receiver));
+            }
+        }
         AuditLog { sender, keys }
     }
 
@@ -148,24 +164,77 @@ impl AuditLog {
     }
 }
 
+/// A batch of operations, split for the store.
+struct Batch {
+    inserts: Vec<AuditEvent>,
+    completions: Vec<Completion>,
+    waiters: Vec<oneshot::Sender<Result<(), AuditUnavailable>>>,
+}
+
+fn split(batch: &mut Vec<Op>) -> Batch {
+    let mut split = Batch { inserts: Vec::new(), completions: Vec::new(), waiters: Vec::new() };
+    for op in batch.drain(..) {
+        match op {
+            // An empty id is a flush marker: it only waits for the commit.
+            Op::Insert(event, waiter) => {
+                if !event.id.is_empty() {
+                    split.inserts.push(*event);
+                }
+                split.waiters.extend(waiter);
+            }
+            Op::Complete(completion) => split.completions.push(completion),
+        }
+    }
+    split
+}
+
+fn sqlite_writer(path: &std::path::Path, mut receiver: mpsc::Receiver<Op>) {
+    let mut writer = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        while batch.len() < BATCH {
+            match receiver.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let Batch { inserts, completions, waiters } = split(&mut batch);
+        let mut attempt = 0;
+        let result = loop {
+            if writer.is_none() {
+                writer = store::audit::sqlite_writer::Writer::open(path)
+                    .map_err(|error| tracing::error!(%error, "cannot open the audit store"))
+                    .ok();
+            }
+            let outcome = match writer.as_mut() {
+                Some(writer) => writer.commit(&inserts, &completions),
+                None => Err(store::StoreError::Open("no audit connection".into())),
+            };
+            match outcome {
+                Ok(()) => break Ok(()),
+                Err(error) if attempt < 2 => {
+                    attempt += 1;
+                    writer = None;
+                    tracing::warn!(%error, attempt, "audit commit failed; retrying");
+                    std::thread::sleep(Duration::from_millis(20 * attempt));
+                }
+                Err(error) => {
+                    tracing::error!(%error, events = inserts.len(), "audit commit failed; failing the calls closed");
+                    break Err(AuditUnavailable);
+                }
+            }
+        };
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
 async fn writer(store: Store, mut receiver: mpsc::Receiver<Op>) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
-        let mut inserts = Vec::new();
-        let mut waiters = Vec::new();
-        let mut completions = Vec::new();
-        for op in batch.drain(..) {
-            match op {
-                // An empty id is a flush marker: it only waits for the commit.
-                Op::Insert(event, waiter) => {
-                    if !event.id.is_empty() {
-                        inserts.push(*event);
-                    }
-                    waiters.extend(waiter);
-                }
-                Op::Complete(completion) => completions.push(completion),
-            }
-        }
+        let Batch { inserts, completions, waiters } = split(&mut batch);
         let mut attempt = 0;
         let result = loop {
             match commit(&store, &inserts, &completions).await {

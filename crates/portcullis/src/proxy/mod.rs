@@ -12,6 +12,7 @@
 // Handlers return finished `Response`s as their error value: that is the answer to send.
 #![allow(clippy::result_large_err)]
 
+pub mod aggregate;
 pub mod legacy;
 pub mod methods;
 pub mod session;
@@ -180,6 +181,57 @@ pub async fn post(
 
 /// Authenticate and find the server; the error is the finished response.
 fn begin(state: &AppState, server: &str, peer: SocketAddr, headers: &HeaderMap) -> Result<Exchange, Response> {
+    let identified = identify(state, server, peer, headers)?;
+    let entry = match identified.snapshot.servers.get(server) {
+        Some(entry) => entry.clone(),
+        // Without credentials, do not reveal which servers exist.
+        None if matches!(identified.caller, Caller::Anonymous) => {
+            return Err(unauthorized(state, "this endpoint needs an API key: send \"Authorization: Bearer <key>\""));
+        }
+        None => {
+            let value = error_response(
+                None,
+                ErrorCode::InvalidRequest,
+                &format!("there is no server named {server:?}; GET /api/v1/servers lists the servers you can use"),
+            );
+            return Err(json_response(StatusCode::NOT_FOUND, &value, None));
+        }
+    };
+    if matches!(identified.caller, Caller::Anonymous) && !entry.server.public {
+        return Err(unauthorized(state, "this server needs an API key: send \"Authorization: Bearer <key>\""));
+    }
+    Ok(identified.exchange(entry))
+}
+
+/// The caller of a request, before a server is chosen.
+struct Identified {
+    state: AppState,
+    snapshot: Arc<Snapshot>,
+    caller: Caller,
+    ip: String,
+    correlation_id: String,
+    started: Instant,
+    accepts_sse: bool,
+}
+
+impl Identified {
+    fn exchange(&self, entry: Arc<ServerEntry>) -> Exchange {
+        Exchange {
+            state: self.state.clone(),
+            snapshot: self.snapshot.clone(),
+            caller: self.caller.clone(),
+            entry,
+            ip: self.ip.clone(),
+            correlation_id: self.correlation_id.clone(),
+            started: self.started,
+            accepts_sse: self.accepts_sse,
+        }
+    }
+}
+
+/// Authenticate the caller against the current snapshot; `label` names the endpoint in the
+/// audit event of a failed authentication.
+fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap) -> Result<Identified, Response> {
     let started = Instant::now();
     let ip = edge::client_ip(peer, headers, &state.config.trusted_proxies).to_string();
     let correlation_id = random_token(12);
@@ -196,7 +248,7 @@ fn begin(state: &AppState, server: &str, peer: SocketAddr, headers: &HeaderMap) 
                 ts: now_ms(),
                 user_id: None,
                 principal: "unauthenticated".into(),
-                server: Some(server.to_owned()),
+                server: Some(label.to_owned()),
                 method: "(authentication)".into(),
                 target: None,
                 sealed_arguments: None,
@@ -215,30 +267,12 @@ fn begin(state: &AppState, server: &str, peer: SocketAddr, headers: &HeaderMap) 
             return Err(unauthorized(state, &error.to_string()));
         }
     };
-    let entry = match snapshot.servers.get(server) {
-        Some(entry) => entry.clone(),
-        // Without credentials, do not reveal which servers exist.
-        None if matches!(caller, Caller::Anonymous) => {
-            return Err(unauthorized(state, "this endpoint needs an API key: send \"Authorization: Bearer <key>\""));
-        }
-        None => {
-            let value = error_response(
-                None,
-                ErrorCode::InvalidRequest,
-                &format!("there is no server named {server:?}; GET /api/v1/servers lists the servers you can use"),
-            );
-            return Err(json_response(StatusCode::NOT_FOUND, &value, None));
-        }
-    };
-    if matches!(caller, Caller::Anonymous) && !entry.server.public {
-        return Err(unauthorized(state, "this server needs an API key: send \"Authorization: Bearer <key>\""));
-    }
     let accepts_sse = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .any(|value| value.contains("text/event-stream") || value.contains("*/*"));
-    Ok(Exchange { state: state.clone(), snapshot, caller, entry, ip, correlation_id, started, accepts_sse })
+    Ok(Identified { state: state.clone(), snapshot, caller, ip, correlation_id, started, accepts_sse })
 }
 
 fn header_version(headers: &HeaderMap) -> Result<Option<ProtocolVersion>, Response> {
@@ -492,6 +526,7 @@ async fn initialize(exchange: &Exchange, message: Message) -> Answer {
         attachment,
         client,
         created_ms: now_ms(),
+        members: Vec::new(),
     };
     let opened = value.get("result").is_some().then(|| Box::new(session));
     let outcome = if value.get("error").is_some() { "error" } else { "ok" };

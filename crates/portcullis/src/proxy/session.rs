@@ -7,6 +7,18 @@ use crate::upstream::Attachment;
 use mcp::ProtocolVersion;
 use serde::{Deserialize, Serialize};
 
+/// One server inside an aggregate session (`/mcp`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    #[serde(rename = "s")]
+    pub server: String,
+    /// The version negotiated with this server.
+    #[serde(rename = "v")]
+    pub version: String,
+    #[serde(rename = "a")]
+    pub attachment: Attachment,
+}
+
 /// What the gateway needs to continue a session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionState {
@@ -27,6 +39,9 @@ pub struct SessionState {
     /// Creation time, milliseconds since the epoch.
     #[serde(rename = "t")]
     pub created_ms: i64,
+    /// For an aggregate session: the servers it spans (then `server` is `*`).
+    #[serde(rename = "m", default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
 }
 
 const CONTEXT: &[u8] = b"mcp-session-v1";
@@ -63,6 +78,7 @@ mod tests {
             attachment: Attachment::Http { session: Some("abc".into()) },
             client: Some(("claude".into(), "1.0".into())),
             created_ms: 1,
+            members: Vec::new(),
         };
         let header = state.seal(&keys.session);
         assert!(header.bytes().all(|byte| byte.is_ascii_graphic()));

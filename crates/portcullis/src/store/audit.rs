@@ -163,3 +163,85 @@ pub async fn query(connection: &mut AnyConnection, filter: &Filter) -> Result<Ve
         })
         .collect()
 }
+
+/// The SQLite audit writer's own connection: a plain synchronous connection on a dedicated
+/// thread, because a `tools/call` waits for its event's commit and every hop between threads
+/// is on its path. (sqlx's SQLite driver runs each statement on a worker thread and answers
+/// through a channel: three round trips for begin, insert and commit.)
+pub mod sqlite_writer {
+    use super::super::StoreError;
+    use crate::audit::{AuditEvent, Completion};
+    use std::path::Path;
+
+    pub struct Writer {
+        connection: rusqlite::Connection,
+    }
+
+    fn failed(error: rusqlite::Error) -> StoreError {
+        StoreError::Open(format!("audit writer: {error}"))
+    }
+
+    impl Writer {
+        pub fn open(path: &Path) -> Result<Writer, StoreError> {
+            let connection = rusqlite::Connection::open(path).map_err(failed)?;
+            connection
+                .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;")
+                .map_err(failed)?;
+            Ok(Writer { connection })
+        }
+
+        /// Insert and complete in one transaction.
+        pub fn commit(&mut self, inserts: &[AuditEvent], completions: &[Completion]) -> Result<(), StoreError> {
+            let transaction = self.connection.transaction().map_err(failed)?;
+            {
+                let mut insert = transaction
+                    .prepare_cached(
+                        "INSERT INTO audit_events (id, ts, user_id, principal, server, method, target, sealed_arguments, \
+                         arguments_digest, decision, reason, outcome, error, latency_us, client_name, client_version, ip, \
+                         correlation_id, replica) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                    )
+                    .map_err(failed)?;
+                for event in inserts {
+                    insert
+                        .execute(rusqlite::params![
+                            event.id,
+                            event.ts,
+                            event.user_id,
+                            event.principal,
+                            event.server,
+                            event.method,
+                            event.target,
+                            event.sealed_arguments,
+                            event.arguments_digest,
+                            event.decision,
+                            event.reason,
+                            event.outcome,
+                            event.error,
+                            event.latency_us,
+                            event.client_name,
+                            event.client_version,
+                            event.ip,
+                            event.correlation_id,
+                            event.replica,
+                        ])
+                        .map_err(failed)?;
+                }
+                let mut complete = transaction
+                    .prepare_cached("UPDATE audit_events SET outcome = ?1, error = ?2, latency_us = ?3 WHERE id = ?4")
+                    .map_err(failed)?;
+                for completion in completions {
+                    complete
+                        .execute(rusqlite::params![
+                            completion.outcome,
+                            completion.error,
+                            completion.latency_us,
+                            completion.id
+                        ])
+                        .map_err(failed)?;
+                }
+            }
+            transaction.commit().map_err(failed)
+        }
+    }
+}

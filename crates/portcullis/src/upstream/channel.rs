@@ -26,6 +26,9 @@ use tokio::sync::mpsc;
 /// How long an unused session's link lives.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// Marks the local id of a session on a shared link.
+const SHARED_PREFIX: &str = "shared:";
+
 /// Stops a link (kills the child, aborts the stream tasks).
 pub type Stop = Box<dyn FnOnce() + Send>;
 
@@ -150,6 +153,8 @@ pub struct ChannelPool {
     home: String,
     http: reqwest::Client,
     channels: Arc<Mutex<HashMap<String, Arc<Channel>>>>,
+    /// Servers that opted into one shared link: server name → (local id, its initialize result).
+    shared: Arc<tokio::sync::Mutex<HashMap<String, (String, Value)>>>,
     /// Consecutive failed starts per server, for backoff.
     failures: Arc<Mutex<HashMap<String, (u32, Instant)>>>,
     counter: Arc<AtomicI64>,
@@ -168,6 +173,7 @@ impl ChannelPool {
             home,
             http,
             channels: Arc::default(),
+            shared: Arc::default(),
             failures: Arc::default(),
             counter: Arc::new(AtomicI64::new(0)),
         };
@@ -190,14 +196,63 @@ impl ChannelPool {
     }
 
     fn get(&self, local: &str) -> Result<Arc<Channel>, UpstreamError> {
+        let local = local.strip_prefix(SHARED_PREFIX).unwrap_or(local);
         let channel = self.channels.lock().ok().and_then(|channels| channels.get(local).cloned());
         let channel = channel.ok_or(UpstreamError::SessionGone)?;
         channel.touch();
         Ok(channel)
     }
 
-    /// Open a link for a new session and send it the client's `initialize`.
+    /// Open a link for a new session and send it the client's `initialize`. A server with
+    /// `shared_process` gets one link for all sessions, initialized by the first of them;
+    /// later sessions get that initialize result (the ids of their requests are remapped, so
+    /// they never see each other's answers).
     pub async fn open(
+        &self,
+        entry: &ServerEntry,
+        initialize: &Message,
+    ) -> Result<(Attachment, Replies), UpstreamError> {
+        if !entry.server.shared_process {
+            return self.open_link(entry, initialize).await;
+        }
+        let mut shared = self.shared.lock().await;
+        let existing = shared.get(&entry.server.name).filter(|(local, _)| self.get(local).is_ok()).cloned();
+        let (local, result) = match existing {
+            Some(existing) => existing,
+            None => {
+                let (attachment, mut replies) = self.open_link(entry, initialize).await?;
+                let Attachment::Local { local, .. } = attachment else {
+                    return Err(UpstreamError::Unavailable("unexpected attachment".into()));
+                };
+                let answer = loop {
+                    match tokio::time::timeout(Duration::from_secs(60), replies.recv()).await {
+                        Ok(Some(Ok(value))) if response_id(&value).is_some() => break value,
+                        Ok(Some(Ok(_))) => continue,
+                        Ok(Some(Err(error))) => return Err(error),
+                        Ok(None) => return Err(UpstreamError::Invalid("no answer to initialize".into())),
+                        Err(_) => return Err(UpstreamError::Timeout),
+                    }
+                };
+                let result = answer
+                    .get("result")
+                    .cloned()
+                    .ok_or_else(|| UpstreamError::Invalid("the shared server refused initialize".into()))?;
+                // The link itself needs its initialized notification once.
+                let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+                if let Ok(channel) = self.get(&local) {
+                    let _ = channel.writer.send(serde_json::to_vec(&initialized).unwrap_or_default()).await;
+                }
+                shared.insert(entry.server.name.clone(), (local.clone(), result.clone()));
+                (local, result)
+            }
+        };
+        let (sender, receiver) = mpsc::channel(1);
+        let id = initialize.id.as_ref().map(mcp::Id::to_value).unwrap_or(Value::Null);
+        let _ = sender.try_send(Ok(serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result})));
+        Ok((Attachment::Local { replica: self.replica.clone(), local: format!("{SHARED_PREFIX}{local}") }, receiver))
+    }
+
+    async fn open_link(
         &self,
         entry: &ServerEntry,
         initialize: &Message,
@@ -296,6 +351,10 @@ impl ChannelPool {
     /// Write a notification or a response as it is (a cancellation is renumbered).
     pub async fn send(&self, local: &str, message: &Message) -> Result<(), UpstreamError> {
         let channel = self.get(local)?;
+        // Sessions of a shared link do not re-announce initialization to it.
+        if local.starts_with(SHARED_PREFIX) && message.method() == "notifications/initialized" {
+            return Ok(());
+        }
         let mut value = message.value.clone();
         if message.method() == "notifications/cancelled"
             && let Some(client_id) = value.get("params").and_then(|params| params.get("requestId")).cloned()
@@ -325,8 +384,11 @@ impl ChannelPool {
         Ok(receiver)
     }
 
-    /// Close the session's link.
+    /// Close the session's link (a shared link stays open for the other sessions).
     pub fn close(&self, local: &str) {
+        if local.starts_with(SHARED_PREFIX) {
+            return;
+        }
         let channel = self.channels.lock().ok().and_then(|mut channels| channels.remove(local));
         if let Some(channel) = channel {
             channel.stop();

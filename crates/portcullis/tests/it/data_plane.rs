@@ -282,3 +282,78 @@ async fn metrics_and_health() {
     assert!(metrics.contains("portcullis_upstream_links 1"), "{metrics}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_shared_process_serves_many_sessions_without_mixing_answers() {
+    let gw = TestGateway::start().await;
+    gw.apply(
+        &demo_server_toml("demo", &["ann@example.com", "bob@example.com"])
+            .replace("args = [\"demo-server\"]\n", "args = [\"demo-server\"]\nshared_process = true\n"),
+    )
+    .await;
+    let ann = gw.api_key("ann@example.com").await;
+    let bob = gw.api_key("bob@example.com").await;
+    let mut tasks = Vec::new();
+    for (index, key) in [&ann, &bob, &ann, &bob, &ann, &bob, &ann, &bob].into_iter().enumerate() {
+        let mut client = gw.client("demo", Some(key));
+        tasks.push(tokio::spawn(async move {
+            assert_eq!(client.initialize().await.status, 200);
+            let mut answers = Vec::new();
+            for round in 0..5 {
+                let reply = client.call_tool("echo", json!({"message": format!("{index}/{round}")})).await;
+                answers.push(text_of(&reply));
+            }
+            let deleted = client.request_builder(reqwest::Method::DELETE).send().await.unwrap();
+            assert_eq!(deleted.status(), 200);
+            answers
+        }));
+    }
+    for (index, task) in tasks.into_iter().enumerate() {
+        let expected: Vec<String> = (0..5).map(|round| format!("{index}/{round}")).collect();
+        assert_eq!(task.await.unwrap(), expected);
+    }
+    // One process served everyone, and ending a session did not stop it.
+    assert_eq!(gw.state.upstreams.local.len(), 1);
+    let mut late = gw.client("demo", Some(&ann));
+    late.initialize().await;
+    assert_eq!(text_of(&late.call_tool("echo", json!({"message": "still up"})).await), "still up");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_aggregate_endpoint_merges_the_callers_servers() {
+    let gw = TestGateway::start().await;
+    let (upstream, serve) = portcullis::demo::bind_http("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let upstream_task = tokio::spawn(serve);
+    let mut toml = demo_server_toml("local", &["ann@example.com"]);
+    toml.push_str(&format!(
+        "[[servers]]\nname = \"remote\"\ntransport = \"streamable-http\"\nurl = \"http://{upstream}/mcp\"\n\
+         [[grants]]\nserver = \"remote\"\nusers = [\"ann@example.com\"]\n"
+    ));
+    toml.push_str(&demo_server_toml("secret", &[]));
+    gw.apply(&toml).await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut client = McpClient::new(gw.url("/mcp"), Some(key.clone()));
+    let init = client.initialize().await;
+    assert_eq!(init.last()["result"]["serverInfo"]["name"], "portcullis", "{}", init.text);
+    let mut tools = client.tool_names().await;
+    tools.sort();
+    // Ann sees her two servers' tools, namespaced, and nothing of "secret".
+    assert_eq!(tools, vec!["local__add", "local__echo", "remote__add", "remote__echo"]);
+    assert_eq!(text_of(&client.call_tool("remote__echo", json!({"message": "routed"})).await), "routed");
+    assert_eq!(text_of(&client.call_tool("local__add", json!({"a": 1, "b": 2})).await), "3");
+    let reply = client.call_tool("secret__echo", json!({"message": "x"})).await;
+    assert_eq!(reply.error_code(), Some(-32602), "{}", reply.text);
+    let reply = client.call_tool("echo", json!({"message": "x"})).await;
+    assert!(reply.error_message().contains("server__tool"), "{}", reply.text);
+    assert_eq!(client.send("ping", json!({})).await.last()["result"], json!({}));
+    // Calls through the aggregate are audited per server, like direct ones.
+    let events = gw.audit().await;
+    assert!(
+        events.iter().any(|event| event.server.as_deref() == Some("remote") && event.target.as_deref() == Some("echo"))
+    );
+    let deleted = client.request_builder(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    upstream_task.abort();
+    gw.stop().await;
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn everything_entry() -> PathBuf {
+pub fn everything_entry() -> PathBuf {
     peers_dir().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
 }
 
@@ -134,7 +134,7 @@ async fn python_sdk_through_the_gateway_to_server_everything_over_streamable_htt
 }
 
 /// Start server-everything over a network transport on a free loopback port.
-async fn everything_over(mode: &str) -> (tokio::process::Child, u16) {
+pub async fn everything_over(mode: &str) -> (tokio::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = tokio::process::Command::new("node")
         .arg(everything_entry())
