@@ -35,6 +35,8 @@ pub struct AppState {
     pub hosts: Arc<HostPolicy>,
     /// Legacy HTTP+SSE sessions, which live in this process.
     pub legacy: proxy::legacy::LegacySessions,
+    /// Where the other replicas are (for sessions that live in one of them).
+    pub replicas: proxy::forward::ReplicaDirectory,
     /// This process's replica id (random per start).
     pub replica: Arc<str>,
 }
@@ -64,12 +66,21 @@ impl App {
             audit: AuditLog::start(store.clone(), &config.store, keys.clone()),
             metrics: Metrics::default(),
             legacy: Default::default(),
+            replicas: Default::default(),
             config: Arc::new(config),
             store,
             keys,
             snapshot,
             replica,
         };
+        // Other replicas reach this one at replica_url, or at the bound address when that is
+        // a specific one (set replica_url when replicas run on different hosts).
+        let replica_url = state.config.replica_url.clone().unwrap_or_else(|| {
+            let host = if address.ip().is_unspecified() { "127.0.0.1".to_owned() } else { address.ip().to_string() };
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            format!("http://{host}:{}", address.port())
+        });
+        state.replicas.start(state.store.clone(), state.replica.to_string(), replica_url);
         let router = router(state.clone());
         Ok(App { listener, router, state, address })
     }

@@ -283,7 +283,7 @@ pub async fn apply_text(
         users.push((email, user, groups));
     }
 
-    let mut transaction = store.pool.begin().await.map_err(StoreError::from)?;
+    let mut transaction = store.begin_write().await.map_err(StoreError::from)?;
     let mut report = Report::default();
     for spec in &specs {
         if let Some(change) = put_server(&mut transaction, keys, spec).await? {

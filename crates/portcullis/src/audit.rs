@@ -64,7 +64,7 @@ enum Op {
 /// Handle to the audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    sender: mpsc::Sender<Op>,
+    sender: Sender,
     keys: Keys,
 }
 
@@ -74,6 +74,36 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// The queue to the writer: a tokio channel to the PostgreSQL task, a std channel to the
+/// SQLite thread (which needs a receive with a timeout to defer what nobody waits for).
+#[derive(Clone)]
+enum Sender {
+    Task(mpsc::Sender<Op>),
+    Thread(std::sync::mpsc::SyncSender<Op>),
+}
+
+impl Sender {
+    /// Queue without waiting; false when the queue is full or the writer is gone.
+    fn try_send(&self, op: Op) -> bool {
+        match self {
+            Sender::Task(sender) => sender.try_send(op).is_ok(),
+            Sender::Thread(sender) => sender.try_send(op).is_ok(),
+        }
+    }
+
+    async fn send(&self, op: Op) -> bool {
+        match self {
+            Sender::Task(sender) => sender.send(op).await.is_ok(),
+            // A full queue means the writer is far behind: refuse rather than block a worker.
+            Sender::Thread(sender) => sender.try_send(op).is_ok(),
+        }
+    }
+}
+
+/// How long work nobody waits for (outcomes, events of requests without effect) may wait
+/// for company before it is committed on its own.
+const DEFER: Duration = Duration::from_millis(20);
+
 /// Most operations committed in one transaction.
 const BATCH: usize = 512;
 
@@ -81,9 +111,9 @@ impl AuditLog {
     /// Start the writer: on SQLite a dedicated thread with its own connection, on
     /// PostgreSQL a task on the pool.
     pub fn start(store: Store, location: &StoreLocation, keys: Keys) -> AuditLog {
-        let (sender, receiver) = mpsc::channel(16 * 1024);
-        match location {
+        let sender = match location {
             StoreLocation::Sqlite(path) => {
+                let (sender, receiver) = std::sync::mpsc::sync_channel(16 * 1024);
                 let path = path.clone();
                 let spawned = std::thread::Builder::new()
                     .name("audit-writer".into())
@@ -92,11 +122,14 @@ impl AuditLog {
                     // Without a writer every durable record fails: calls fail closed.
                     tracing::error!(%error, "cannot start the audit writer thread");
                 }
+                Sender::Thread(sender)
             }
             StoreLocation::Postgres(_) => {
+                let (sender, receiver) = mpsc::channel(16 * 1024);
                 tokio::spawn(writer(store, receiver));
+                Sender::Task(sender)
             }
-        }
+        };
         AuditLog { sender, keys }
     }
 
@@ -116,21 +149,23 @@ impl AuditLog {
     /// Write the event and wait until it is committed.
     pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
         let (done, wait) = oneshot::channel();
-        self.sender.send(Op::Insert(Box::new(event), Some(done))).await.map_err(|_| AuditUnavailable)?;
+        if !self.sender.send(Op::Insert(Box::new(event), Some(done))).await {
+            return Err(AuditUnavailable);
+        }
         wait.await.map_err(|_| AuditUnavailable)?
     }
 
     /// Queue the event without waiting (for requests with no effect to protect).
     pub fn record(&self, event: AuditEvent) {
-        if let Err(error) = self.sender.try_send(Op::Insert(Box::new(event), None)) {
-            tracing::error!(%error, "audit queue full or closed: an audit event was dropped");
+        if !self.sender.try_send(Op::Insert(Box::new(event), None)) {
+            tracing::error!("audit queue full or closed: an audit event was dropped");
         }
     }
 
     /// Queue the outcome of an event recorded earlier.
     pub fn complete(&self, completion: Completion) {
-        if let Err(error) = self.sender.try_send(Op::Complete(completion)) {
-            tracing::error!(%error, "audit queue full or closed: an audit outcome was dropped");
+        if !self.sender.try_send(Op::Complete(completion)) {
+            tracing::error!("audit queue full or closed: an audit outcome was dropped");
         }
     }
 
@@ -158,7 +193,7 @@ impl AuditLog {
             replica: String::new(),
         };
         let (done, wait) = oneshot::channel();
-        if self.sender.send(Op::Insert(Box::new(marker), Some(done))).await.is_ok() {
+        if self.sender.send(Op::Insert(Box::new(marker), Some(done))).await {
             let _ = wait.await;
         }
     }
@@ -188,17 +223,41 @@ fn split(batch: &mut Vec<Op>) -> Batch {
     split
 }
 
-fn sqlite_writer(path: &std::path::Path, mut receiver: mpsc::Receiver<Op>) {
+/// The SQLite writer thread. What a caller waits for is committed at once, together with
+/// everything queued; what nobody waits for is held up to [`DEFER`] to share a commit, so a
+/// call costs about one commit instead of two. A crash can lose only those deferred outcomes,
+/// never an event a call waited for.
+fn sqlite_writer(path: &std::path::Path, receiver: std::sync::mpsc::Receiver<Op>) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut writer = None;
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match receiver.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+    let mut batch: Vec<Op> = Vec::with_capacity(BATCH);
+    let mut oldest_deferred: Option<std::time::Instant> = None;
+    loop {
+        let received = match oldest_deferred {
+            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => receiver.recv_timeout(DEFER.saturating_sub(since.elapsed())),
+        };
+        let closing = match received {
+            Ok(op) => {
+                batch.push(op);
+                while batch.len() < BATCH {
+                    match receiver.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
+                }
+                false
             }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let someone_waits = batch.iter().any(|op| matches!(op, Op::Insert(_, Some(_))));
+        let due = oldest_deferred.is_some_and(|since| since.elapsed() >= DEFER);
+        if !(someone_waits || due || closing || batch.len() >= BATCH) {
+            oldest_deferred.get_or_insert_with(std::time::Instant::now);
+            continue;
         }
+        oldest_deferred = None;
         let Batch { inserts, completions, waiters } = split(&mut batch);
         let mut attempt = 0;
         let result = loop {
@@ -227,6 +286,9 @@ fn sqlite_writer(path: &std::path::Path, mut receiver: mpsc::Receiver<Op>) {
         };
         for waiter in waiters {
             let _ = waiter.send(result.clone());
+        }
+        if closing {
+            return;
         }
     }
 }
@@ -260,7 +322,7 @@ async fn commit(store: &Store, inserts: &[AuditEvent], completions: &[Completion
     if inserts.is_empty() && completions.is_empty() {
         return Ok(());
     }
-    let mut transaction = store.pool.begin().await?;
+    let mut transaction = store.begin_write().await?;
     store::audit::insert(&mut transaction, inserts).await?;
     store::audit::complete(&mut transaction, completions).await?;
     transaction.commit().await?;

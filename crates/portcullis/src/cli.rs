@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 /// Create an API key for `email`; returns the key.
 pub async fn create_api_key(store: &Store, email: &str, name: &str) -> anyhow::Result<String> {
     let email = crate::registry::Email::parse(email).map_err(|error| anyhow::anyhow!(error.0))?;
-    let mut transaction = store.pool.begin().await?;
+    let mut transaction = store.begin_write().await?;
     let user = store::registry::find_user(&mut transaction, email.as_str()).await?.with_context(|| {
         format!("no user with email {email}; add them with `portcullis apply` ([[users]]) or PUT /api/v1/users/{email}")
     })?;
@@ -46,7 +46,7 @@ pub async fn set_up_demo(store: &Store, keys: &Keys) -> anyhow::Result<String> {
         public: false,
         shared_process: false,
     };
-    let mut transaction = store.pool.begin().await?;
+    let mut transaction = store.begin_write().await?;
     put_server(&mut transaction, keys, &spec).await?;
     let user_id = store::registry::upsert_user(&mut transaction, DEMO_USER, "Demo User", true).await?;
     let server =

@@ -205,7 +205,7 @@ async fn put_server_handler(
         shared_process: body.shared_process,
     };
     spec.validate().map_err(|error| ApiError::BadRequest(error.0))?;
-    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
     let change = put_server(&mut transaction, &state.keys, &spec).await?;
     let server = store::registry::get_server(&mut transaction, &name).await?;
     transaction.commit().await.map_err(StoreError::from)?;
@@ -254,7 +254,7 @@ async fn put_user(
         .map(|group| parse_group_name(group))
         .collect::<Result<_, _>>()
         .map_err(|error| ApiError::BadRequest(error.0))?;
-    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
     let id = store::registry::upsert_user(&mut transaction, email.as_str(), &body.name, body.admin).await?;
     let mut group_ids = Vec::new();
     for group in &groups {
@@ -303,7 +303,7 @@ async fn add_grant(
     _admin: Admin,
     Json(body): Json<GrantBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
     let server = store::registry::get_server(&mut transaction, &body.server)
         .await?
         .ok_or_else(|| ApiError::BadRequest(format!("no server named {:?}", body.server)))?;
@@ -371,7 +371,7 @@ async fn create_api_key(
     ApiUser(user): ApiUser,
     Json(body): Json<ApiKeyBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut transaction = state.store.pool.begin().await.map_err(StoreError::from)?;
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
     let owner_id = match &body.user {
         Some(email) if email.to_ascii_lowercase() != user.email => {
             if !user.admin {

@@ -130,6 +130,9 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(owner) = super::forward::foreign_owner(&state, &headers) {
+        return super::forward::forward(&state, &owner, axum::http::Method::POST, "/mcp", &headers, body).await;
+    }
     let identified = match identify(&state, "(aggregate)", peer, &headers) {
         Ok(identified) => identified,
         Err(response) => return response,
@@ -476,6 +479,9 @@ pub async fn get(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(owner) = super::forward::foreign_owner(&state, &headers) {
+        return super::forward::forward(&state, &owner, axum::http::Method::GET, "/mcp", &headers, Bytes::new()).await;
+    }
     let identified = match identify(&state, "(aggregate)", peer, &headers) {
         Ok(identified) => identified,
         Err(response) => return response,
@@ -514,6 +520,10 @@ pub async fn delete(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(owner) = super::forward::foreign_owner(&state, &headers) {
+        return super::forward::forward(&state, &owner, axum::http::Method::DELETE, "/mcp", &headers, Bytes::new())
+            .await;
+    }
     let identified = match identify(&state, "(aggregate)", peer, &headers) {
         Ok(identified) => identified,
         Err(response) => return response,

@@ -93,7 +93,8 @@ pub async fn open(
     if !exchange.accepts_sse {
         return plain_error(StatusCode::NOT_ACCEPTABLE, "GET opens an event stream: send Accept: text/event-stream");
     }
-    let id = random_token(18);
+    // The id names this replica, so another replica can pass the session's POSTs here.
+    let id = format!("{}.{}", state.replica, random_token(18));
     let (sender, receiver) = mpsc::channel::<Value>(64);
     let session = LegacySession {
         server: server.clone(),
@@ -143,6 +144,13 @@ pub async fn message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let owner = query.get("sessionId").and_then(|id| id.split_once('.')).map(|(replica, _)| replica.to_owned());
+    if let Some(owner) = owner.filter(|owner| owner.as_str() != &*state.replica)
+        && !headers.contains_key(super::forward::FORWARDED_HEADER)
+    {
+        let path = format!("/sse/{server}/message?sessionId={}", query.get("sessionId").cloned().unwrap_or_default());
+        return super::forward::forward(&state, &owner, axum::http::Method::POST, &path, &headers, body).await;
+    }
     let mut exchange = match begin(&state, &server, peer, &headers) {
         Ok(exchange) => exchange,
         Err(response) => return response,

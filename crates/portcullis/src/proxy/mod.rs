@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod aggregate;
+pub mod forward;
 pub mod legacy;
 pub mod methods;
 pub mod session;
@@ -108,6 +109,10 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(owner) = forward::foreign_owner(&state, &headers) {
+        let path = format!("/mcp/{server}");
+        return forward::forward(&state, &owner, axum::http::Method::POST, &path, &headers, body).await;
+    }
     let exchange = match begin(&state, &server, peer, &headers) {
         Ok(exchange) => exchange,
         Err(response) => return response,
@@ -899,6 +904,10 @@ pub async fn get(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(owner) = forward::foreign_owner(&state, &headers) {
+        let path = format!("/mcp/{server}");
+        return forward::forward(&state, &owner, axum::http::Method::GET, &path, &headers, Bytes::new()).await;
+    }
     let exchange = match begin(&state, &server, peer, &headers) {
         Ok(exchange) => exchange,
         Err(response) => return response,
@@ -948,6 +957,10 @@ pub async fn delete(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(owner) = forward::foreign_owner(&state, &headers) {
+        let path = format!("/mcp/{server}");
+        return forward::forward(&state, &owner, axum::http::Method::DELETE, &path, &headers, Bytes::new()).await;
+    }
     let exchange = match begin(&state, &server, peer, &headers) {
         Ok(exchange) => exchange,
         Err(response) => return response,

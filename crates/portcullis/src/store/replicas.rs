@@ -32,3 +32,12 @@ pub async fn address(connection: &mut AnyConnection, id: &str, max_age_ms: i64) 
         .await?;
     Ok(row.map(|row| row.get(0)))
 }
+
+/// Every replica seen within `max_age_ms`: (id, url).
+pub async fn all(connection: &mut AnyConnection, max_age_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = sqlx::query("SELECT id, url FROM replicas WHERE seen_at >= $1")
+        .bind(now_ms() - max_age_ms)
+        .fetch_all(connection)
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}

@@ -188,3 +188,89 @@ async fn legacy_sse_on_both_sides_server_everything_and_the_python_sdk() {
     gw.stop().await;
     upstream.kill().await.unwrap();
 }
+
+/// Run the TypeScript SDK client; returns its JSON report.
+async fn typescript_client(url: &str, token: &str, extra: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/ts_client.mjs");
+    let output = tokio::process::Command::new("node")
+        .arg(script)
+        .args([url, token])
+        .args(extra)
+        .env("PORTCULLIS_PEERS_NODE", peers_dir().join("node"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "typescript client failed: {stderr}\n{stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("client printed no JSON ({error}): {stdout}"))
+}
+
+#[tokio::test]
+async fn typescript_sdk_answers_sampling_requests_relayed_through_the_gateway() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "[[servers]]\nname = \"everything\"\ntransport = \"stdio\"\ncommand = \"node\"\nargs = [\"{}\", \"stdio\"]\n\
+         [[users]]\nemail = \"ann@example.com\"\n[[grants]]\nserver = \"everything\"\nusers = [\"ann@example.com\"]\n",
+        everything_entry().display()
+    ))
+    .await;
+    let key = gw.api_key("ann@example.com").await;
+    let sampling = r#"{"prompt":"say hi","maxTokens":20}"#;
+    // The server asks the client to sample in the middle of a tool call; the request travels
+    // back on the call's stream and the client's answer finds its way upstream.
+    let report = typescript_client(
+        &gw.url("/mcp/everything"),
+        &key,
+        &["--sampling", "echo", r#"{"message":"from typescript"}"#, "trigger-sampling-request", sampling],
+    )
+    .await;
+    assert_eq!(report["server"], "mcp-servers/everything", "{report}");
+    assert_eq!(report["calls"][0]["text"], "Echo: from typescript");
+    let sampled = report["calls"][1]["text"].as_str().unwrap();
+    assert!(sampled.contains("sampled by the client"), "{report}");
+    // The same through the aggregate endpoint, where the server's request id is namespaced.
+    let report =
+        typescript_client(&gw.url("/mcp"), &key, &["--sampling", "everything__trigger-sampling-request", sampling])
+            .await;
+    assert!(report["tools"].as_array().unwrap().iter().any(|tool| tool == "everything__echo"), "{report}");
+    assert!(report["calls"][0]["text"].as_str().unwrap().contains("sampled by the client"), "{report}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_stdio_bridge_connects_a_stdio_client() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut bridge = tokio::process::Command::new(binary())
+        .args(["connect", &gw.url("/mcp/demo")])
+        .env("PORTCULLIS_API_KEY", &key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = bridge.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(bridge.stdout.take().unwrap()).lines();
+    let send = |line: &str| format!("{line}\n");
+    stdin
+        .write_all(send(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"stdio-client","version":"1"}}}"#).as_bytes())
+        .await
+        .unwrap();
+    let init: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(init["result"]["serverInfo"]["name"], "portcullis-demo");
+    stdin.write_all(send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).as_bytes()).await.unwrap();
+    stdin
+        .write_all(send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"bridged"}}}"#).as_bytes())
+        .await
+        .unwrap();
+    let call: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(call["id"], 2);
+    assert_eq!(call["result"]["content"][0]["text"], "bridged");
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), bridge.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    gw.stop().await;
+}

@@ -46,3 +46,38 @@ async fn two_replicas_share_a_session_on_postgres() {
     second.stop().await;
     drop_postgres_database(&name).await;
 }
+
+#[tokio::test]
+async fn a_stdio_session_is_forwarded_to_the_replica_that_owns_its_process() {
+    let (url, name) = fresh_postgres_database().await;
+    let key = SecretKey::generate();
+    let store = StoreKind::Postgres(url, name.clone());
+    let first = TestGateway::start_with(Options { store: store.clone(), key: key.clone(), ..Options::default() }).await;
+    let second = TestGateway::start_with(Options { store, key, ..Options::default() }).await;
+    first.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let api_key = first.api_key("ann@example.com").await;
+    let mut on_first = first.client("demo", Some(&api_key));
+    assert_eq!(on_first.initialize().await.status, 200);
+    let mut on_second = second.client("demo", Some(&api_key));
+    on_second.session = on_first.session.clone();
+    // The second replica passes the request to the first, which holds the process.
+    let mut answered = None;
+    for _ in 0..80 {
+        let reply = on_second.call_tool("echo", json!({"message": "via the owner"})).await;
+        if reply.status == 200 && reply.last().get("result").is_some() {
+            answered = Some(text_of(&reply));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.as_deref(), Some("via the owner"));
+    assert_eq!(first.state.upstreams.local.len(), 1, "the process lives in the first replica");
+    assert_eq!(second.state.upstreams.local.len(), 0, "the second replica started no process");
+    // Ending the session through the second replica stops the first replica's process.
+    let deleted = on_second.request_builder(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(first.state.upstreams.local.len(), 0);
+    first.stop().await;
+    second.stop().await;
+    drop_postgres_database(&name).await;
+}
