@@ -9,6 +9,7 @@
 use crate::config::StoreLocation;
 use crate::crypto::Keys;
 use crate::store::{self, Store};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -65,6 +66,8 @@ enum Op {
 #[derive(Clone)]
 pub struct AuditLog {
     sender: Sender,
+    /// Held by every handle; background helpers stop when it is gone.
+    _alive: Arc<()>,
     keys: Keys,
 }
 
@@ -111,17 +114,23 @@ impl AuditLog {
     /// Start the writer: on SQLite a dedicated thread with its own connection, on
     /// PostgreSQL a task on the pool.
     pub fn start(store: Store, location: &StoreLocation, keys: Keys) -> AuditLog {
+        let alive = Arc::new(());
         let sender = match location {
             StoreLocation::Sqlite(path) => {
                 let (sender, receiver) = std::sync::mpsc::sync_channel(16 * 1024);
-                let path = path.clone();
+                let writer_path = path.clone();
                 let spawned = std::thread::Builder::new()
                     .name("audit-writer".into())
-                    .spawn(move || sqlite_writer(&path, receiver));
+                    .spawn(move || sqlite_writer(&writer_path, receiver));
                 if let Err(error) = spawned {
                     // Without a writer every durable record fails: calls fail closed.
                     tracing::error!(%error, "cannot start the audit writer thread");
                 }
+                let path = path.clone();
+                let watched = Arc::downgrade(&alive);
+                let _ = std::thread::Builder::new()
+                    .name("audit-checkpoint".into())
+                    .spawn(move || checkpointer(&path, watched));
                 Sender::Thread(sender)
             }
             StoreLocation::Postgres(_) => {
@@ -130,7 +139,7 @@ impl AuditLog {
                 Sender::Task(sender)
             }
         };
-        AuditLog { sender, keys }
+        AuditLog { sender, keys, _alive: alive }
     }
 
     /// Seal the arguments for storage and compute their keyed digest.
@@ -221,6 +230,20 @@ fn split(batch: &mut Vec<Op>) -> Batch {
         }
     }
     split
+}
+
+/// Checkpoint the WAL every half second (the writer itself never does, so its commits stay
+/// short). Stops when the last handle to the audit log is gone.
+fn checkpointer(path: &std::path::Path, alive: std::sync::Weak<()>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if alive.upgrade().is_none() {
+            return;
+        }
+        if let Err(error) = store::audit::sqlite_writer::Writer::checkpoint(path) {
+            tracing::warn!(%error, "audit WAL checkpoint failed; will retry");
+        }
+    }
 }
 
 /// The SQLite writer thread. What a caller waits for is committed at once, together with

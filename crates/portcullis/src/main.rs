@@ -8,6 +8,11 @@ use portcullis::crypto::SecretKey;
 use portcullis::store::Store;
 use std::path::PathBuf;
 
+// The request path allocates many small, short-lived buffers; mimalloc serves them faster
+// than the system allocator (measured with `portcullis bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "MCP gateway and governance control plane")]
 struct Cli {

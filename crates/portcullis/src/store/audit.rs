@@ -184,10 +184,22 @@ pub mod sqlite_writer {
     impl Writer {
         pub fn open(path: &Path) -> Result<Writer, StoreError> {
             let connection = rusqlite::Connection::open(path).map_err(failed)?;
+            // Checkpoints (copying the WAL into the database, with an fsync) are left to
+            // `checkpoint`, on another thread, so no call waits behind one.
             connection
-                .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;")
+                .execute_batch(
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; \
+                     PRAGMA wal_autocheckpoint=0;",
+                )
                 .map_err(failed)?;
             Ok(Writer { connection })
+        }
+
+        /// Copy what the WAL holds into the database without blocking writers.
+        pub fn checkpoint(path: &Path) -> Result<(), StoreError> {
+            let connection = rusqlite::Connection::open(path).map_err(failed)?;
+            connection.execute_batch("PRAGMA busy_timeout=10000;").map_err(failed)?;
+            connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(failed)
         }
 
         /// Insert and complete in one transaction.

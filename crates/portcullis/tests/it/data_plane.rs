@@ -357,3 +357,88 @@ async fn the_aggregate_endpoint_merges_the_callers_servers() {
     upstream_task.abort();
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_upstream_that_answers_garbage_gets_a_clear_error() {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/mcp",
+        post(|body: axum::body::Bytes| async move {
+            let message: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if message["method"] == "tools/call" {
+                return ([("content-type", "text/html")], "<html>502 Bad Gateway</html>".to_owned());
+            }
+            let answer = portcullis::demo::answer(&message).unwrap_or(json!({}));
+            ([("content-type", "application/json")], answer.to_string())
+        }),
+    );
+    let task = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "[[servers]]\nname = \"broken\"\ntransport = \"streamable-http\"\nurl = \"http://{address}/mcp\"\n\
+         [[users]]\nemail = \"ann@example.com\"\n[[grants]]\nserver = \"broken\"\nusers = [\"ann@example.com\"]\n"
+    ))
+    .await;
+    let key = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("broken", Some(&key));
+    assert_eq!(client.initialize().await.status, 200);
+    let reply = client.call_tool("echo", json!({"message": "x"})).await;
+    assert_eq!(reply.error_code(), Some(-32033), "{}", reply.text);
+    assert!(reply.error_message().contains("not MCP"), "{}", reply.text);
+    assert!(!reply.text.contains("<html>"), "the upstream's body is not echoed");
+    let events = gw.audit().await;
+    assert!(events.iter().any(|event| event.target.as_deref() == Some("echo") && event.outcome == "upstream_invalid"));
+    task.abort();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_acknowledged_call_survives_a_killed_gateway() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("portcullis-crash-{}", portcullis::crypto::new_id()));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("servers.toml"), demo_server_toml("demo", &["ann@example.com"])).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let applied = std::process::Command::new(binary())
+        .args(["apply", "--data-dir", data_arg, "-f", dir.join("servers.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(applied.status.success());
+    let created = std::process::Command::new(binary())
+        .args(["api-key", "create", "--data-dir", data_arg, "--user", "ann@example.com"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(created.stdout).unwrap().lines().last().unwrap().to_owned();
+    let mut gateway = tokio::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let base = line.strip_prefix("listening on ").unwrap().to_owned();
+    let mut client = McpClient::new(format!("{base}/mcp/demo"), Some(key));
+    client.initialize().await;
+    let reply = client.call_tool("echo", json!({"message": "remember me"})).await;
+    assert_eq!(text_of(&reply), "remember me");
+    // No graceful shutdown: the process is killed outright.
+    gateway.start_kill().unwrap();
+    gateway.wait().await.unwrap();
+    let store = portcullis::store::Store::open(&portcullis::config::StoreLocation::Sqlite(data.join("portcullis.db")))
+        .await
+        .unwrap();
+    let mut connection = store.pool.acquire().await.unwrap();
+    let filter =
+        portcullis::store::audit::Filter { method: Some("tools/call".into()), limit: 10, ..Default::default() };
+    let events = portcullis::store::audit::query(&mut connection, &filter).await.unwrap();
+    assert_eq!(events.len(), 1, "the acknowledged call's audit event survived the crash");
+    assert_eq!(events[0].target.as_deref(), Some("echo"));
+    drop(connection);
+    store.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
