@@ -35,6 +35,8 @@ pub struct AppState {
     pub hosts: Arc<HostPolicy>,
     /// Legacy HTTP+SSE sessions, which live in this process.
     pub legacy: proxy::legacy::LegacySessions,
+    /// Upstream sessions held for clients of the stateless protocol era.
+    pub stateless: proxy::stateless::StatelessSessions,
     /// Where the other replicas are (for sessions that live in one of them).
     pub replicas: proxy::forward::ReplicaDirectory,
     /// This process's replica id (random per start).
@@ -67,6 +69,7 @@ impl App {
             metrics: Metrics::default(),
             legacy: Default::default(),
             replicas: Default::default(),
+            stateless: Default::default(),
             config: Arc::new(config),
             store,
             keys,

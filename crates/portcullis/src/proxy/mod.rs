@@ -17,6 +17,7 @@ pub mod forward;
 pub mod legacy;
 pub mod methods;
 pub mod session;
+pub mod stateless;
 
 use crate::app::AppState;
 use crate::audit::{AuditEvent, Completion};
@@ -356,17 +357,41 @@ async fn handle(
     if message.kind == MessageKind::Request && method == "initialize" {
         return initialize(exchange, message).await;
     }
+    let stateless = stateless::is_stateless(&message, header_version);
     if message.kind == MessageKind::Request && method == "server/discover" {
-        let value = error_response(
-            message.id.as_ref().map(mcp::Id::to_value).as_ref(),
-            ErrorCode::MethodNotFound,
-            "this gateway serves MCP sessions: send initialize (protocol 2025-11-25 or older)",
-        );
-        record_simple(exchange, &method, "none", "stateless discovery is not offered", "invalid", None);
-        return Answer::Json(StatusCode::BAD_REQUEST, value, None);
+        let id = message.id.as_ref().map(mcp::Id::to_value);
+        if !stateless {
+            let value = error_response(
+                id.as_ref(),
+                ErrorCode::MethodNotFound,
+                "server/discover belongs to protocol 2026-07-28; send it with MCP-Protocol-Version: 2026-07-28, or initialize",
+            );
+            record_simple(exchange, &method, "none", "discovery outside the stateless era", "invalid", None);
+            return Answer::Json(StatusCode::BAD_REQUEST, value, None);
+        }
+        let decision = connect_decision(exchange);
+        exchange.state.metrics.decision(decision.is_allowed());
+        if !decision.is_allowed() {
+            record_simple(exchange, &method, "deny", &decision.reason, "denied", None);
+            let text = format!("access denied: {}", decision.reason);
+            return Answer::Json(StatusCode::OK, error_response(id.as_ref(), ErrorCode::AccessDenied, &text), None);
+        }
+        return match exchange.state.stateless.session_for(exchange, &message).await {
+            Ok((_, upstream)) => {
+                record_simple(exchange, &method, "allow", &decision.reason, "ok", None);
+                Answer::Json(StatusCode::OK, stateless::discover_result(id.as_ref(), &upstream), None)
+            }
+            Err(answer) => answer,
+        };
     }
     let id = message.id.as_ref().map(mcp::Id::to_value);
     let resolved = match source {
+        SessionSource::Header(headers) if stateless && !headers.contains_key(SESSION_HEADER) => {
+            match exchange.state.stateless.session_for(exchange, &message).await {
+                Ok((session, _)) => Ok(session),
+                Err(answer) => return answer,
+            }
+        }
         SessionSource::Header(headers) => resolve_session(exchange, headers),
         SessionSource::Known(Some(session)) => Ok(session),
         SessionSource::Known(None) => {
@@ -380,8 +405,35 @@ async fn handle(
             return Answer::Json(status, error_response(id.as_ref(), ErrorCode::SessionNotFound, &text), None);
         }
     };
-    let version = header_version.unwrap_or_else(|| session.protocol_version());
+    // A stateless client talks to an upstream session of the gateway's, in that session's version.
+    let version = if stateless {
+        session.protocol_version()
+    } else {
+        header_version.unwrap_or_else(|| session.protocol_version())
+    };
     match message.kind {
+        MessageKind::Request if stateless => match request(exchange, &session, version, message).await {
+            Answer::Json(status, mut value, opened) => {
+                if status == StatusCode::NOT_FOUND {
+                    exchange.state.stateless.forget(exchange).await;
+                }
+                stateless::mark_complete(&mut value, &method);
+                Answer::Json(status, value, opened)
+            }
+            Answer::Stream(mut receiver) => {
+                let (sender, marked) = mpsc::channel(32);
+                tokio::spawn(async move {
+                    while let Some(mut value) = receiver.recv().await {
+                        stateless::mark_complete(&mut value, &method);
+                        if sender.send(value).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Answer::Stream(marked)
+            }
+            Answer::Accepted => Answer::Accepted,
+        },
         MessageKind::Request => request(exchange, &session, version, message).await,
         MessageKind::Notification | MessageKind::Response => {
             // Notifications and answers to the server's own requests carry no new intent

@@ -442,3 +442,73 @@ async fn an_acknowledged_call_survives_a_killed_gateway() {
     store.close().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn stateless_clients_discover_and_call_without_a_session() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    gw.apply("[[users]]\nemail = \"bob@example.com\"\n").await;
+    let ann = gw.api_key("ann@example.com").await;
+    let bob = gw.api_key("bob@example.com").await;
+    let http = reqwest::Client::new();
+    let post = |key: &str, method: &str, name: Option<&str>, body: serde_json::Value| {
+        let mut request = http
+            .post(gw.url("/mcp/demo"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method)
+            .body(body.to_string());
+        if let Some(name) = name {
+            request = request.header("mcp-name", name);
+        }
+        request.send()
+    };
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientInfo": {"name": "modern", "version": "1"}});
+    let discover = read(
+        post(
+            &ann,
+            "server/discover",
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(discover.status, 200, "{}", discover.text);
+    let result = &discover.last()["result"];
+    assert!(result["supportedVersions"].as_array().unwrap().iter().any(|version| version == "2026-07-28"));
+    assert!(result["capabilities"]["tools"].is_object(), "{}", discover.text);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"message": "no session"}, "_meta": meta}});
+    let reply = read(post(&ann, "tools/call", Some("echo"), call.clone()).await.unwrap()).await;
+    assert_eq!(text_of(&reply), "no session");
+    assert_eq!(reply.last()["result"]["resultType"], "complete");
+    // Without the Mcp-Method header the request is refused; a wrong Mcp-Name too.
+    let no_method = http
+        .post(gw.url("/mcp/demo"))
+        .bearer_auth(&ann)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .body(call.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_method.status(), 400);
+    let wrong_name = read(post(&ann, "tools/call", Some("add"), call.clone()).await.unwrap()).await;
+    assert_eq!(wrong_name.status, 400);
+    assert_eq!(wrong_name.error_code(), Some(-32020));
+    // Bob has no grant: discovery and calls are denied, stateless or not.
+    let denied = read(post(&bob, "tools/call", Some("echo"), call).await.unwrap()).await;
+    assert_eq!(denied.error_code(), Some(-32030), "{}", denied.text);
+    let events = gw.audit().await;
+    assert!(
+        events
+            .iter()
+            .any(|event| event.method == "tools/call" && event.principal == "ann@example.com" && event.outcome == "ok")
+    );
+    gw.stop().await;
+}

@@ -68,7 +68,13 @@ async fn python_sdk_through_the_gateway_to_server_everything_over_stdio() {
             ],
         )
         .await;
-        assert_eq!(report["server"], "mcp-servers/everything", "{report}");
+        // A modern client speaks the stateless era with the gateway whatever the upstream speaks.
+        let expected_protocol = if mode == "auto" { "2026-07-28" } else { "2025-11-25" };
+        assert_eq!(report["protocol"], expected_protocol, "{report}");
+        if mode == "legacy" {
+            // Only the session era names the server to the client.
+            assert_eq!(report["server"], "mcp-servers/everything", "{report}");
+        }
         let tools: Vec<&str> = report["tools"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
         assert!(tools.contains(&"echo") && tools.contains(&"get-sum"), "{tools:?}");
         assert_eq!(report["calls"][0]["text"], "Echo: hi");
