@@ -22,6 +22,9 @@ const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_CLIENT: &str = "io.modelcontextprotocol/clientInfo";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 
+/// Whose upstream session: (the caller's user id, or none for anonymous; the server).
+type PoolKey = (Option<String>, String);
+
 struct Pooled {
     revision: i64,
     session: SessionState,
@@ -32,7 +35,7 @@ struct Pooled {
 /// The upstream sessions held for stateless clients on this replica.
 #[derive(Clone, Default)]
 pub struct StatelessSessions {
-    pooled: Arc<Mutex<HashMap<(Option<String>, String), Pooled>>>,
+    pooled: Arc<Mutex<HashMap<PoolKey, Pooled>>>,
 }
 
 impl std::fmt::Debug for StatelessSessions {
