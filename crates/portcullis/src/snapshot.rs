@@ -157,8 +157,12 @@ impl SnapshotHandle {
         Ok(())
     }
 
+    /// Replace the snapshot, unless it is older than the one in force: a reload that began
+    /// before a change must never undo it (a revoked key would live again until the next poll).
     fn publish(&self, snapshot: Snapshot) {
-        if let Ok(mut current) = self.current.write() {
+        if let Ok(mut current) = self.current.write()
+            && snapshot.revision >= current.revision
+        {
             *current = Arc::new(snapshot);
         }
         if let Ok(mut checked) = self.last_checked.lock() {
