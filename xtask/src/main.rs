@@ -70,12 +70,46 @@ fn ci() -> anyhow::Result<()> {
         .current_dir(&root))?;
     done(started);
     let started = step("cargo test");
-    run(Command::new("cargo")
-        .args(["test", "--workspace"])
-        .env("PORTCULLIS_TEST_PEERS", &peers_dir)
-        .current_dir(&root))?;
+    let (passed, failed) = run_tests(
+        Command::new("cargo").args(["test", "--workspace"]).env("PORTCULLIS_TEST_PEERS", &peers_dir).current_dir(&root),
+    )?;
     done(started);
+    // One closing line for the whole run (cargo prints one per test binary, the last of
+    // which may well be an empty doc-test run).
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
     Ok(())
+}
+
+/// Run `cargo test`, echoing its output, and add up its "test result" lines.
+fn run_tests(command: &mut Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = command.stdout(std::process::Stdio::piped()).spawn().context("cannot run cargo test")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
+                    })
+                    .and_then(|number| number.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("cargo test failed with {status}");
+    }
+    Ok((passed, failed))
 }
 
 /// Build in release mode and run `portcullis bench` with the remaining arguments.
