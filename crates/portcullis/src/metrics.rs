@@ -51,6 +51,8 @@ struct Inner {
     requests: BTreeMap<(&'static str, String), u64>,
     decisions: BTreeMap<&'static str, u64>,
     upstream_errors: BTreeMap<String, u64>,
+    /// Per server: did the last exchange with it succeed?
+    upstream_up: BTreeMap<String, bool>,
     latency: BTreeMap<&'static str, Histogram>,
 }
 
@@ -82,6 +84,16 @@ impl Metrics {
     pub fn upstream_error(&self, server: &str) {
         if let Ok(mut inner) = self.inner.lock() {
             *inner.upstream_errors.entry(server.to_owned()).or_default() += 1;
+            inner.upstream_up.insert(server.to_owned(), false);
+        }
+    }
+
+    /// The upstream answered (even with a JSON-RPC error): it is up.
+    pub fn upstream_answered(&self, server: &str) {
+        if let Ok(mut inner) = self.inner.lock()
+            && inner.upstream_up.get(server) != Some(&true)
+        {
+            inner.upstream_up.insert(server.to_owned(), true);
         }
     }
 
@@ -117,6 +129,13 @@ impl Metrics {
         out.push_str("# TYPE portcullis_upstream_errors_total counter\n");
         for (server, count) in &inner.upstream_errors {
             let _ = writeln!(out, "portcullis_upstream_errors_total{{server=\"{server}\"}} {count}");
+        }
+        out.push_str(
+            "# HELP portcullis_upstream_up 1 when the last exchange with the server got an answer, 0 when it failed.\n",
+        );
+        out.push_str("# TYPE portcullis_upstream_up gauge\n");
+        for (server, up) in &inner.upstream_up {
+            let _ = writeln!(out, "portcullis_upstream_up{{server=\"{server}\"}} {}", u8::from(*up));
         }
         out.push_str("# HELP portcullis_request_duration_seconds Time from receipt to the complete answer.\n");
         out.push_str("# TYPE portcullis_request_duration_seconds histogram\n");

@@ -586,6 +586,7 @@ async fn initialize(exchange: &Exchange, message: Message) -> Answer {
         members: Vec::new(),
     };
     let opened = value.get("result").is_some().then(|| Box::new(session));
+    exchange.state.metrics.upstream_answered(exchange.server());
     let outcome = if value.get("error").is_some() { "error" } else { "ok" };
     event.outcome = outcome.into();
     event.latency_us = Some(exchange.latency_us());
@@ -701,6 +702,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
                     latency_us: Some(exchange.latency_us()),
                 });
                 exchange.state.metrics.request(&method, outcome_of_error(&error));
+                exchange.state.metrics.upstream_error(exchange.server());
                 let status =
                     if matches!(error, UpstreamError::SessionGone) { StatusCode::NOT_FOUND } else { StatusCode::OK };
                 let text = format!("server {:?}: {error}", exchange.server());
@@ -753,6 +755,7 @@ impl Finish {
         if hidden > 0 {
             tracing::debug!(server = %self.entry.server.name, hidden, "list entries hidden by policy");
         }
+        self.state.metrics.upstream_answered(&self.entry.server.name);
         let outcome = if value.get("error").is_some() { "error" } else { "ok" };
         let error = value
             .get("error")

@@ -261,6 +261,10 @@ async fn slow_and_dead_upstreams_fail_only_their_own_callers() {
     assert!(
         events.iter().any(|event| event.server.as_deref() == Some("dead") && event.outcome == "upstream_unavailable")
     );
+    let metrics = reqwest::get(gw.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("portcullis_upstream_up{server=\"dead\"} 0"), "{metrics}");
+    assert!(metrics.contains("portcullis_upstream_up{server=\"demo\"} 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_upstream_errors_total{server=\"slow\"} 1"), "{metrics}");
     slow_task.abort();
     gw.stop().await;
 }
