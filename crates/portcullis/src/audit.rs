@@ -77,28 +77,96 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// The queue to the writer: a tokio channel to the PostgreSQL task, a std channel to the
-/// SQLite thread (which needs a receive with a timeout to defer what nobody waits for).
+/// The way to the writer: a tokio channel to the PostgreSQL task, or the shared SQLite
+/// queue (see [`SqliteShared`]).
 #[derive(Clone)]
 enum Sender {
     Task(mpsc::Sender<Op>),
-    Thread(std::sync::mpsc::SyncSender<Op>),
+    Sqlite(Arc<SqliteShared>),
 }
+
+/// Most operations queued for SQLite before new ones are refused (the writer is far behind).
+const QUEUE_LIMIT: usize = 16 * 1024;
 
 impl Sender {
     /// Queue without waiting; false when the queue is full or the writer is gone.
     fn try_send(&self, op: Op) -> bool {
         match self {
             Sender::Task(sender) => sender.try_send(op).is_ok(),
-            Sender::Thread(sender) => sender.try_send(op).is_ok(),
+            Sender::Sqlite(shared) => shared.push(op, false),
         }
     }
 
     async fn send(&self, op: Op) -> bool {
         match self {
             Sender::Task(sender) => sender.send(op).await.is_ok(),
-            // A full queue means the writer is far behind: refuse rather than block a worker.
-            Sender::Thread(sender) => sender.try_send(op).is_ok(),
+            Sender::Sqlite(shared) => shared.push(op, true),
+        }
+    }
+}
+
+/// SQLite group commit without hand-overs. An operation someone waits for is committed by the
+/// caller itself when the connection is free (it becomes the leader and commits everything
+/// queued, its own operation included); when another caller is committing, it queues and the
+/// leader (or, failing that, the writer thread) commits it. Waking another thread and being
+/// woken back cost more than the commit itself on small machines. What nobody waits for is
+/// left to the writer thread, which holds it up to [`DEFER`] to share a commit.
+struct SqliteShared {
+    queue: std::sync::Mutex<Vec<Op>>,
+    wake: std::sync::Condvar,
+    connection: std::sync::Mutex<Option<store::audit::sqlite_writer::Writer>>,
+    path: std::path::PathBuf,
+}
+
+impl SqliteShared {
+    /// Queue `op`; when `lead` and the connection is free, commit right here.
+    fn push(&self, op: Op, lead: bool) -> bool {
+        let Ok(mut queue) = self.queue.lock() else { return false };
+        if queue.len() >= QUEUE_LIMIT {
+            return false;
+        }
+        queue.push(op);
+        drop(queue);
+        if lead && let Ok(mut connection) = self.connection.try_lock() {
+            self.drain(&mut connection);
+            return true;
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// Commit everything queued, until the queue is empty.
+    fn drain(&self, connection: &mut Option<store::audit::sqlite_writer::Writer>) {
+        loop {
+            let mut batch = match self.queue.lock() {
+                Ok(mut queue) => std::mem::take(&mut *queue),
+                Err(_) => return,
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let Batch { inserts, completions, waiters } = split(&mut batch);
+            if connection.is_none() {
+                *connection = store::audit::sqlite_writer::Writer::open(&self.path)
+                    .map_err(|error| tracing::error!(%error, "cannot open the audit store"))
+                    .ok();
+            }
+            let outcome = match connection.as_mut() {
+                Some(writer) => writer.commit(&inserts, &completions),
+                None => Err(store::StoreError::Open("no audit connection".into())),
+            };
+            let result = match outcome {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    // Fail closed now; the next batch starts from a fresh connection.
+                    tracing::error!(%error, events = inserts.len(), "audit commit failed; failing the calls closed");
+                    *connection = None;
+                    Err(AuditUnavailable)
+                }
+            };
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
         }
     }
 }
@@ -117,11 +185,17 @@ impl AuditLog {
         let alive = Arc::new(());
         let sender = match location {
             StoreLocation::Sqlite(path) => {
-                let (sender, receiver) = std::sync::mpsc::sync_channel(16 * 1024);
-                let writer_path = path.clone();
+                let shared = Arc::new(SqliteShared {
+                    queue: std::sync::Mutex::new(Vec::new()),
+                    wake: std::sync::Condvar::new(),
+                    connection: std::sync::Mutex::new(None),
+                    path: path.clone(),
+                });
+                let thread_shared = shared.clone();
+                let watched_by_writer = Arc::downgrade(&alive);
                 let spawned = std::thread::Builder::new()
                     .name("audit-writer".into())
-                    .spawn(move || sqlite_writer(&writer_path, receiver));
+                    .spawn(move || sqlite_writer(&thread_shared, watched_by_writer));
                 if let Err(error) = spawned {
                     // Without a writer every durable record fails: calls fail closed.
                     tracing::error!(%error, "cannot start the audit writer thread");
@@ -131,7 +205,7 @@ impl AuditLog {
                 let _ = std::thread::Builder::new()
                     .name("audit-checkpoint".into())
                     .spawn(move || checkpointer(&path, watched));
-                Sender::Thread(sender)
+                Sender::Sqlite(shared)
             }
             StoreLocation::Postgres(_) => {
                 let (sender, receiver) = mpsc::channel(16 * 1024);
@@ -246,73 +320,36 @@ fn checkpointer(path: &std::path::Path, alive: std::sync::Weak<()>) {
     }
 }
 
-/// The SQLite writer thread. What a caller waits for is committed at once, together with
-/// everything queued; what nobody waits for is held up to [`DEFER`] to share a commit, so a
-/// call costs about one commit instead of two. A crash can lose only those deferred outcomes,
-/// never an event a call waited for.
-fn sqlite_writer(path: &std::path::Path, receiver: std::sync::mpsc::Receiver<Op>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut writer = None;
-    let mut batch: Vec<Op> = Vec::with_capacity(BATCH);
-    let mut oldest_deferred: Option<std::time::Instant> = None;
+/// The SQLite writer thread: commits what callers queued without leading (outcomes, events
+/// of requests without effect) after at most [`DEFER`], and what a leader could not take.
+/// Stops when the last handle to the audit log is gone, after a final commit.
+fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
     loop {
-        let received = match oldest_deferred {
-            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(since) => receiver.recv_timeout(DEFER.saturating_sub(since.elapsed())),
-        };
-        let closing = match received {
-            Ok(op) => {
-                batch.push(op);
-                while batch.len() < BATCH {
-                    match receiver.try_recv() {
-                        Ok(op) => batch.push(op),
-                        Err(_) => break,
-                    }
-                }
-                false
+        let Ok(mut queue) = shared.queue.lock() else { return };
+        // When the oldest operation nobody waits for arrived (roughly: when first seen).
+        let mut pending_since: Option<std::time::Instant> = None;
+        loop {
+            let someone_waits = queue.iter().any(|op| matches!(op, Op::Insert(_, Some(_))));
+            if !queue.is_empty() {
+                pending_since.get_or_insert_with(std::time::Instant::now);
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        let someone_waits = batch.iter().any(|op| matches!(op, Op::Insert(_, Some(_))));
-        let due = oldest_deferred.is_some_and(|since| since.elapsed() >= DEFER);
-        if !(someone_waits || due || closing || batch.len() >= BATCH) {
-            oldest_deferred.get_or_insert_with(std::time::Instant::now);
-            continue;
-        }
-        oldest_deferred = None;
-        let Batch { inserts, completions, waiters } = split(&mut batch);
-        let mut attempt = 0;
-        let result = loop {
-            if writer.is_none() {
-                writer = store::audit::sqlite_writer::Writer::open(path)
-                    .map_err(|error| tracing::error!(%error, "cannot open the audit store"))
-                    .ok();
+            let due = pending_since.is_some_and(|since| since.elapsed() >= DEFER);
+            if someone_waits || due || queue.len() >= BATCH {
+                break;
             }
-            let outcome = match writer.as_mut() {
-                Some(writer) => writer.commit(&inserts, &completions),
-                None => Err(store::StoreError::Open("no audit connection".into())),
+            let step = match pending_since {
+                Some(since) => DEFER.saturating_sub(since.elapsed()),
+                None => Duration::from_millis(250),
             };
-            match outcome {
-                Ok(()) => break Ok(()),
-                Err(error) if attempt < 2 => {
-                    attempt += 1;
-                    writer = None;
-                    tracing::warn!(%error, attempt, "audit commit failed; retrying");
-                    std::thread::sleep(Duration::from_millis(20 * attempt));
-                }
-                Err(error) => {
-                    tracing::error!(%error, events = inserts.len(), "audit commit failed; failing the calls closed");
-                    break Err(AuditUnavailable);
-                }
+            let Ok((guard, _)) = shared.wake.wait_timeout(queue, step) else { return };
+            queue = guard;
+            if queue.is_empty() && alive.strong_count() == 0 {
+                return;
             }
-        };
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
         }
-        if closing {
-            return;
-        }
+        drop(queue);
+        let Ok(mut connection) = shared.connection.lock() else { return };
+        shared.drain(&mut connection);
     }
 }
 

@@ -220,6 +220,7 @@ async fn run_in(directory: &std::path::Path, settings: &Settings) -> anyhow::Res
     let key = crate::cli::create_api_key(&store, "bench@example.com", "bench").await?;
     store.close().await;
     let gateway = start(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &data]).await?;
+    eprintln!("(the gateway runs with its default settings; PORTCULLIS_* variables of this shell apply to it)");
     let gateway_url = format!("{}/mcp/echo", gateway.url);
 
     let mut results = Vec::new();

@@ -37,6 +37,7 @@ const SETTINGS: &[Setting] = &[
     Setting { key: "log_format", help: "text or json" },
     Setting { key: "log", help: "log filter, e.g. info or portcullis=debug" },
     Setting { key: "replica_url", help: "URL other replicas use to reach this one (stdio session forwarding)" },
+    Setting { key: "worker_threads", help: "threads serving requests (default: one per CPU core)" },
 ];
 
 /// A configuration problem, always with the fix in the message.
@@ -85,6 +86,8 @@ pub struct Config {
     pub replica_url: Option<String>,
     /// `HOME` given to stdio server processes (the gateway's own home directory).
     pub child_home: String,
+    /// Threads of the async runtime; `None` means one per CPU core.
+    pub worker_threads: Option<usize>,
 }
 
 /// The value of an environment variable named by an `env:VAR` secret reference.
@@ -380,6 +383,11 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         Some(_) => return Err(invalid("log_format", "expected text or json")),
     };
     let log_filter = get("log").map(|(_, value)| value.clone()).unwrap_or_else(|| "info".into());
+    let worker_threads = match parse_number("worker_threads", 0)? {
+        0 => None,
+        threads if threads > 1024 => return Err(invalid("worker_threads", "must be at most 1024")),
+        threads => Some(threads as usize),
+    };
     let replica_url = get("replica_url").map(|(_, value)| value.trim_end_matches('/').to_owned());
     Ok(Config {
         listen,
@@ -397,6 +405,7 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         log_filter,
         replica_url,
         child_home: "/tmp".to_owned(),
+        worker_threads,
     })
 }
 

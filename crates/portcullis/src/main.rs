@@ -191,7 +191,16 @@ async fn shutdown_signal() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The runtime's size is a setting of `serve`; a bad configuration is reported by `run`.
+    let worker_threads = match &cli.command {
+        Command::Serve { store, .. } => store.load(RawSettings::new()).ok().and_then(|config| config.worker_threads),
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
