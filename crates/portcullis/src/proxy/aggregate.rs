@@ -123,6 +123,13 @@ fn permitted(identified: &Identified) -> Vec<String> {
     names
 }
 
+/// The caller's aggregate session named by the `Mcp-Session-Id` header, if it is one.
+fn aggregate_session(identified: &Identified, headers: &HeaderMap) -> Option<SessionState> {
+    let header = headers.get(SESSION_HEADER)?.to_str().ok()?;
+    SessionState::open(&identified.state.keys.session, header)
+        .filter(|session| session.server == AGGREGATE && session.user_id.as_deref() == identified.caller.user_id())
+}
+
 /// `POST /mcp`.
 pub async fn post(
     State(state): State<AppState>,
@@ -150,12 +157,7 @@ pub async fn post(
     if message.kind == MessageKind::Request && message.method() == "initialize" {
         return initialize_all(&identified, message).await;
     }
-    let session = headers
-        .get(SESSION_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|header| SessionState::open(&state.keys.session, header))
-        .filter(|session| session.server == AGGREGATE && session.user_id.as_deref() == identified.caller.user_id());
-    let Some(session) = session else {
+    let Some(session) = aggregate_session(&identified, &headers) else {
         let text = "the session is unknown or has ended; initialize a new session";
         return refuse(
             &identified,
@@ -486,12 +488,7 @@ pub async fn get(
         Ok(identified) => identified,
         Err(response) => return response,
     };
-    let session = headers
-        .get(SESSION_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|header| SessionState::open(&state.keys.session, header))
-        .filter(|session| session.server == AGGREGATE && session.user_id.as_deref() == identified.caller.user_id());
-    let Some(session) = session else {
+    let Some(session) = aggregate_session(&identified, &headers) else {
         let value = error_response(None, ErrorCode::SessionNotFound, "the session is unknown or has ended");
         return json_response(StatusCode::NOT_FOUND, &value, None);
     };
@@ -528,12 +525,7 @@ pub async fn delete(
         Ok(identified) => identified,
         Err(response) => return response,
     };
-    let session = headers
-        .get(SESSION_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|header| SessionState::open(&state.keys.session, header))
-        .filter(|session| session.server == AGGREGATE && session.user_id.as_deref() == identified.caller.user_id());
-    let Some(session) = session else {
+    let Some(session) = aggregate_session(&identified, &headers) else {
         let value = error_response(None, ErrorCode::SessionNotFound, "the session is unknown or has ended");
         return json_response(StatusCode::NOT_FOUND, &value, None);
     };

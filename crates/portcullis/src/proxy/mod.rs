@@ -952,6 +952,30 @@ fn invalid(
     json_response(status, &error_response(id, code, text), None)
 }
 
+/// Forward to the owning replica, or authenticate, find the server and open the session of a
+/// GET or DELETE; the error is the finished response.
+async fn session_request(
+    state: &AppState,
+    server: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    method: axum::http::Method,
+    label: &str,
+) -> Result<(Exchange, SessionState), Response> {
+    if let Some(owner) = forward::foreign_owner(state, headers) {
+        let path = format!("/mcp/{server}");
+        return Err(forward::forward(state, &owner, method, &path, headers, Bytes::new()).await);
+    }
+    let exchange = begin(state, server, peer, headers)?;
+    match resolve_session(&exchange, headers) {
+        Ok(session) => Ok((exchange, session)),
+        Err((status, text)) => {
+            record_simple(&exchange, label, "none", &text, "invalid", None);
+            Err(json_response(status, &error_response(None, ErrorCode::SessionNotFound, &text), None))
+        }
+    }
+}
+
 /// `GET /mcp/{server}`: the stream of messages the upstream sends outside requests.
 pub async fn get(
     State(state): State<AppState>,
@@ -959,24 +983,14 @@ pub async fn get(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(owner) = forward::foreign_owner(&state, &headers) {
-        let path = format!("/mcp/{server}");
-        return forward::forward(&state, &owner, axum::http::Method::GET, &path, &headers, Bytes::new()).await;
-    }
-    let exchange = match begin(&state, &server, peer, &headers) {
-        Ok(exchange) => exchange,
-        Err(response) => return response,
-    };
+    let (exchange, session) =
+        match session_request(&state, &server, peer, &headers, axum::http::Method::GET, "(stream)").await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     if !exchange.accepts_sse {
         return plain_error(StatusCode::NOT_ACCEPTABLE, "GET opens an event stream: send Accept: text/event-stream");
     }
-    let session = match resolve_session(&exchange, &headers) {
-        Ok(session) => session,
-        Err((status, text)) => {
-            record_simple(&exchange, "(stream)", "none", &text, "invalid", None);
-            return json_response(status, &error_response(None, ErrorCode::SessionNotFound, &text), None);
-        }
-    };
     let decision = connect_decision(&exchange);
     if !decision.is_allowed() {
         record_simple(&exchange, "(stream)", "deny", &decision.reason, "denied", Some(&session));
@@ -1012,21 +1026,12 @@ pub async fn delete(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(owner) = forward::foreign_owner(&state, &headers) {
-        let path = format!("/mcp/{server}");
-        return forward::forward(&state, &owner, axum::http::Method::DELETE, &path, &headers, Bytes::new()).await;
-    }
-    let exchange = match begin(&state, &server, peer, &headers) {
-        Ok(exchange) => exchange,
-        Err(response) => return response,
-    };
-    let session = match resolve_session(&exchange, &headers) {
-        Ok(session) => session,
-        Err((status, text)) => {
-            record_simple(&exchange, "(delete session)", "none", &text, "invalid", None);
-            return json_response(status, &error_response(None, ErrorCode::SessionNotFound, &text), None);
-        }
-    };
+    let label = "(delete session)";
+    let (exchange, session) =
+        match session_request(&state, &server, peer, &headers, axum::http::Method::DELETE, label).await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     state.upstreams.close(&exchange.entry, &session.attachment, session.protocol_version()).await;
     record_simple(&exchange, "(delete session)", "allow", "the session's owner ended it", "ok", Some(&session));
     StatusCode::OK.into_response()
