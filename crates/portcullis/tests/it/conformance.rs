@@ -75,7 +75,7 @@ async fn conformance_through_the_gateway_adds_no_failure() {
 
 /// Start the project's conformance fixture (`tests/peers/conformance-fixture.mjs`) over
 /// Streamable HTTP on a free port.
-async fn fixture_over_http() -> (tokio::process::Child, String) {
+pub async fn fixture_over_http() -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new("node")
         .arg(fixture_script())

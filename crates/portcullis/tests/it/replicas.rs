@@ -81,3 +81,68 @@ async fn a_stdio_session_is_forwarded_to_the_replica_that_owns_its_process() {
     second.stop().await;
     drop_postgres_database(&name).await;
 }
+
+#[tokio::test]
+async fn the_answer_to_a_server_request_may_reach_another_replica() {
+    use futures_util::StreamExt;
+    let (url, name) = fresh_postgres_database().await;
+    let key = SecretKey::generate();
+    let store = StoreKind::Postgres(url, name.clone());
+    let first = TestGateway::start_with(Options { store: store.clone(), key: key.clone(), ..Options::default() }).await;
+    let second = TestGateway::start_with(Options { store, key, ..Options::default() }).await;
+    let (mut fixture, fixture_url) = crate::conformance::fixture_over_http().await;
+    first
+        .apply(&format!(
+            "[[servers]]\nname = \"fixture\"\ntransport = \"streamable-http\"\nurl = \"{fixture_url}\"\n\
+             [[users]]\nemail = \"ann@example.com\"\n[[grants]]\nserver = \"fixture\"\nusers = [\"ann@example.com\"]\n"
+        ))
+        .await;
+    let api_key = first.api_key("ann@example.com").await;
+    second.state.snapshot.reload(second.store(), &second.state.keys).await.unwrap();
+    let mut on_first = first.client("fixture", Some(&api_key));
+    let init = on_first
+        .send(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
+                   "clientInfo": {"name": "replica-test", "version": "1"}}),
+        )
+        .await;
+    on_first.session = Some(init.headers["mcp-session-id"].to_str().unwrap().to_owned());
+    assert_eq!(on_first.notify("notifications/initialized").await.status, 202);
+    let mut on_second = second.client("fixture", Some(&api_key));
+    on_second.session = on_first.session.clone();
+
+    // The call goes to the first replica; the server asks the client to sample on the call's
+    // stream; the client answers through the second replica.
+    let call = json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+                      "params": {"name": "test_sampling", "arguments": {"prompt": "hello"}}});
+    let response = on_first.request_builder(reqwest::Method::POST).body(call.to_string()).send().await.unwrap();
+    let mut stream = response.bytes_stream();
+    let mut parser = mcp::sse::Parser::new(1 << 20);
+    let mut answered = false;
+    let mut final_text = None;
+    'read: while let Some(chunk) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), stream.next()).await.unwrap()
+    {
+        for event in parser.push(&chunk.unwrap()).unwrap() {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(&event.data) else { continue };
+            if message["method"] == "sampling/createMessage" {
+                let answer = json!({"jsonrpc": "2.0", "id": message["id"], "result": {
+                    "role": "assistant", "content": {"type": "text", "text": "from replica two"},
+                    "model": "test", "stopReason": "endTurn"}});
+                let reply = on_second.post_raw(answer.to_string()).await;
+                assert_eq!(reply.status, 202, "{}", reply.text);
+                answered = true;
+            } else if message["id"] == 77 {
+                final_text = message["result"]["content"][0]["text"].as_str().map(str::to_owned);
+                break 'read;
+            }
+        }
+    }
+    assert!(answered, "the server's sampling request reached the client");
+    assert_eq!(final_text.as_deref(), Some("LLM response: from replica two"));
+    fixture.kill().await.unwrap();
+    first.stop().await;
+    second.stop().await;
+    drop_postgres_database(&name).await;
+}
