@@ -46,11 +46,15 @@ pub struct AuditEvent {
 /// How a call that was recorded as `pending` ended.
 #[derive(Debug, Clone)]
 pub struct Completion {
-    pub id: String,
+    /// The event's `seq`, as [`AuditLog::record_durable`] returned it.
+    pub seq: i64,
     pub outcome: String,
     pub error: Option<String>,
     pub latency_us: Option<i64>,
 }
+
+/// Told the event's `seq` once its commit is done.
+type Waiter = oneshot::Sender<Result<i64, AuditUnavailable>>;
 
 /// The audit store could not write; the request must not go ahead.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,7 +62,7 @@ pub struct Completion {
 pub struct AuditUnavailable;
 
 enum Op {
-    Insert(Box<AuditEvent>, Option<oneshot::Sender<Result<(), AuditUnavailable>>>),
+    Insert(Box<AuditEvent>, Option<Waiter>),
     Complete(Completion),
 }
 
@@ -155,18 +159,13 @@ impl SqliteShared {
                 Some(writer) => writer.commit(&inserts, &completions),
                 None => Err(store::StoreError::Open("no audit connection".into())),
             };
-            let result = match outcome {
-                Ok(()) => Ok(()),
-                Err(error) => {
-                    // Fail closed now; the next batch starts from a fresh connection.
-                    tracing::error!(%error, events = inserts.len(), "audit commit failed; failing the calls closed");
-                    *connection = None;
-                    Err(AuditUnavailable)
-                }
-            };
-            for waiter in waiters {
-                let _ = waiter.send(result.clone());
-            }
+            let result = outcome.map_err(|error| {
+                // Fail closed now; the next batch starts from a fresh connection.
+                tracing::error!(%error, events = inserts.len(), "audit commit failed; failing the calls closed");
+                *connection = None;
+                AuditUnavailable
+            });
+            answer(waiters, &result);
         }
     }
 }
@@ -229,8 +228,9 @@ impl AuditLog {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Write the event and wait until it is committed.
-    pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
+    /// Write the event and wait until it is committed; returns its `seq`, which names it in
+    /// the [`Completion`].
+    pub async fn record_durable(&self, event: AuditEvent) -> Result<i64, AuditUnavailable> {
         let (done, wait) = oneshot::channel();
         if !self.sender.send(Op::Insert(Box::new(event), Some(done))).await {
             return Err(AuditUnavailable);
@@ -286,7 +286,19 @@ impl AuditLog {
 struct Batch {
     inserts: Vec<AuditEvent>,
     completions: Vec<Completion>,
-    waiters: Vec<oneshot::Sender<Result<(), AuditUnavailable>>>,
+    /// Each waiter with the position of its event in `inserts` (none for a flush marker).
+    waiters: Vec<(Option<usize>, Waiter)>,
+}
+
+/// Tell every waiter how the commit went, with its event's `seq`.
+fn answer(waiters: Vec<(Option<usize>, Waiter)>, result: &Result<Vec<i64>, AuditUnavailable>) {
+    for (position, waiter) in waiters {
+        let reply = match result {
+            Ok(sequence) => Ok(position.and_then(|position| sequence.get(position).copied()).unwrap_or(0)),
+            Err(error) => Err(error.clone()),
+        };
+        let _ = waiter.send(reply);
+    }
 }
 
 fn split(batch: &mut Vec<Op>) -> Batch {
@@ -295,10 +307,11 @@ fn split(batch: &mut Vec<Op>) -> Batch {
         match op {
             // An empty id is a flush marker: it only waits for the commit.
             Op::Insert(event, waiter) => {
-                if !event.id.is_empty() {
+                let position = (!event.id.is_empty()).then(|| {
                     split.inserts.push(*event);
-                }
-                split.waiters.extend(waiter);
+                    split.inserts.len() - 1
+                });
+                split.waiters.extend(waiter.map(|waiter| (position, waiter)));
             }
             Op::Complete(completion) => split.completions.push(completion),
         }
@@ -360,7 +373,7 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Op>) {
         let mut attempt = 0;
         let result = loop {
             match commit(&store, &inserts, &completions).await {
-                Ok(()) => break Ok(()),
+                Ok(sequence) => break Ok(sequence),
                 Err(error) if attempt < 2 => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, "audit commit failed; retrying");
@@ -372,19 +385,21 @@ async fn writer(store: Store, mut receiver: mpsc::Receiver<Op>) {
                 }
             }
         };
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
-        }
+        answer(waiters, &result);
     }
 }
 
-async fn commit(store: &Store, inserts: &[AuditEvent], completions: &[Completion]) -> Result<(), store::StoreError> {
+async fn commit(
+    store: &Store,
+    inserts: &[AuditEvent],
+    completions: &[Completion],
+) -> Result<Vec<i64>, store::StoreError> {
     if inserts.is_empty() && completions.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut transaction = store.begin_write().await?;
-    store::audit::insert(&mut transaction, inserts).await?;
+    let sequence = store::audit::insert(&mut transaction, inserts).await?;
     store::audit::complete(&mut transaction, completions).await?;
     transaction.commit().await?;
-    Ok(())
+    Ok(sequence)
 }

@@ -671,15 +671,20 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
     // A call with an effect is on the record before it happens; if the record cannot be
     // written, the call does not happen.
     let durable = method == "tools/call";
-    let event_id = event.id.clone();
-    if durable && exchange.state.audit.record_durable(event.clone()).await.is_err() {
-        exchange.state.metrics.request(&method, "audit_unavailable");
-        let text = "the audit log cannot be written, so the call was not made; try again shortly";
-        return Answer::Json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            error_response(id.as_ref(), ErrorCode::Internal, text),
-            None,
-        );
+    let mut event_seq = 0;
+    if durable {
+        match exchange.state.audit.record_durable(event.clone()).await {
+            Ok(seq) => event_seq = seq,
+            Err(_) => {
+                exchange.state.metrics.request(&method, "audit_unavailable");
+                let text = "the audit log cannot be written, so the call was not made; try again shortly";
+                return Answer::Json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error_response(id.as_ref(), ErrorCode::Internal, text),
+                    None,
+                );
+            }
+        }
     }
     let deadline = tokio::time::Instant::now() + exchange.state.config.upstream_timeout;
     let sent = match timeout_at(
@@ -696,7 +701,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
         Err(error) => {
             if durable {
                 exchange.state.audit.complete(Completion {
-                    id: event_id,
+                    seq: event_seq,
                     outcome: outcome_of_error(&error).into(),
                     error: Some(error.to_string()),
                     latency_us: Some(exchange.latency_us()),
@@ -721,7 +726,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
         method,
         started: exchange.started,
         event: if durable { None } else { Some(event) },
-        event_id,
+        event_seq,
     };
     relay(finish, replies, id.unwrap_or(Value::Null), deadline, exchange.accepts_sse).await
 }
@@ -739,7 +744,7 @@ struct Finish {
     /// The event to insert at the end (requests without an effect), or `None` when it was
     /// inserted durably already and only needs its outcome.
     event: Option<AuditEvent>,
-    event_id: String,
+    event_seq: i64,
 }
 
 impl Finish {
@@ -779,7 +784,7 @@ impl Finish {
                 self.state.audit.record(event);
             }
             None => self.state.audit.complete(Completion {
-                id: self.event_id.clone(),
+                seq: self.event_seq,
                 outcome: outcome.to_owned(),
                 error,
                 latency_us: Some(latency_us),

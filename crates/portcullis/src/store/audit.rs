@@ -6,14 +6,16 @@ use crate::audit::{AuditEvent, Completion};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
-/// Insert events in the caller's transaction.
-pub async fn insert(connection: &mut AnyConnection, events: &[AuditEvent]) -> Result<(), StoreError> {
+/// Insert events in the caller's transaction; returns their `seq`, in order.
+pub async fn insert(connection: &mut AnyConnection, events: &[AuditEvent]) -> Result<Vec<i64>, StoreError> {
+    let mut sequence = Vec::with_capacity(events.len());
     for event in events {
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO audit_events (id, ts, user_id, principal, server, method, target, sealed_arguments, \
              arguments_digest, decision, reason, outcome, error, latency_us, client_name, client_version, ip, \
              correlation_id, replica) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+             RETURNING seq",
         )
         .bind(&event.id)
         .bind(event.ts)
@@ -34,20 +36,21 @@ pub async fn insert(connection: &mut AnyConnection, events: &[AuditEvent]) -> Re
         .bind(&event.ip)
         .bind(&event.correlation_id)
         .bind(&event.replica)
-        .execute(&mut *connection)
+        .fetch_one(&mut *connection)
         .await?;
+        sequence.push(row.try_get::<i64, _>(0)?);
     }
-    Ok(())
+    Ok(sequence)
 }
 
 /// Record how calls ended.
 pub async fn complete(connection: &mut AnyConnection, completions: &[Completion]) -> Result<(), StoreError> {
     for completion in completions {
-        sqlx::query("UPDATE audit_events SET outcome = $1, error = $2, latency_us = $3 WHERE id = $4")
+        sqlx::query("UPDATE audit_events SET outcome = $1, error = $2, latency_us = $3 WHERE seq = $4")
             .bind(&completion.outcome)
             .bind(&completion.error)
             .bind(completion.latency_us)
-            .bind(&completion.id)
+            .bind(completion.seq)
             .execute(&mut *connection)
             .await?;
     }
@@ -202,9 +205,10 @@ pub mod sqlite_writer {
             connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(failed)
         }
 
-        /// Insert and complete in one transaction.
-        pub fn commit(&mut self, inserts: &[AuditEvent], completions: &[Completion]) -> Result<(), StoreError> {
+        /// Insert and complete in one transaction; returns the inserted events' `seq`.
+        pub fn commit(&mut self, inserts: &[AuditEvent], completions: &[Completion]) -> Result<Vec<i64>, StoreError> {
             let transaction = self.connection.transaction().map_err(failed)?;
+            let mut sequence = Vec::with_capacity(inserts.len());
             {
                 let mut insert = transaction
                     .prepare_cached(
@@ -215,8 +219,8 @@ pub mod sqlite_writer {
                     )
                     .map_err(failed)?;
                 for event in inserts {
-                    insert
-                        .execute(rusqlite::params![
+                    let seq = insert
+                        .insert(rusqlite::params![
                             event.id,
                             event.ts,
                             event.user_id,
@@ -238,9 +242,10 @@ pub mod sqlite_writer {
                             event.replica,
                         ])
                         .map_err(failed)?;
+                    sequence.push(seq);
                 }
                 let mut complete = transaction
-                    .prepare_cached("UPDATE audit_events SET outcome = ?1, error = ?2, latency_us = ?3 WHERE id = ?4")
+                    .prepare_cached("UPDATE audit_events SET outcome = ?1, error = ?2, latency_us = ?3 WHERE seq = ?4")
                     .map_err(failed)?;
                 for completion in completions {
                     complete
@@ -248,12 +253,13 @@ pub mod sqlite_writer {
                             completion.outcome,
                             completion.error,
                             completion.latency_us,
-                            completion.id
+                            completion.seq
                         ])
                         .map_err(failed)?;
                 }
             }
-            transaction.commit().map_err(failed)
+            transaction.commit().map_err(failed)?;
+            Ok(sequence)
         }
     }
 }

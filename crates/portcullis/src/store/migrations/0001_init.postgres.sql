@@ -60,7 +60,7 @@ CREATE TABLE api_keys (
 
 CREATE TABLE audit_events (
     seq BIGSERIAL PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     ts BIGINT NOT NULL,
     user_id TEXT,
     principal TEXT NOT NULL,

@@ -59,8 +59,8 @@ CREATE TABLE api_keys (
 );
 
 CREATE TABLE audit_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
     ts BIGINT NOT NULL,
     user_id TEXT,
     principal TEXT NOT NULL,
