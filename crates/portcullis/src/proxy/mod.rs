@@ -1,13 +1,18 @@
-//! The data plane: the Streamable HTTP endpoint `/mcp/{server}` that MCP clients talk to.
+//! The data plane: the endpoints MCP clients talk to.
 //!
-//! Every message takes the same path: edge checks (in the router) → authenticate → find the
-//! server → parse strictly → resolve the sealed session → authorise ([`methods::intent`] +
-//! the one policy function) → audit (durably before a `tools/call` goes anywhere) → forward
-//! what was checked → relay the answer, filtering lists → record the outcome.
+//! Every message takes the same path, whatever the front: edge checks (in the router) →
+//! authenticate → find the server → parse strictly → resolve the session → authorise
+//! ([`methods::intent`] + the one policy function) → audit (durably before a `tools/call`
+//! goes anywhere) → forward what was checked → relay the answer, filtering lists → record the
+//! outcome. That path is `handle` → `request` → `relay` in this file.
 //!
+//! - this file: the Streamable HTTP front `/mcp/{server}` (POST, GET, DELETE) and the path.
+//! - [`aggregate`]: `/mcp`, every permitted server behind one session.
+//! - [`legacy`]: `/sse/{server}`, the HTTP+SSE front of protocol 2024-11-05.
+//! - [`stateless`]: protocol 2026-07-28 (`server/discover`, no session).
+//! - [`forward`]: requests for sessions whose state lives in another replica.
 //! - [`session`]: the sealed `Mcp-Session-Id`.
 //! - [`methods`]: per-method authorization intent and list filtering.
-//! - this file: the HTTP handlers (POST, GET, DELETE) and the relay of answers.
 
 // Handlers return finished `Response`s as their error value: that is the answer to send.
 #![allow(clippy::result_large_err)]
