@@ -21,7 +21,7 @@
 //! - [`metrics`]: Prometheus exposition.
 //! - [`demo`]: the built-in demo / echo MCP server.
 //! - [`cli`]: the subcommands other than `serve`.
-//! - [`bench`]: the gateway-versus-direct benchmark.
+//! - [`mod@bench`]: the gateway-versus-direct benchmark.
 
 pub mod api;
 pub mod app;

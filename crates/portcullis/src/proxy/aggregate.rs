@@ -5,7 +5,7 @@
 //! ones. Names are namespaced so they cannot collide: tools and prompts become
 //! `{server}__{name}` (server names never contain `_`), resource URIs become
 //! `portcullis+{server}+{uri}`. Lists fan out and merge; calls are routed to their server
-//! and go through exactly the per-server path ([`super::request`]): same authorization,
+//! and go through exactly the per-server path (`request` in the parent module): same authorization,
 //! same audit. Requests a server sends to the client get ids that name the server, so the
 //! client's answers find their way back.
 

@@ -3,7 +3,7 @@
 //! (`/sse/{server}/message?sessionId=…`); every answer travels back on the stream.
 //!
 //! The stream lives in this process, so these sessions are kept here (not sealed) and end
-//! when the stream closes. Each message goes through the same [`super::handle`] as the
+//! when the stream closes. Each message goes through the same `handle` as the
 //! Streamable HTTP front: authentication, authorization and audit are identical.
 
 use super::{Answer, SessionSource, begin, handle, json_response, plain_error, record_simple, sse_body, sse_response};
