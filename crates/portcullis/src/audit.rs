@@ -129,13 +129,18 @@ impl SqliteShared {
         if queue.len() >= QUEUE_LIMIT {
             return false;
         }
+        let was_empty = queue.is_empty();
         queue.push(op);
         drop(queue);
         if lead && let Ok(mut connection) = self.connection.try_lock() {
             self.drain(&mut connection);
             return true;
         }
-        self.wake.notify_one();
+        // The writer thread already has a deadline for a non-empty queue; waking it for every
+        // deferred outcome would cost a thread switch per request for nothing.
+        if lead || was_empty {
+            self.wake.notify_one();
+        }
         true
     }
 
