@@ -475,22 +475,38 @@ async fn merged_list(
     Value::Object(result)
 }
 
+/// Forward to the owning replica, or authenticate and open the aggregate session of a GET or
+/// DELETE; the error is the finished response (and an unknown session is audited).
+async fn session_request(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    method: axum::http::Method,
+    label: &str,
+) -> Result<(Identified, SessionState), Response> {
+    if let Some(owner) = super::forward::foreign_owner(state, headers) {
+        return Err(super::forward::forward(state, &owner, method, "/mcp", headers, Bytes::new()).await);
+    }
+    let identified = identify(state, "(aggregate)", peer, headers)?;
+    match aggregate_session(&identified, headers) {
+        Some(session) => Ok((identified, session)),
+        None => {
+            let text = "the session is unknown or has ended; initialize a new session";
+            Err(refuse(&identified, label, StatusCode::NOT_FOUND, None, ErrorCode::SessionNotFound, text))
+        }
+    }
+}
+
 /// `GET /mcp`: every member's stream, merged.
 pub async fn get(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(owner) = super::forward::foreign_owner(&state, &headers) {
-        return super::forward::forward(&state, &owner, axum::http::Method::GET, "/mcp", &headers, Bytes::new()).await;
-    }
-    let identified = match identify(&state, "(aggregate)", peer, &headers) {
-        Ok(identified) => identified,
+    let (identified, session) = match session_request(&state, peer, &headers, axum::http::Method::GET, "(stream)").await
+    {
+        Ok(found) => found,
         Err(response) => return response,
-    };
-    let Some(session) = aggregate_session(&identified, &headers) else {
-        let value = error_response(None, ErrorCode::SessionNotFound, "the session is unknown or has ended");
-        return json_response(StatusCode::NOT_FOUND, &value, None);
     };
     let (sender, receiver) = mpsc::channel(64);
     for member in &session.members {
@@ -517,18 +533,11 @@ pub async fn delete(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(owner) = super::forward::foreign_owner(&state, &headers) {
-        return super::forward::forward(&state, &owner, axum::http::Method::DELETE, "/mcp", &headers, Bytes::new())
-            .await;
-    }
-    let identified = match identify(&state, "(aggregate)", peer, &headers) {
-        Ok(identified) => identified,
-        Err(response) => return response,
-    };
-    let Some(session) = aggregate_session(&identified, &headers) else {
-        let value = error_response(None, ErrorCode::SessionNotFound, "the session is unknown or has ended");
-        return json_response(StatusCode::NOT_FOUND, &value, None);
-    };
+    let (identified, session) =
+        match session_request(&state, peer, &headers, axum::http::Method::DELETE, "(delete session)").await {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     for member in &session.members {
         if let Some(entry) = identified.snapshot.servers.get(&member.server) {
             let version = ProtocolVersion::parse(&member.version).unwrap_or(ProtocolVersion::LATEST_SESSION);

@@ -14,17 +14,18 @@ pub fn everything_entry() -> PathBuf {
 /// Run the Python SDK client; returns its JSON report.
 async fn python_client(url: &str, token: &str, mode: &str, extra: &[&str]) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
-    let output = tokio::process::Command::new(peers_dir().join("venv/bin/python"))
-        .arg(script)
-        .args([url, "--token", token, "--mode", mode])
-        .args(extra)
-        .output()
-        .await
-        .unwrap();
+    let mut command = tokio::process::Command::new(peers_dir().join("venv/bin/python"));
+    command.arg(script).args([url, "--token", token, "--mode", mode]).args(extra);
+    report_of(&format!("python client ({mode})"), command).await
+}
+
+/// Run a client script that prints one JSON report; fail the test with its stderr otherwise.
+async fn report_of(what: &str, mut command: tokio::process::Command) -> Value {
+    let output = command.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python client failed ({mode}): {stderr}\n{stdout}");
-    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("client printed no JSON ({error}): {stdout}"))
+    assert!(output.status.success(), "{what} failed: {stderr}\n{stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{what} printed no JSON ({error}): {stdout}"))
 }
 
 #[tokio::test]
@@ -198,18 +199,9 @@ async fn legacy_sse_on_both_sides_server_everything_and_the_python_sdk() {
 /// Run the TypeScript SDK client; returns its JSON report.
 async fn typescript_client(url: &str, token: &str, extra: &[&str]) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/ts_client.mjs");
-    let output = tokio::process::Command::new("node")
-        .arg(script)
-        .args([url, token])
-        .args(extra)
-        .env("PORTCULLIS_PEERS_NODE", peers_dir().join("node"))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "typescript client failed: {stderr}\n{stdout}");
-    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("client printed no JSON ({error}): {stdout}"))
+    let mut command = tokio::process::Command::new("node");
+    command.arg(script).args([url, token]).args(extra).env("PORTCULLIS_PEERS_NODE", peers_dir().join("node"));
+    report_of("typescript client", command).await
 }
 
 #[tokio::test]
