@@ -17,6 +17,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,7 +102,7 @@ impl App {
     /// stop every stdio child.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let App { listener, router, state, .. } = self;
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        axum::serve(no_delay(listener), router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await?;
         state.audit.flush().await;
@@ -109,6 +110,17 @@ impl App {
         state.store.close().await;
         Ok(())
     }
+}
+
+/// Accept with Nagle's algorithm off: an event stream writes small messages one after the
+/// other, and a client's delayed ACK would otherwise hold each second write for up to 40 ms.
+pub fn no_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
+    fn set(stream: &mut tokio::net::TcpStream) {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    }
+    listener.tap_io(set)
 }
 
 fn router(state: AppState) -> Router {

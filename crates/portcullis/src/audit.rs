@@ -133,7 +133,7 @@ impl SqliteShared {
         queue.push(op);
         drop(queue);
         if lead && let Ok(mut connection) = self.connection.try_lock() {
-            self.drain(&mut connection);
+            self.drain(&mut connection, true);
             return true;
         }
         // The writer thread already has a deadline for a non-empty queue; waking it for every
@@ -144,13 +144,13 @@ impl SqliteShared {
         true
     }
 
-    /// Commit everything queued, until the queue is empty.
-    fn drain(&self, connection: &mut Option<store::audit::sqlite_writer::Writer>) {
+    /// Commit until nothing is left that this caller must commit: everything, for the writer
+    /// thread; for a leader (`waited_only`), the operations someone waits for. A leader leaves
+    /// outcomes and events nobody waits for to the writer thread, which batches them: taking
+    /// them along would put their index updates on a call's path.
+    fn drain(&self, connection: &mut Option<store::audit::sqlite_writer::Writer>, waited_only: bool) {
         loop {
-            let mut batch = match self.queue.lock() {
-                Ok(mut queue) => std::mem::take(&mut *queue),
-                Err(_) => return,
-            };
+            let Some(mut batch) = self.take(waited_only) else { return };
             if batch.is_empty() {
                 return;
             }
@@ -172,6 +172,20 @@ impl SqliteShared {
             });
             answer(waiters, &result);
         }
+    }
+
+    /// Take the next batch off the queue (see [`SqliteShared::drain`]). A flush waits for
+    /// everything queued before it, so while one is queued everything is taken.
+    fn take(&self, waited_only: bool) -> Option<Vec<Op>> {
+        let mut queue = self.queue.lock().ok()?;
+        let flush_queued = || queue.iter().any(|op| matches!(op, Op::Insert(event, Some(_)) if event.id.is_empty()));
+        if !waited_only || flush_queued() {
+            return Some(std::mem::take(&mut *queue));
+        }
+        let (waited, deferred): (Vec<Op>, Vec<Op>) =
+            queue.drain(..).partition(|op| matches!(op, Op::Insert(_, Some(_))));
+        *queue = deferred;
+        Some(waited)
     }
 }
 
@@ -204,11 +218,11 @@ impl AuditLog {
                     // Without a writer every durable record fails: calls fail closed.
                     tracing::error!(%error, "cannot start the audit writer thread");
                 }
-                let path = path.clone();
+                let checkpointed = shared.clone();
                 let watched = Arc::downgrade(&alive);
                 let _ = std::thread::Builder::new()
                     .name("audit-checkpoint".into())
-                    .spawn(move || checkpointer(&path, watched));
+                    .spawn(move || checkpointer(&checkpointed, watched));
                 Sender::Sqlite(shared)
             }
             StoreLocation::Postgres(_) => {
@@ -324,16 +338,41 @@ fn split(batch: &mut Vec<Op>) -> Batch {
     split
 }
 
-/// Checkpoint the WAL every half second (the writer itself never does, so its commits stay
-/// short). Stops when the last handle to the audit log is gone.
-fn checkpointer(path: &std::path::Path, alive: std::sync::Weak<()>) {
+/// Frames (pages) in the WAL above which a checkpoint makes sure the WAL starts over.
+const RESTART_FRAMES: i64 = 4096;
+
+/// Checkpoint the WAL every half second; the writer itself never does, so its commits stay
+/// short. A checkpoint that runs beside a busy writer never catches up with it (the writer
+/// appends while it copies), and the WAL only starts over from its beginning once everything in
+/// it was copied: left alone it would grow without bound under steady load. So when the WAL is
+/// long, a second pass holds the writer back for the moment it takes to copy the few frames
+/// written since the first pass; the next commit then starts the WAL over. Stops when the last
+/// handle to the audit log is gone.
+fn checkpointer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
+    let mut checkpointer = None;
     loop {
         std::thread::sleep(Duration::from_millis(500));
         if alive.upgrade().is_none() {
             return;
         }
-        if let Err(error) = store::audit::sqlite_writer::Writer::checkpoint(path) {
-            tracing::warn!(%error, "audit WAL checkpoint failed; will retry");
+        if checkpointer.is_none() {
+            checkpointer = store::audit::sqlite_writer::Writer::checkpointer(&shared.path)
+                .map_err(|error| tracing::warn!(%error, "cannot open the audit checkpoint connection; will retry"))
+                .ok();
+        }
+        let Some(connection) = &checkpointer else { continue };
+        match connection.checkpoint() {
+            Ok((frames, _)) if frames >= RESTART_FRAMES => {
+                let Ok(_writer) = shared.connection.lock() else { return };
+                if let Err(error) = connection.checkpoint() {
+                    tracing::warn!(%error, "audit WAL checkpoint failed; will retry");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "audit WAL checkpoint failed; will retry");
+                checkpointer = None;
+            }
         }
     }
 }
@@ -367,7 +406,7 @@ fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
         }
         drop(queue);
         let Ok(mut connection) = shared.connection.lock() else { return };
-        shared.drain(&mut connection);
+        shared.drain(&mut connection, false);
     }
 }
 

@@ -1,15 +1,18 @@
 //! `portcullis bench`: the gateway's overhead, measured against the same upstream called
 //! directly, in one run on one machine.
 //!
-//! It starts two real processes of this binary — the echo upstream (`echo-upstream`, a
-//! stateless Streamable HTTP MCP server) and the gateway (`serve`, SQLite store, API key
-//! authentication, grant authorization and durable audit on) — then drives `tools/call` over
-//! real MCP sessions, one keep-alive connection per worker, at concurrency 1 and 32. Every
-//! load targets loopback, is bounded in time and stops by itself.
+//! It starts three real processes of this binary — the echo upstream (`echo-upstream`, a
+//! stateless Streamable HTTP MCP server), a bare pass-through proxy (`pass-through`: the
+//! gateway's HTTP server and upstream client with nothing in between, the floor any proxy on
+//! this stack pays) and the gateway (`serve`, SQLite store, API key authentication, grant
+//! authorization and durable audit on) — then drives `tools/call` over real MCP sessions, one
+//! keep-alive connection per worker, at concurrency 1 and 32. Every load targets loopback, is
+//! bounded in time and stops by itself.
 
 use crate::crypto::new_id;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -222,18 +225,65 @@ async fn run_in(directory: &std::path::Path, settings: &Settings) -> anyhow::Res
     let gateway = start(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &data]).await?;
     eprintln!("(the gateway runs with its default settings; PORTCULLIS_* variables of this shell apply to it)");
     let gateway_url = format!("{}/mcp/echo", gateway.url);
+    let proxy = start(&["pass-through", "--listen", "127.0.0.1:0", "--upstream", &upstream.url]).await?;
 
     let mut results = Vec::new();
     for &concurrency in &settings.concurrency {
         eprintln!("concurrency {concurrency}: direct …");
         results.push(measure("direct", &upstream.url, None, concurrency, settings).await?);
+        eprintln!("concurrency {concurrency}: through a bare pass-through proxy …");
+        results.push(measure("proxy", &proxy.url, None, concurrency, settings).await?);
         eprintln!("concurrency {concurrency}: through the gateway …");
         results.push(measure("gateway", &gateway_url, Some(&key), concurrency, settings).await?);
     }
     print_table(&results);
     drop(gateway);
+    drop(proxy);
     drop(upstream);
     Ok(results)
+}
+
+/// Headers a pass-through forwards, both ways.
+const PASSED_HEADERS: [&str; 4] = ["content-type", "accept", "mcp-session-id", "mcp-protocol-version"];
+
+/// Bind the bare pass-through proxy: every POST to `/mcp` goes to `upstream` with the same
+/// pooled client and server settings as the gateway, and nothing else happens.
+pub async fn bind_pass_through(
+    listen: SocketAddr,
+    upstream: String,
+) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    let client = crate::upstream::http::HttpUpstream::new().client();
+    let forward = move |headers: HeaderMap, body: bytes::Bytes| {
+        let request = client.post(&upstream);
+        async move {
+            let mut request = request.body(body);
+            for name in PASSED_HEADERS {
+                if let Some(value) = headers.get(name) {
+                    request = request.header(name, value);
+                }
+            }
+            let Ok(answer) = request.send().await else { return StatusCode::BAD_GATEWAY.into_response() };
+            let mut response = Response::builder().status(answer.status().as_u16());
+            for name in PASSED_HEADERS {
+                if let Some(value) = answer.headers().get(name) {
+                    response = response.header(name, value.as_bytes());
+                }
+            }
+            match answer.bytes().await {
+                Ok(bytes) => response.body(axum::body::Body::from(bytes)).unwrap_or_default(),
+                Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?;
+    let router = axum::Router::new().route("/mcp", axum::routing::post(forward));
+    let serve = async move {
+        let _ = axum::serve(crate::app::no_delay(listener), router).await;
+    };
+    Ok((address, serve))
 }
 
 fn print_table(results: &[Measurement]) {
@@ -256,14 +306,22 @@ fn print_table(results: &[Measurement]) {
         );
     }
     println!();
-    for pair in results.chunks(2) {
-        if let [direct, gateway] = pair {
+    for run in results.chunks(3) {
+        if let [direct, proxy, gateway] = run {
             println!(
                 "concurrency {:>2}: gateway adds {:.0} µs at p50 and {:.0} µs at p99; throughput {:.0}% of direct",
                 direct.concurrency,
                 gateway.p50_us - direct.p50_us,
                 gateway.p99_us - direct.p99_us,
                 100.0 * gateway.throughput() / direct.throughput()
+            );
+            println!(
+                "                (a bare pass-through proxy adds {:.0} µs at p50 and {:.0} µs at p99, {:.0}% of direct; \
+                 authentication, policy and the audit commit add {:.0} µs at p50 on top)",
+                proxy.p50_us - direct.p50_us,
+                proxy.p99_us - direct.p99_us,
+                100.0 * proxy.throughput() / direct.throughput(),
+                gateway.p50_us - proxy.p50_us
             );
         }
     }

@@ -94,7 +94,7 @@ pub async fn bind_http(listen: SocketAddr) -> anyhow::Result<(SocketAddr, impl s
     let address = listener.local_addr()?;
     let router = Router::new().route("/mcp", post(http_handler));
     let serve = async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = axum::serve(crate::app::no_delay(listener), router).await;
     };
     Ok((address, serve))
 }

@@ -134,6 +134,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
+    /// A bare pass-through proxy on the gateway's HTTP stack (the benchmark's baseline).
+    #[command(hide = true)]
+    PassThrough {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// The Streamable HTTP endpoint every POST is forwarded to.
+        #[arg(long)]
+        upstream: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -299,6 +308,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EchoUpstream { listen } => {
             let (address, serve) =
                 portcullis::demo::bind_http(listen).await.context("cannot bind the echo upstream")?;
+            println!("listening on http://{address}/mcp");
+            serve.await;
+            Ok(())
+        }
+        Command::PassThrough { listen, upstream } => {
+            let (address, serve) = portcullis::bench::bind_pass_through(listen, upstream)
+                .await
+                .context("cannot bind the pass-through proxy")?;
             println!("listening on http://{address}/mcp");
             serve.await;
             Ok(())

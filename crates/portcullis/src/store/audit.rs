@@ -99,10 +99,7 @@ pub struct AuditRecord {
 }
 
 pub async fn query(connection: &mut AnyConnection, filter: &Filter) -> Result<Vec<AuditRecord>, StoreError> {
-    let mut sql = String::from(
-        "SELECT seq, id, ts, user_id, principal, server, method, target, sealed_arguments, arguments_digest, decision, \
-         reason, outcome, error, latency_us, client_name, client_version, ip, correlation_id FROM audit_events WHERE 1 = 1",
-    );
+    let mut conditions = String::new();
     let mut texts: Vec<String> = Vec::new();
     let mut numbers: Vec<i64> = Vec::new();
     let mut placeholders = 0;
@@ -120,17 +117,26 @@ pub async fn query(connection: &mut AnyConnection, filter: &Filter) -> Result<Ve
         ("target", &filter.target),
     ] {
         if let Some(value) = value {
-            sql.push_str(&format!(" AND {column} = {}", next()));
+            conditions.push_str(&format!(" AND {column} = {}", next()));
             texts.push(value.clone());
         }
     }
     for (condition, value) in [("ts >= ", filter.since_ms), ("ts < ", filter.until_ms), ("seq < ", filter.before)] {
         if let Some(value) = value {
-            sql.push_str(&format!(" AND {condition}{}", next()));
+            conditions.push_str(&format!(" AND {condition}{}", next()));
             numbers.push(value);
         }
     }
-    sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", next()));
+    // Finished and pending events are read apart: on SQLite the query indexes hold only
+    // finished events (see migration 0002) and pending ones have their own index.
+    let columns = "seq, id, ts, user_id, principal, server, method, target, sealed_arguments, arguments_digest, \
+                   decision, reason, outcome, error, latency_us, client_name, client_version, ip, correlation_id";
+    let sql = format!(
+        "SELECT {columns} FROM audit_events WHERE outcome <> 'pending'{conditions} \
+         UNION ALL SELECT {columns} FROM audit_events WHERE outcome = 'pending'{conditions} \
+         ORDER BY seq DESC LIMIT {}",
+        next()
+    );
     numbers.push(filter.limit);
     let mut query = sqlx::query(&sql);
     for text in texts {
@@ -184,6 +190,21 @@ pub mod sqlite_writer {
         StoreError::Open(format!("audit writer: {error}"))
     }
 
+    /// A second connection that copies the WAL into the database.
+    pub struct Checkpointer {
+        connection: rusqlite::Connection,
+    }
+
+    impl Checkpointer {
+        /// Copy what the WAL holds into the database without blocking writers; returns the
+        /// frames in the WAL and how many of them are now in the database.
+        pub fn checkpoint(&self) -> Result<(i64, i64), StoreError> {
+            self.connection
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(1)?, row.get(2)?)))
+                .map_err(failed)
+        }
+    }
+
     impl Writer {
         pub fn open(path: &Path) -> Result<Writer, StoreError> {
             let connection = rusqlite::Connection::open(path).map_err(failed)?;
@@ -198,67 +219,76 @@ pub mod sqlite_writer {
             Ok(Writer { connection })
         }
 
-        /// Copy what the WAL holds into the database without blocking writers.
-        pub fn checkpoint(path: &Path) -> Result<(), StoreError> {
+        /// A connection for [`Checkpointer::checkpoint`].
+        pub fn checkpointer(path: &Path) -> Result<Checkpointer, StoreError> {
             let connection = rusqlite::Connection::open(path).map_err(failed)?;
-            connection.execute_batch("PRAGMA busy_timeout=10000;").map_err(failed)?;
-            connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(failed)
+            // A WAL that grew under load is cut back to this size once it restarts.
+            connection
+                .execute_batch("PRAGMA busy_timeout=10000; PRAGMA journal_size_limit=67108864;")
+                .map_err(failed)?;
+            Ok(Checkpointer { connection })
         }
 
         /// Insert and complete in one transaction; returns the inserted events' `seq`.
         pub fn commit(&mut self, inserts: &[AuditEvent], completions: &[Completion]) -> Result<Vec<i64>, StoreError> {
-            let transaction = self.connection.transaction().map_err(failed)?;
-            let mut sequence = Vec::with_capacity(inserts.len());
-            {
-                let mut insert = transaction
-                    .prepare_cached(
-                        "INSERT INTO audit_events (id, ts, user_id, principal, server, method, target, sealed_arguments, \
-                         arguments_digest, decision, reason, outcome, error, latency_us, client_name, client_version, ip, \
-                         correlation_id, replica) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-                    )
-                    .map_err(failed)?;
-                for event in inserts {
-                    let seq = insert
-                        .insert(rusqlite::params![
-                            event.id,
-                            event.ts,
-                            event.user_id,
-                            event.principal,
-                            event.server,
-                            event.method,
-                            event.target,
-                            event.sealed_arguments,
-                            event.arguments_digest,
-                            event.decision,
-                            event.reason,
-                            event.outcome,
-                            event.error,
-                            event.latency_us,
-                            event.client_name,
-                            event.client_version,
-                            event.ip,
-                            event.correlation_id,
-                            event.replica,
-                        ])
-                        .map_err(failed)?;
-                    sequence.push(seq);
-                }
-                let mut complete = transaction
-                    .prepare_cached("UPDATE audit_events SET outcome = ?1, error = ?2, latency_us = ?3 WHERE seq = ?4")
-                    .map_err(failed)?;
-                for completion in completions {
-                    complete
-                        .execute(rusqlite::params![
-                            completion.outcome,
-                            completion.error,
-                            completion.latency_us,
-                            completion.seq
-                        ])
-                        .map_err(failed)?;
-                }
+            // Cached statements rather than `Connection::transaction`, which parses BEGIN and
+            // COMMIT again on every call; IMMEDIATE takes the write lock at once.
+            self.connection
+                .prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut begin| begin.execute([]))
+                .map_err(failed)?;
+            let written = self.write(inserts, completions).and_then(|sequence| {
+                self.connection.prepare_cached("COMMIT")?.execute([])?;
+                Ok(sequence)
+            });
+            if written.is_err() && !self.connection.is_autocommit() {
+                let _ = self.connection.execute_batch("ROLLBACK");
             }
-            transaction.commit().map_err(failed)?;
+            written.map_err(failed)
+        }
+
+        fn write(&self, inserts: &[AuditEvent], completions: &[Completion]) -> Result<Vec<i64>, rusqlite::Error> {
+            let mut sequence = Vec::with_capacity(inserts.len());
+            let mut insert = self.connection.prepare_cached(
+                "INSERT INTO audit_events (id, ts, user_id, principal, server, method, target, sealed_arguments, \
+                 arguments_digest, decision, reason, outcome, error, latency_us, client_name, client_version, ip, \
+                 correlation_id, replica) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            )?;
+            for event in inserts {
+                sequence.push(insert.insert(rusqlite::params![
+                    event.id,
+                    event.ts,
+                    event.user_id,
+                    event.principal,
+                    event.server,
+                    event.method,
+                    event.target,
+                    event.sealed_arguments,
+                    event.arguments_digest,
+                    event.decision,
+                    event.reason,
+                    event.outcome,
+                    event.error,
+                    event.latency_us,
+                    event.client_name,
+                    event.client_version,
+                    event.ip,
+                    event.correlation_id,
+                    event.replica,
+                ])?);
+            }
+            let mut complete = self
+                .connection
+                .prepare_cached("UPDATE audit_events SET outcome = ?1, error = ?2, latency_us = ?3 WHERE seq = ?4")?;
+            for completion in completions {
+                complete.execute(rusqlite::params![
+                    completion.outcome,
+                    completion.error,
+                    completion.latency_us,
+                    completion.seq
+                ])?;
+            }
             Ok(sequence)
         }
     }

@@ -53,12 +53,21 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sqlite: include_str!("migrations/0001_init.sqlite.sql"),
-    postgres: include_str!("migrations/0001_init.postgres.sql"),
-}];
+/// The schema's history. An empty script means the step has nothing to do on that backend.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sqlite: include_str!("migrations/0001_init.sqlite.sql"),
+        postgres: include_str!("migrations/0001_init.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "audit_partial_indexes",
+        sqlite: include_str!("migrations/0002_audit_partial_indexes.sqlite.sql"),
+        postgres: "",
+    },
+];
 
 impl Store {
     /// Connect and bring the schema up to date.
@@ -134,7 +143,9 @@ impl Store {
                 Backend::Postgres => migration.postgres,
             };
             let mut transaction = connection.begin().await?;
-            sqlx::raw_sql(sql).execute(&mut *transaction).await?;
+            if !sql.is_empty() {
+                sqlx::raw_sql(sql).execute(&mut *transaction).await?;
+            }
             sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
                 .bind(migration.version)
                 .bind(migration.name)

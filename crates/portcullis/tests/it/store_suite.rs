@@ -4,6 +4,30 @@ use crate::support::*;
 use portcullis::store::{self, audit::Filter};
 use serde_json::json;
 
+fn pending_event(user_id: &str) -> portcullis::audit::AuditEvent {
+    portcullis::audit::AuditEvent {
+        id: portcullis::crypto::new_id(),
+        ts: store::now_ms(),
+        user_id: Some(user_id.to_owned()),
+        principal: "ann@example.com".into(),
+        server: Some("demo".into()),
+        method: "tools/call".into(),
+        target: Some("echo".into()),
+        sealed_arguments: None,
+        arguments_digest: None,
+        decision: "allow",
+        reason: "test".into(),
+        outcome: "pending".into(),
+        error: None,
+        latency_us: None,
+        client_name: None,
+        client_version: None,
+        ip: None,
+        correlation_id: "test".into(),
+        replica: String::new(),
+    }
+}
+
 async fn exercise(store_kind: StoreKind) {
     let gw = TestGateway::start_on(store_kind).await;
     let changes = gw
@@ -43,6 +67,29 @@ async fn exercise(store_kind: StoreKind) {
     assert!(page[0].seq > page[1].seq, "newest first");
     let rest = store::audit::query(&mut connection, &Filter { before: Some(page[2].seq), ..filter }).await.unwrap();
     assert_eq!(rest.len(), 2);
+
+    // A call in flight is on the record as pending (on SQLite outside the query indexes): the
+    // same filters find it, in order, and once it ends it is found once, with its outcome.
+    let ann = users[0].id.clone();
+    let pending = pending_event(&ann);
+    let seq = gw.state.audit.record_durable(pending).await.unwrap();
+    let by_user = Filter { user_id: Some(ann.clone()), limit: 100, ..Filter::default() };
+    let found = store::audit::query(&mut connection, &by_user).await.unwrap();
+    assert_eq!((found[0].seq, found[0].outcome.as_str()), (seq, "pending"));
+    assert!(found[1..].iter().all(|event| event.seq < seq && event.outcome != "pending"), "{found:?}");
+    let only_pending = Filter { outcome: Some("pending".into()), ..by_user.clone() };
+    assert_eq!(store::audit::query(&mut connection, &only_pending).await.unwrap().len(), 1);
+    gw.state.audit.complete(portcullis::audit::Completion {
+        seq,
+        outcome: "ok".into(),
+        error: None,
+        latency_us: Some(7),
+    });
+    gw.state.audit.flush().await;
+    let after = store::audit::query(&mut connection, &by_user).await.unwrap();
+    assert_eq!(after.len(), found.len(), "no event lost or doubled");
+    assert_eq!((after[0].seq, after[0].outcome.as_str(), after[0].latency_us), (seq, "ok", Some(7)));
+    assert!(store::audit::query(&mut connection, &only_pending).await.unwrap().is_empty());
 
     // The REST API on the same store: users see their own events only.
     let http = reqwest::Client::new();
@@ -110,4 +157,41 @@ async fn store_suite_on_sqlite() {
 async fn store_suite_on_postgres() {
     let (url, name) = fresh_postgres_database().await;
     exercise(StoreKind::Postgres(url, name)).await;
+}
+
+/// Under steady durable writes the SQLite WAL must start over now and then instead of growing
+/// without bound (a checkpoint beside a busy writer never catches up on its own).
+#[tokio::test]
+async fn the_sqlite_wal_starts_over_under_steady_load() {
+    let directory = std::env::temp_dir().join(format!("portcullis-wal-{}", portcullis::crypto::new_id()));
+    let path = directory.join("portcullis.db");
+    let location = portcullis::config::StoreLocation::Sqlite(path.clone());
+    let store = store::Store::open(&location).await.unwrap();
+    let keys = portcullis::crypto::SecretKey::generate().derive();
+    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys);
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    let mut commits = 0i64;
+    while std::time::Instant::now() < until {
+        let seq = audit.record_durable(pending_event("load")).await.unwrap();
+        audit.complete(portcullis::audit::Completion { seq, outcome: "ok".into(), error: None, latency_us: Some(1) });
+        commits += 1;
+    }
+    audit.flush().await;
+    // Each commit appends at least two frames (the row and the pending index); a WAL that
+    // never started over would hold them all, one that does holds the last half second's.
+    let frames = wal_frames(&path).await;
+    assert!(commits > 1000, "only {commits} commits in 2.5 s");
+    assert!(frames < commits, "the WAL holds {frames} frames after {commits} commits: it never started over");
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+/// Frames currently in the WAL of the SQLite database at `path` (the file itself is reused
+/// from its start after a restart, so its size says nothing).
+async fn wal_frames(path: &std::path::Path) -> i64 {
+    let url = format!("sqlite://{}", path.display());
+    let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let (_, frames, _): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut connection).await.unwrap();
+    frames
 }
