@@ -16,6 +16,8 @@ const NPM_PEERS: &[&str] = &[
     "@modelcontextprotocol/conformance@0.1.13",
 ];
 const PYPI_PEERS: &[&str] = &["mcp>=2.3,<3"];
+/// The SCIM compliance tester, in a virtualenv of its own (`venv-scim`).
+const SCIM_PEERS: &[&str] = &["scim2-tester==0.5.2", "scim2-cli==0.6.0"];
 
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -176,7 +178,8 @@ fn peers() -> anyhow::Result<PathBuf> {
     let dir = std::env::var("PORTCULLIS_TEST_PEERS").map(PathBuf::from).unwrap_or_else(|_| {
         PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/portcullis-peers")
     });
-    let wanted = format!("npm: {}\npypi: {}\n", NPM_PEERS.join(" "), PYPI_PEERS.join(" "));
+    let wanted =
+        format!("npm: {}\npypi: {}\nscim: {}\n", NPM_PEERS.join(" "), PYPI_PEERS.join(" "), SCIM_PEERS.join(" "));
     let marker = dir.join("installed.txt");
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
         eprintln!("\n==> test peers: already installed in {}", dir.display());
@@ -194,6 +197,11 @@ fn peers() -> anyhow::Result<PathBuf> {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
     run(Command::new(venv.join("bin/pip")).args(["install", "-q"]).args(PYPI_PEERS))?;
+    let scim = dir.join("venv-scim");
+    if !scim.join("bin/python").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&scim))?;
+    }
+    run(Command::new(scim.join("bin/pip")).args(["install", "-q"]).args(SCIM_PEERS))?;
     std::fs::write(&marker, wanted)?;
     done(started);
     Ok(dir)

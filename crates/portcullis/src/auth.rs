@@ -47,6 +47,8 @@ pub enum AuthError {
     Malformed,
     #[error("the API key is not valid (unknown, revoked, or its user was removed)")]
     InvalidKey,
+    #[error("the account is {0}; ask an administrator to reactivate it")]
+    NotActive(&'static str),
 }
 
 /// Resolve the caller from the request headers against the snapshot.
@@ -66,6 +68,9 @@ pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap) -> Result<Caller, 
     let hash = sha256_hex(token.as_bytes());
     let user_id = snapshot.api_keys.get(&hash).ok_or(AuthError::InvalidKey)?;
     let user = snapshot.users.get(user_id).ok_or(AuthError::InvalidKey)?;
+    if user.status != crate::registry::Status::Active {
+        return Err(AuthError::NotActive(user.status.as_str()));
+    }
     Ok(Caller::User(user.clone()))
 }
 

@@ -4,7 +4,7 @@
 use crate::apply::put_server;
 use crate::auth::new_api_key;
 use crate::crypto::Keys;
-use crate::registry::{Grantee, ServerSlug, ServerSpec, Transport};
+use crate::registry::{Grantee, ServerSlug, ServerSpec, Status, Transport};
 use crate::store::{self, Store};
 use anyhow::Context;
 use bytes::Bytes;
@@ -154,4 +154,13 @@ pub async fn connect(url: &str, api_key: Option<&str>) -> anyhow::Result<()> {
     drop(output);
     let _ = writer.await;
     Ok(())
+}
+
+/// Set a user's account status (suspend, reactivate); returns the status it had. The change
+/// reaches every running replica with the next registry revision.
+pub async fn set_user_status(store: &Store, email: &str, status: Status) -> anyhow::Result<Status> {
+    let mut transaction = store.begin_write().await?;
+    let before = crate::store::directory::set_status(&mut transaction, email, status).await?;
+    transaction.commit().await?;
+    Ok(before)
 }

@@ -37,6 +37,7 @@ pub mod edge;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod scim;
 pub mod snapshot;
 pub mod store;
 pub mod upstream;

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use portcullis::app::App;
 use portcullis::config::{self, Config, LogFormat, RawSettings};
 use portcullis::crypto::SecretKey;
+use portcullis::registry::Status;
 use portcullis::store::Store;
 use std::path::PathBuf;
 
@@ -100,6 +101,16 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Manage the bearer tokens identity providers use for SCIM (`/scim/v2`).
+    ScimToken {
+        #[command(subcommand)]
+        command: ScimTokenCommand,
+    },
+    /// Suspend or reactivate people.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Bridge a stdio-only MCP client to a gateway URL.
     Connect {
         /// The gateway URL, e.g. http://127.0.0.1:8080/mcp/github.
@@ -142,6 +153,39 @@ enum Command {
         /// The Streamable HTTP endpoint every POST is forwarded to.
         #[arg(long)]
         upstream: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScimTokenCommand {
+    /// Create a token; it is printed once, alone on the last line.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// What the token is for, e.g. okta.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Suspend a user: their next call is refused on every replica, and their identity
+    /// provider cannot lift it.
+    Suspend {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's email.
+        #[arg(long)]
+        user: String,
+    },
+    /// Lift a suspension (or an identity provider's deactivation).
+    Activate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's email.
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -285,6 +329,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             opened.close().await;
             eprintln!("API key for {user} (shown only once; store it safely):");
             println!("{key}");
+            Ok(())
+        }
+        Command::ScimToken { command: ScimTokenCommand::Create { store, name } } => {
+            let config = store.load(RawSettings::new())?;
+            init_logging(None);
+            let opened = Store::open(&config.store).await?;
+            let token = portcullis::scim::create_token(&opened, &name).await?;
+            opened.close().await;
+            eprintln!("SCIM token {name:?} (shown only once; give it to the identity provider):");
+            println!("{token}");
+            Ok(())
+        }
+        Command::User { command } => {
+            let (store, user, status) = match command {
+                UserCommand::Suspend { store, user } => (store, user, Status::Suspended),
+                UserCommand::Activate { store, user } => (store, user, Status::Active),
+            };
+            let config = store.load(RawSettings::new())?;
+            init_logging(None);
+            let opened = Store::open(&config.store).await?;
+            let before = portcullis::cli::set_user_status(&opened, &user, status).await?;
+            opened.close().await;
+            println!("{user}: {} (was {})", status.as_str(), before.as_str());
             Ok(())
         }
         Command::Connect { url, api_key } => {

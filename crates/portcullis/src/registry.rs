@@ -236,8 +236,85 @@ pub struct User {
     pub email: String,
     pub name: String,
     pub admin: bool,
+    pub status: Status,
     pub groups: Vec<String>,
     pub created_at: i64,
+}
+
+/// Whether a person may use Portcullis. Only `active` people authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    /// Deactivated by the identity provider (SCIM `active: false`).
+    Inactive,
+    /// Suspended by an admin; the identity provider cannot lift it.
+    Suspended,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Inactive => "inactive",
+            Status::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        match text {
+            "active" => Some(Status::Active),
+            "inactive" => Some(Status::Inactive),
+            "suspended" => Some(Status::Suspended),
+            _ => None,
+        }
+    }
+}
+
+/// A person with everything the directory knows: what the identity provider pushed (SCIM),
+/// what admins set, and where the record came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Person {
+    pub id: String,
+    pub email: String,
+    /// The identity provider's login name (SCIM `userName`); unique case-insensitively.
+    pub user_name: String,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub status: Status,
+    pub department: String,
+    pub title: String,
+    pub team: String,
+    /// Super admin.
+    pub admin: bool,
+    /// Further admin roles: `security-admin`, `it-admin`, `analytics-admin`.
+    pub admin_roles: Vec<String>,
+    /// Job-function roles, from the identity provider or set by an admin.
+    pub roles: Vec<String>,
+    /// Other identity attributes (for policy conditions).
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The rest of the SCIM resource as the identity provider last wrote it.
+    #[serde(skip)]
+    pub scim: serde_json::Map<String, serde_json::Value>,
+    /// `local`, `scim` or `oidc`.
+    pub source: String,
+    /// (group id, group name).
+    pub groups: Vec<(String, String)>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_login_at: Option<i64>,
+}
+
+/// A group with its identity-provider identity and members (user id, email).
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectoryGroup {
+    pub id: String,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub source: String,
+    pub members: Vec<(String, String)>,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]

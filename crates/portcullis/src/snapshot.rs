@@ -29,6 +29,7 @@ pub struct UserEntry {
     pub email: String,
     pub name: String,
     pub admin: bool,
+    pub status: crate::registry::Status,
     pub groups: Vec<String>,
 }
 
@@ -84,6 +85,7 @@ impl Snapshot {
                     email: user.email,
                     name: user.name,
                     admin: user.admin,
+                    status: user.status,
                     groups: user.groups,
                 };
                 (user.id, Arc::new(entry))

@@ -16,7 +16,7 @@ mod openapi;
 use crate::app::AppState;
 use crate::apply::put_server;
 use crate::auth::{self, Caller};
-use crate::registry::{Email, Grantee, ServerSlug, ServerSpec, Transport, parse_group_name};
+use crate::registry::{Email, Grantee, ServerSlug, ServerSpec, Status, Transport, parse_group_name};
 use crate::snapshot::UserEntry;
 use crate::store::{self, StoreError};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -36,6 +36,8 @@ pub fn router() -> Router<AppState> {
         .route("/servers/{name}", get(get_server).put(put_server_handler).delete(delete_server))
         .route("/users", get(list_users))
         .route("/users/{email}", axum::routing::put(put_user).delete(delete_user))
+        .route("/users/{email}/suspend", axum::routing::post(suspend_user))
+        .route("/users/{email}/activate", axum::routing::post(activate_user))
         .route("/groups", get(list_groups))
         .route("/grants", get(list_grants).post(add_grant))
         .route("/grants/{id}", delete(delete_grant))
@@ -278,6 +280,33 @@ async fn delete_user(
     drop(connection);
     reload(&state).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_status(state: &AppState, email: &str, status: Status) -> Result<Json<Value>, ApiError> {
+    let email = Email::parse(email).map_err(|error| ApiError::BadRequest(error.0))?;
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    let before = store::directory::set_status(&mut transaction, email.as_str(), status).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    reload(state).await;
+    Ok(Json(json!({"email": email.as_str(), "status": status, "previous_status": before})))
+}
+
+/// `POST /users/{email}/suspend`: the user's next call is refused on every replica.
+async fn suspend_user(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(email): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_status(&state, &email, Status::Suspended).await
+}
+
+/// `POST /users/{email}/activate`: lift a suspension or deactivation.
+async fn activate_user(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(email): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_status(&state, &email, Status::Active).await
 }
 
 async fn list_groups(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {

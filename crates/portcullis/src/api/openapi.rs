@@ -55,6 +55,14 @@ pub fn build() -> Value {
                 "put": operation("Create or update a user and their groups (admin)", Some("User"), "200"),
                 "delete": operation("Delete a user (admin)", None, "204")
             },
+            "/users/{email}/suspend": {
+                "parameters": [{"name": "email", "in": "path", "required": true, "schema": string}],
+                "post": operation("Suspend a user: their next call is refused on every replica (admin)", None, "200")
+            },
+            "/users/{email}/activate": {
+                "parameters": [{"name": "email", "in": "path", "required": true, "schema": string}],
+                "post": operation("Lift a suspension or an identity provider's deactivation (admin)", None, "200")
+            },
             "/groups": {"get": operation("All groups with members (admin)", None, "200")},
             "/grants": {
                 "get": operation("All grants (admin)", None, "200"),

@@ -6,10 +6,13 @@
 //!
 //! - [`registry`]: servers, users, groups, grants, API keys, and the registry revision that
 //!   tells every replica when to reload its snapshot.
+//! - [`directory`]: people and groups as an identity provider sees them (SCIM), account
+//!   status, roles, and SCIM tokens.
 //! - [`audit`]: audit events (group-committed inserts, outcome updates, queries).
 //! - [`replicas`]: which replicas are alive and where to reach them.
 
 pub mod audit;
+pub mod directory;
 pub mod registry;
 pub mod replicas;
 
@@ -66,6 +69,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "audit_partial_indexes",
         sqlite: include_str!("migrations/0002_audit_partial_indexes.sqlite.sql"),
         postgres: "",
+    },
+    Migration {
+        version: 3,
+        name: "identity",
+        sqlite: include_str!("migrations/0003_identity.sqlite.sql"),
+        postgres: include_str!("migrations/0003_identity.postgres.sql"),
     },
 ];
 

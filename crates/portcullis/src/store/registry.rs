@@ -3,7 +3,7 @@
 
 use super::{StoreError, now_ms};
 use crate::crypto::new_id;
-use crate::registry::{ApiKey, Grant, Grantee, Group, Server, Transport, User};
+use crate::registry::{ApiKey, Grant, Grantee, Group, Server, Status, Transport, User};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -120,7 +120,7 @@ pub async fn delete_server(connection: &mut AnyConnection, name: &str) -> Result
 }
 
 pub async fn list_users(connection: &mut AnyConnection) -> Result<Vec<User>, StoreError> {
-    let rows = sqlx::query("SELECT id, email, name, admin, created_at FROM users ORDER BY email")
+    let rows = sqlx::query("SELECT id, email, name, admin, status, created_at FROM users ORDER BY email")
         .fetch_all(&mut *connection)
         .await?;
     let memberships =
@@ -140,6 +140,7 @@ pub async fn list_users(connection: &mut AnyConnection) -> Result<Vec<User>, Sto
             email: row.try_get("email")?,
             name: row.try_get("name")?,
             admin: row.try_get::<i64, _>("admin")? != 0,
+            status: Status::parse(&row.try_get::<String, _>("status")?).unwrap_or(Status::Inactive),
             groups,
             created_at: row.try_get("created_at")?,
         });
@@ -176,7 +177,8 @@ pub async fn upsert_user(
         None => {
             let id = new_id();
             sqlx::query(
-                "INSERT INTO users (id, email, name, admin, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO users (id, email, user_name, name, admin, created_at, updated_at) \
+                 VALUES ($1, $2, $2, $3, $4, $5, $6)",
             )
             .bind(&id)
             .bind(email)

@@ -8,4 +8,5 @@ mod conformance;
 mod data_plane;
 mod peers;
 mod replicas;
+mod scim;
 mod store_suite;
