@@ -57,7 +57,12 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let keys = config.secret_key()?.derive();
         let store = Store::open(&config.store).await?;
-        let snapshot = SnapshotHandle::start(store.clone(), keys.clone(), config.snapshot_max_age).await?;
+        let notifications = match &config.store {
+            crate::config::StoreLocation::Postgres(url) => Some(url.clone()),
+            crate::config::StoreLocation::Sqlite(_) => None,
+        };
+        let snapshot =
+            SnapshotHandle::start(store.clone(), keys.clone(), config.snapshot_max_age, notifications).await?;
         let replica: Arc<str> = Arc::from(random_token(9));
         let listener = TcpListener::bind(config.listen)
             .await

@@ -59,9 +59,14 @@ impl Drop for Process {
 
 /// Start this binary with `args` and wait for its `listening on http://…` line.
 async fn start(args: &[&str]) -> anyhow::Result<Process> {
+    start_with_env(args, &[]).await
+}
+
+async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Process> {
     let executable = std::env::current_exe().context("cannot find the portcullis executable")?;
     let mut child = Command::new(executable)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -325,4 +330,87 @@ fn print_table(results: &[Measurement]) {
             );
         }
     }
+}
+
+/// How long a suspension made through one replica takes to refuse the user on another: two
+/// `serve` processes on a fresh database of the PostgreSQL server at `server_url` (dropped
+/// afterwards); each round suspends through the first replica's API and polls the second with
+/// the user's key until it is refused, then reactivates.
+pub async fn revocation(server_url: &str, rounds: usize) -> anyhow::Result<()> {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(server_url)
+        .await
+        .with_context(|| format!("cannot connect to {}", crate::store::redact_url(server_url)))?;
+    let name = format!("portcullis_bench_{}", &new_id()[..12]);
+    admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let base = server_url.rsplit_once('/').map_or(server_url, |(base, _)| base);
+    let database = format!("{base}/{name}");
+    let result = revocation_in(&database, rounds).await;
+    admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await?;
+    result
+}
+
+async fn revocation_in(database: &str, rounds: usize) -> anyhow::Result<()> {
+    let key = crate::crypto::SecretKey::generate();
+    let store = crate::store::Store::open(&crate::config::StoreLocation::Postgres(database.to_owned())).await?;
+    let directory = std::env::temp_dir().join(format!("portcullis-bench-{}", new_id()));
+    std::fs::create_dir_all(&directory)?;
+    let file = directory.join("people.toml");
+    std::fs::write(
+        &file,
+        "[[users]]\nemail = \"bench@example.com\"\n[[users]]\nemail = \"root@example.com\"\nadmin = true\n",
+    )?;
+    crate::apply::apply_file(&store, &key.derive(), &file, Default::default()).await?;
+    let _ = std::fs::remove_dir_all(&directory);
+    let user_key = crate::cli::create_api_key(&store, "bench@example.com", "bench").await?;
+    let admin_key = crate::cli::create_api_key(&store, "root@example.com", "bench").await?;
+    store.close().await;
+    let encoded = key.encode();
+    let env = [("PORTCULLIS_SECRET_KEY", encoded.as_str())];
+    let args = ["serve", "--listen", "127.0.0.1:0", "--database-url", database];
+    let first = start_with_env(&args, &env).await?;
+    let second = start_with_env(&args, &env).await?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let probe = format!("{}/api/v1/servers", second.url);
+    let status_on_second =
+        || async { http.get(&probe).bearer_auth(&user_key).send().await.map(|r| r.status().as_u16()) };
+    let mut delays = Vec::with_capacity(rounds);
+    let mut totals = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        for (action, wanted) in [("suspend", 401), ("activate", 200)] {
+            let url = format!("{}/api/v1/users/bench@example.com/{action}", first.url);
+            let sent = Instant::now();
+            let answered = http.post(&url).bearer_auth(&admin_key).send().await?;
+            if !answered.status().is_success() {
+                bail!("{action} answered HTTP {}", answered.status());
+            }
+            let committed = Instant::now();
+            let deadline = committed + Duration::from_secs(10);
+            while status_on_second().await? != wanted {
+                if Instant::now() > deadline {
+                    bail!("round {round}: the {action} did not reach the second replica within 10 s");
+                }
+            }
+            if action == "suspend" {
+                delays.push(committed.elapsed().as_nanos() as u64);
+                totals.push(sent.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    delays.sort_unstable();
+    totals.sort_unstable();
+    println!();
+    println!("revocation: suspend through one replica, refused by the other (PostgreSQL, {rounds} rounds)");
+    for (label, values) in [("from the suspend request", &totals), ("after its answer", &delays)] {
+        println!(
+            "  {label:<25} p50 {:>6.1} ms   p90 {:>6.1} ms   max {:>6.1} ms",
+            percentile(values, 0.5) / 1000.0,
+            percentile(values, 0.9) / 1000.0,
+            percentile(values, 1.0) / 1000.0
+        );
+    }
+    drop(first);
+    drop(second);
+    Ok(())
 }

@@ -135,6 +135,10 @@ enum Command {
         /// Comma-separated concurrency levels.
         #[arg(long, default_value = "1,32", value_delimiter = ',')]
         concurrency: Vec<usize>,
+        /// Instead, measure how fast a suspension reaches another replica, on a scratch
+        /// database created (and dropped) on this PostgreSQL server.
+        #[arg(long, value_name = "POSTGRES_URL")]
+        revocation: Option<String>,
     },
     /// The built-in demo MCP server on stdio (started by the gateway for `--demo`).
     #[command(hide = true)]
@@ -362,7 +366,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", SecretKey::generate().encode());
             Ok(())
         }
-        Command::Bench { duration, warmup, concurrency } => {
+        Command::Bench { revocation: Some(url), .. } => {
+            init_logging(None);
+            portcullis::bench::revocation(&url, 50).await
+        }
+        Command::Bench { duration, warmup, concurrency, revocation: None } => {
             init_logging(None);
             let settings = portcullis::bench::Settings {
                 duration: std::time::Duration::from_secs(duration),

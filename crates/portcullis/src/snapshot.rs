@@ -1,11 +1,15 @@
 //! The in-memory snapshot of the registry that the data plane reads. The data plane never
 //! queries the database on the request path; it asks [`SnapshotHandle::current`].
 //!
-//! A refresher task polls the registry revision (a single-row read) every 250 ms and reloads
-//! the whole registry when it changed, so a change made by `portcullis apply`, the API or
-//! another replica is in force within a second everywhere. If the store cannot be read for
-//! longer than `snapshot_max_age`, [`SnapshotHandle::current`] fails and the data plane denies
-//! everything (fail closed) until it can read again.
+//! A refresher task reloads the whole registry when its revision changes. On PostgreSQL every
+//! revision bump also sends a `NOTIFY` that wakes the refresher of every replica at once; the
+//! refresher also polls the revision (a single-row read) every 250 ms, which is how SQLite and
+//! a replica whose notification connection dropped learn of changes. So a change made by
+//! `portcullis apply`, the API, SCIM or another replica is in force everywhere well within a
+//! second. Each published snapshot is announced on a watch channel, so long-lived streams can
+//! end when their caller loses access. If the store cannot be read for longer than
+//! `snapshot_max_age`, [`SnapshotHandle::current`] fails and the data plane denies everything
+//! (fail closed) until it can read again.
 
 use crate::crypto::Keys;
 use crate::registry::{Grantee, Server, ServerSecrets};
@@ -14,6 +18,10 @@ use policy::{Grant, PolicySet, Principal};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+/// The PostgreSQL notification channel that announces registry changes.
+pub const CHANGES_CHANNEL: &str = "portcullis_registry";
 
 /// A server with its decrypted credentials, ready for the upstream layer.
 #[derive(Debug)]
@@ -127,20 +135,41 @@ pub struct SnapshotHandle {
     current: Arc<RwLock<Arc<Snapshot>>>,
     last_checked: Arc<Mutex<Instant>>,
     max_age: Duration,
+    /// The revision of each snapshot published.
+    changes: Arc<watch::Sender<i64>>,
+    /// Wakes the refresher before its next poll (a PostgreSQL notification arrived).
+    wake: Arc<Notify>,
 }
 
 impl SnapshotHandle {
-    /// Load the first snapshot and start the refresher.
-    pub async fn start(store: Store, keys: Keys, max_age: Duration) -> Result<SnapshotHandle, StoreError> {
+    /// Load the first snapshot and start the refresher; with `notifications` (a PostgreSQL
+    /// URL) also listen for change notifications.
+    pub async fn start(
+        store: Store,
+        keys: Keys,
+        max_age: Duration,
+        notifications: Option<String>,
+    ) -> Result<SnapshotHandle, StoreError> {
         let snapshot = Snapshot::load(&store, &keys).await?;
+        let (changes, _) = watch::channel(snapshot.revision);
         let handle = SnapshotHandle {
             current: Arc::new(RwLock::new(Arc::new(snapshot))),
             last_checked: Arc::new(Mutex::new(Instant::now())),
             max_age,
+            changes: Arc::new(changes),
+            wake: Arc::new(Notify::new()),
         };
+        if let Some(url) = notifications {
+            tokio::spawn(listen(url, Arc::downgrade(&handle.current), handle.wake.clone()));
+        }
         let refresher = handle.clone();
         tokio::spawn(async move { refresher.refresh_loop(store, keys).await });
         Ok(handle)
+    }
+
+    /// Told the revision of every snapshot published from now on.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.changes.subscribe()
     }
 
     /// The snapshot to decide with, or [`Stale`] when it is too old to trust.
@@ -162,13 +191,19 @@ impl SnapshotHandle {
     /// Replace the snapshot, unless it is older than the one in force: a reload that began
     /// before a change must never undo it (a revoked key would live again until the next poll).
     fn publish(&self, snapshot: Snapshot) {
-        if let Ok(mut current) = self.current.write()
-            && snapshot.revision >= current.revision
-        {
-            *current = Arc::new(snapshot);
-        }
+        let revision = snapshot.revision;
+        let replaced = match self.current.write() {
+            Ok(mut current) if revision >= current.revision => {
+                *current = Arc::new(snapshot);
+                true
+            }
+            _ => false,
+        };
         if let Ok(mut checked) = self.last_checked.lock() {
             *checked = Instant::now();
+        }
+        if replaced {
+            self.changes.send_replace(revision);
         }
     }
 
@@ -176,7 +211,10 @@ impl SnapshotHandle {
         let mut interval = tokio::time::interval(Duration::from_millis(250));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            interval.tick().await;
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = self.wake.notified() => {}
+            }
             // Stop when the app is gone (only the refresher holds the handle).
             if Arc::strong_count(&self.current) == 1 {
                 return;
@@ -203,5 +241,33 @@ impl SnapshotHandle {
                 Err(_) => tracing::warn!("reading the registry revision timed out"),
             }
         }
+    }
+}
+
+/// Listen for change notifications on PostgreSQL and wake the refresher for each; reconnect
+/// after a second when the connection drops (polling covers the gap). Stops with the app.
+async fn listen(url: String, alive: std::sync::Weak<RwLock<Arc<Snapshot>>>, wake: Arc<Notify>) {
+    while alive.strong_count() > 0 {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => {
+                if let Err(error) = listener.listen(CHANGES_CHANNEL).await {
+                    tracing::warn!(%error, "cannot LISTEN for registry changes; polling only");
+                } else {
+                    loop {
+                        match tokio::time::timeout(Duration::from_secs(1), listener.recv()).await {
+                            Ok(Ok(_)) => wake.notify_one(),
+                            Ok(Err(error)) => {
+                                tracing::warn!(%error, "registry notifications interrupted; reconnecting");
+                                break;
+                            }
+                            Err(_) if alive.strong_count() == 0 => return,
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot connect for registry notifications; polling only"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -12,7 +12,7 @@
 use super::session::{Member, SessionState};
 use super::{
     Answer, Identified, SESSION_HEADER, header_version, identify, initialize, into_response, json_response, request,
-    sse_body, sse_response,
+    revocable, sse_body, sse_response,
 };
 use crate::app::AppState;
 use crate::audit::AuditEvent;
@@ -524,7 +524,7 @@ pub async fn get(
             }
         });
     }
-    sse_response(sse_body(None, receiver))
+    sse_response(sse_body(None, revocable(&state, &identified.caller, None, receiver)))
 }
 
 /// `DELETE /mcp`: end every member session.

@@ -6,7 +6,9 @@
 //! when the stream closes. Each message goes through the same `handle` as the
 //! Streamable HTTP front: authentication, authorization and audit are identical.
 
-use super::{Answer, SessionSource, begin, handle, json_response, plain_error, record_simple, sse_body, sse_response};
+use super::{
+    Answer, SessionSource, begin, handle, json_response, plain_error, record_simple, revocable, sse_body, sse_response,
+};
 use crate::app::AppState;
 use crate::crypto::random_token;
 use crate::proxy::session::SessionState;
@@ -113,7 +115,7 @@ pub async fn open(
     };
     let guard = StreamGuard { state: state.clone(), id };
     // The guard lives as long as the body stream: dropping the body closes the session.
-    let receiver = guarded(receiver, guard);
+    let receiver = guarded(revocable(&state, &exchange.caller, Some(&server), receiver), guard);
     sse_response(sse_body(Some(endpoint), receiver))
 }
 

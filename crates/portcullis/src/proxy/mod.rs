@@ -894,8 +894,71 @@ async fn relay(
     Answer::Stream(receiver)
 }
 
+/// Relay `receiver` while the caller may still use `server` (or, for the aggregate, `None`,
+/// while they may use Portcullis at all). A published snapshot that suspends, deactivates or
+/// deletes the user, or takes their access to the server away, ends the stream: revocation
+/// reaches live streams on every replica, not only the next call.
+fn revocable(
+    state: &AppState,
+    caller: &Caller,
+    server: Option<&str>,
+    mut receiver: mpsc::Receiver<Value>,
+) -> mpsc::Receiver<Value> {
+    let (sender, relayed) = mpsc::channel(32);
+    let mut changes = state.snapshot.subscribe();
+    let snapshot = state.snapshot.clone();
+    let caller = caller.clone();
+    let server = server.map(str::to_owned);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                item = receiver.recv() => {
+                    let Some(value) = item else { return };
+                    if sender.send(value).await.is_err() {
+                        return;
+                    }
+                }
+                () = sender.closed() => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let allowed = snapshot
+                        .current()
+                        .is_ok_and(|current| still_allowed(&current, &caller, server.as_deref()));
+                    if !allowed {
+                        tracing::info!(caller = caller.label(), server = ?server, "access revoked: ending the stream");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    relayed
+}
+
+/// May `caller` still use `server` (Portcullis, when `None`) under `snapshot`?
+fn still_allowed(snapshot: &Snapshot, caller: &Caller, server: Option<&str>) -> bool {
+    let principal = match caller {
+        Caller::User(user) => match snapshot.users.get(&user.id) {
+            Some(entry) if entry.status == crate::registry::Status::Active => entry.principal(),
+            _ => return false,
+        },
+        Caller::Anonymous => {
+            if !server.is_some_and(|server| snapshot.servers.get(server).is_some_and(|entry| entry.server.public)) {
+                return false;
+            }
+            policy::Principal::Anonymous
+        }
+    };
+    server.is_none_or(|server| {
+        let request = policy::Request { server, action: policy::Action::Connect, name: "" };
+        snapshot.policy.decide(&principal, &request).is_allowed()
+    })
+}
+
 /// An event stream of JSON-RPC messages, optionally preceded by one fixed event.
-fn sse_body(first: Option<sse::Event>, receiver: mpsc::Receiver<Value>) -> Body {
+pub(crate) fn sse_body(first: Option<sse::Event>, receiver: mpsc::Receiver<Value>) -> Body {
     let first = stream::iter(first.map(|event| Ok::<Bytes, Infallible>(Bytes::from(event.to_wire()))));
     let rest = stream::unfold(receiver, |mut receiver| async move {
         let value = receiver.recv().await?;
@@ -1026,7 +1089,7 @@ pub async fn get(
         }
     };
     record_simple(&exchange, "(stream)", "allow", &decision.reason, "ok", Some(&session));
-    sse_response(sse_body(None, listener))
+    sse_response(sse_body(None, revocable(&state, &exchange.caller, Some(&server), listener)))
 }
 
 /// `DELETE /mcp/{server}`: end the session.

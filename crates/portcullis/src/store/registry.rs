@@ -14,7 +14,14 @@ pub async fn revision(connection: &mut AnyConnection) -> Result<i64, StoreError>
 
 /// Mark the registry as changed.
 pub async fn bump_revision(connection: &mut AnyConnection) -> Result<(), StoreError> {
-    sqlx::query("UPDATE revision SET value = value + 1 WHERE id = 1").execute(connection).await?;
+    sqlx::query("UPDATE revision SET value = value + 1 WHERE id = 1").execute(&mut *connection).await?;
+    if connection.backend_name() == "PostgreSQL" {
+        // Delivered when the transaction commits, to every replica listening.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::snapshot::CHANGES_CHANNEL)
+            .execute(&mut *connection)
+            .await?;
+    }
     Ok(())
 }
 

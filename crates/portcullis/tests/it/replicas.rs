@@ -146,3 +146,59 @@ async fn the_answer_to_a_server_request_may_reach_another_replica() {
     second.stop().await;
     drop_postgres_database(&name).await;
 }
+
+/// Suspending a user through one replica refuses their next call on the other and ends their
+/// open event stream there; the test waits for the change to arrive (PostgreSQL NOTIFY, with
+/// polling behind it) instead of sleeping a fixed time.
+#[tokio::test]
+async fn a_suspension_on_one_replica_refuses_calls_and_ends_streams_on_the_other() {
+    let (url, name) = fresh_postgres_database().await;
+    let key = SecretKey::generate();
+    let store = StoreKind::Postgres(url, name.clone());
+    let first = TestGateway::start_with(Options { store: store.clone(), key: key.clone(), ..Options::default() }).await;
+    let second = TestGateway::start_with(Options { store, key, ..Options::default() }).await;
+    first
+        .apply(&format!(
+            "{}\n[[users]]\nemail = \"root@example.com\"\nadmin = true\n",
+            demo_server_toml("demo", &["ann@example.com"])
+        ))
+        .await;
+    let api_key = first.api_key("ann@example.com").await;
+    let admin_key = first.api_key("root@example.com").await;
+    let mut on_second = second.client("demo", Some(&api_key));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while on_second.initialize().await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "the second replica never learned of the new user");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(text_of(&on_second.call_tool("echo", json!({"message": "hi"})).await), "hi");
+    let stream =
+        on_second.request_builder(reqwest::Method::GET).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+
+    let started = std::time::Instant::now();
+    let suspended = reqwest::Client::new()
+        .post(first.url("/api/v1/users/ann@example.com/suspend"))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suspended.status(), 200);
+    let deadline = started + std::time::Duration::from_secs(10);
+    loop {
+        let reply = on_second.call_tool("echo", json!({"message": "still there?"})).await;
+        if reply.status == 401 {
+            assert!(reply.text.contains("suspended"), "{}", reply.text);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the suspension never reached the second replica");
+    }
+    let refused_after = started.elapsed();
+    // The open stream ends (its body completes) instead of lingering.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.bytes()).await;
+    assert!(ended.is_ok(), "the suspended user's event stream stayed open");
+    eprintln!("suspension reached the other replica's next call after {refused_after:?}");
+    first.stop().await;
+    second.stop().await;
+    drop_postgres_database(&name).await;
+}
