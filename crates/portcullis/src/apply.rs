@@ -8,7 +8,7 @@
 
 use crate::crypto::Keys;
 use crate::registry::{
-    Email, Grantee, Invalid, Server, ServerSecrets, ServerSlug, ServerSpec, Transport, parse_group_name,
+    AdminRole, Email, Grantee, Invalid, Server, ServerSecrets, ServerSlug, ServerSpec, Transport, parse_group_name,
 };
 use crate::store::{self, Store, StoreError};
 use serde::Deserialize;
@@ -82,6 +82,10 @@ struct UserDocument {
     name: String,
     #[serde(default)]
     admin: bool,
+    /// Admin roles besides (or instead of) `admin = true`: `super-admin`, `security-admin`,
+    /// `it-admin`, `analytics-admin`.
+    #[serde(default)]
+    roles: Vec<String>,
     #[serde(default)]
     groups: Vec<String>,
 }
@@ -267,9 +271,11 @@ pub async fn apply_text(
         }
         specs.push(spec);
     }
-    let mut group_names = BTreeSet::new();
+    // Group names match case-insensitively (identity providers vary the case): the first
+    // spelling seen, in the store or else in the file, is the group's name.
+    let mut group_names: Vec<String> = Vec::new();
     for group in &document.groups {
-        group_names.insert(parse_group_name(&group.name)?);
+        group_names.push(parse_group_name(&group.name)?);
     }
     let mut users = Vec::new();
     let mut emails = BTreeSet::new();
@@ -279,8 +285,18 @@ pub async fn apply_text(
             return Err(ApplyError::Invalid(format!("user {email} is listed twice")));
         }
         let groups: Vec<String> = user.groups.iter().map(|group| parse_group_name(group)).collect::<Result<_, _>>()?;
+        let mut roles: Vec<AdminRole> = user
+            .roles
+            .iter()
+            .map(|role| {
+                AdminRole::parse(role).map_err(|error| ApplyError::Invalid(format!("user {email}: {}", error.0)))
+            })
+            .collect::<Result<_, _>>()?;
+        if user.admin {
+            roles.push(AdminRole::SuperAdmin);
+        }
         group_names.extend(groups.iter().cloned());
-        users.push((email, user, groups));
+        users.push((email, user, groups, roles));
     }
 
     let mut transaction = store.begin_write().await.map_err(StoreError::from)?;
@@ -291,24 +307,25 @@ pub async fn apply_text(
         }
     }
     let existing_groups = store::registry::list_groups(&mut transaction).await?;
-    let mut group_ids = BTreeMap::new();
+    let mut canonical: BTreeMap<String, String> =
+        existing_groups.iter().map(|group| (group.name.to_lowercase(), group.name.clone())).collect();
+    let mut group_ids: BTreeMap<String, String> =
+        existing_groups.iter().map(|group| (group.name.to_lowercase(), group.id.clone())).collect();
     for name in &group_names {
-        match existing_groups.iter().find(|group| &group.name == name) {
-            Some(group) => {
-                group_ids.insert(name.clone(), group.id.clone());
-            }
-            None => {
-                let id = store::registry::ensure_group(&mut transaction, name).await?;
-                report.changes.push(format!("+ group {name}"));
-                group_ids.insert(name.clone(), id);
-            }
+        let folded = name.to_lowercase();
+        if !canonical.contains_key(&folded) {
+            let id = store::registry::ensure_group(&mut transaction, name).await?;
+            report.changes.push(format!("+ group {name}"));
+            canonical.insert(folded.clone(), name.clone());
+            group_ids.insert(folded, id);
         }
     }
     let existing_users = store::registry::list_users(&mut transaction).await?;
     let mut user_ids = BTreeMap::new();
-    for (email, document, groups) in &users {
+    for (email, document, groups, roles) in &users {
         let existing = existing_users.iter().find(|user| user.email == email.as_str());
-        let mut wanted_groups = groups.clone();
+        let mut wanted_groups: Vec<String> =
+            groups.iter().map(|group| canonical[&group.to_lowercase()].clone()).collect();
         wanted_groups.sort();
         wanted_groups.dedup();
         let id = match existing {
@@ -317,33 +334,42 @@ pub async fn apply_text(
                 if user.name != document.name {
                     changed.push("name");
                 }
-                if user.admin != document.admin {
-                    changed.push("admin");
+                let mut wanted_roles = roles.clone();
+                wanted_roles.sort();
+                wanted_roles.dedup();
+                if user.admin_roles != wanted_roles {
+                    changed.push("admin roles");
                 }
                 let mut current_groups = user.groups.clone();
                 current_groups.sort();
                 if current_groups != wanted_groups {
                     changed.push("groups");
                 }
-                if changed.iter().any(|field| *field != "groups") {
-                    store::registry::upsert_user(&mut transaction, email.as_str(), &document.name, document.admin)
-                        .await?;
+                if changed.contains(&"name") {
+                    store::registry::upsert_user(&mut transaction, email.as_str(), &document.name, user.admin).await?;
+                }
+                if changed.contains(&"admin roles") {
+                    set_roles(&mut transaction, &user.id, email.as_str(), roles).await?;
                 }
                 if !changed.is_empty() {
                     report.changes.push(format!("~ user {email} ({})", changed.join(", ")));
                 }
                 if changed.contains(&"groups") {
-                    let ids: Vec<String> = wanted_groups.iter().map(|group| group_ids[group].clone()).collect();
+                    let ids: Vec<String> =
+                        wanted_groups.iter().map(|group| group_ids[&group.to_lowercase()].clone()).collect();
                     store::registry::set_memberships(&mut transaction, &user.id, &ids).await?;
                 }
                 user.id.clone()
             }
             None => {
-                let id = store::registry::upsert_user(&mut transaction, email.as_str(), &document.name, document.admin)
-                    .await?;
-                let ids: Vec<String> = wanted_groups.iter().map(|group| group_ids[group].clone()).collect();
+                let id = store::registry::upsert_user(&mut transaction, email.as_str(), &document.name, false).await?;
+                let ids: Vec<String> =
+                    wanted_groups.iter().map(|group| group_ids[&group.to_lowercase()].clone()).collect();
                 store::registry::set_memberships(&mut transaction, &id, &ids).await?;
-                report.changes.push(format!("+ user {email}{}", if document.admin { " (admin)" } else { "" }));
+                set_roles(&mut transaction, &id, email.as_str(), roles).await?;
+                let label: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
+                let label = if label.is_empty() { String::new() } else { format!(" ({})", label.join(", ")) };
+                report.changes.push(format!("+ user {email}{label}"));
                 id
             }
         };
@@ -386,12 +412,13 @@ pub async fn apply_text(
         }
         for group in &grant.groups {
             let name = parse_group_name(group)?;
-            let found = all_groups.iter().find(|candidate| candidate.name == name).ok_or_else(|| {
-                ApplyError::Invalid(format!(
-                    "the grant for server {} names group {name:?}, which does not exist (add it under [[groups]])",
-                    grant.server
-                ))
-            })?;
+            let found =
+                all_groups.iter().find(|candidate| candidate.name.eq_ignore_ascii_case(&name)).ok_or_else(|| {
+                    ApplyError::Invalid(format!(
+                        "the grant for server {} names group {name:?}, which does not exist (add it under [[groups]])",
+                        grant.server
+                    ))
+                })?;
             wanted_grants.insert((
                 server.id.clone(),
                 Grantee::Group,
@@ -441,7 +468,7 @@ pub async fn apply_text(
             }
         }
         for group in &all_groups {
-            if !group_names.contains(&group.name) {
+            if !group_names.iter().any(|name| name.eq_ignore_ascii_case(&group.name)) {
                 store::registry::delete_group(&mut transaction, &group.name).await?;
                 report.changes.push(format!("- group {}", group.name));
             }
@@ -454,4 +481,17 @@ pub async fn apply_text(
         transaction.commit().await.map_err(StoreError::from)?;
     }
     Ok(report)
+}
+
+/// Give the user exactly `roles`, recording each role given or taken in the audit log.
+async fn set_roles(
+    connection: &mut sqlx::AnyConnection,
+    user_id: &str,
+    email: &str,
+    roles: &[AdminRole],
+) -> Result<(), ApplyError> {
+    let (added, removed) = store::directory::set_admin_roles(connection, user_id, roles).await?;
+    let events = crate::audit::role_changes("apply", email, &added, &removed, "cli");
+    store::audit::insert(connection, &events).await?;
+    Ok(())
 }

@@ -43,6 +43,44 @@ pub struct AuditEvent {
     pub replica: String,
 }
 
+/// The audit events for admin roles given to and taken from the user `email` by `actor`
+/// (an admin's email, or `apply` for the CLI).
+pub fn role_changes(
+    actor: &str,
+    email: &str,
+    added: &[crate::registry::AdminRole],
+    removed: &[crate::registry::AdminRole],
+    replica: &str,
+) -> Vec<AuditEvent> {
+    let event = |method: &str, role: &crate::registry::AdminRole, reason: String| AuditEvent {
+        id: crate::crypto::new_id(),
+        ts: crate::store::now_ms(),
+        user_id: None,
+        principal: actor.to_owned(),
+        server: None,
+        method: method.to_owned(),
+        target: Some(format!("{email}: {}", role.as_str())),
+        sealed_arguments: None,
+        arguments_digest: None,
+        decision: "allow",
+        reason,
+        outcome: "ok".into(),
+        error: None,
+        latency_us: None,
+        client_name: None,
+        client_version: None,
+        ip: None,
+        correlation_id: crate::crypto::random_token(12),
+        replica: replica.to_owned(),
+    };
+    let given =
+        added.iter().map(|role| event("admin-role/assign", role, format!("{actor} gave {email} {}", role.as_str())));
+    let taken = removed
+        .iter()
+        .map(|role| event("admin-role/remove", role, format!("{actor} took {} from {email}", role.as_str())));
+    given.chain(taken).collect()
+}
+
 /// How a call that was recorded as `pending` ended.
 #[derive(Debug, Clone)]
 pub struct Completion {

@@ -236,9 +236,82 @@ pub struct User {
     pub email: String,
     pub name: String,
     pub admin: bool,
+    /// Every admin role held, super-admin included.
+    pub admin_roles: Vec<AdminRole>,
     pub status: Status,
     pub groups: Vec<String>,
     pub created_at: i64,
+}
+
+/// An administrator's role. Each grants distinct powers; people hold any number of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminRole {
+    /// Everything, including assigning admin roles (`admin = true`).
+    SuperAdmin,
+    /// Policies and grants, audit, suspending people in an incident.
+    SecurityAdmin,
+    /// Servers and people.
+    ItAdmin,
+    /// Reading audit and analytics.
+    AnalyticsAdmin,
+}
+
+/// What an admin role allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    ManageServers,
+    ManagePeople,
+    SuspendPeople,
+    ManagePolicies,
+    ReadAudit,
+    /// Assign and remove admin roles; see everyone's API keys.
+    ManageAdmins,
+}
+
+impl AdminRole {
+    pub const ALL: [AdminRole; 4] =
+        [AdminRole::SuperAdmin, AdminRole::SecurityAdmin, AdminRole::ItAdmin, AdminRole::AnalyticsAdmin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::SuperAdmin => "super-admin",
+            AdminRole::SecurityAdmin => "security-admin",
+            AdminRole::ItAdmin => "it-admin",
+            AdminRole::AnalyticsAdmin => "analytics-admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<AdminRole, Invalid> {
+        let text = text.trim().to_ascii_lowercase();
+        AdminRole::ALL.into_iter().find(|role| role.as_str() == text).ok_or_else(|| {
+            let known: Vec<&str> = AdminRole::ALL.iter().map(|role| role.as_str()).collect();
+            Invalid(format!("unknown admin role {text:?}; the admin roles are {}", known.join(", ")))
+        })
+    }
+
+    pub fn can(self, power: Power) -> bool {
+        match self {
+            AdminRole::SuperAdmin => true,
+            AdminRole::SecurityAdmin => {
+                matches!(power, Power::ManagePolicies | Power::ReadAudit | Power::SuspendPeople)
+            }
+            AdminRole::ItAdmin => matches!(power, Power::ManageServers | Power::ManagePeople | Power::SuspendPeople),
+            AdminRole::AnalyticsAdmin => matches!(power, Power::ReadAudit),
+        }
+    }
+
+    /// The roles held by someone with the super-admin flag `admin` and stored `roles`
+    /// (unknown names in the store are ignored).
+    pub fn held(admin: bool, roles: &[String]) -> Vec<AdminRole> {
+        let mut held: Vec<AdminRole> = roles.iter().filter_map(|role| AdminRole::parse(role).ok()).collect();
+        if admin {
+            held.push(AdminRole::SuperAdmin);
+        }
+        held.sort();
+        held.dedup();
+        held
+    }
 }
 
 /// Whether a person may use Portcullis. Only `active` people authenticate.

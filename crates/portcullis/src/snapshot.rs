@@ -37,11 +37,17 @@ pub struct UserEntry {
     pub email: String,
     pub name: String,
     pub admin: bool,
+    pub admin_roles: Vec<crate::registry::AdminRole>,
     pub status: crate::registry::Status,
     pub groups: Vec<String>,
 }
 
 impl UserEntry {
+    /// Does one of the user's admin roles allow `power`?
+    pub fn can(&self, power: crate::registry::Power) -> bool {
+        self.admin_roles.iter().any(|role| role.can(power))
+    }
+
     pub fn principal(&self) -> Principal {
         Principal::User { id: self.id.clone(), email: self.email.clone(), groups: self.groups.clone() }
     }
@@ -93,6 +99,7 @@ impl Snapshot {
                     email: user.email,
                     name: user.name,
                     admin: user.admin,
+                    admin_roles: user.admin_roles,
                     status: user.status,
                     groups: user.groups,
                 };

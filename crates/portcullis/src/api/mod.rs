@@ -16,7 +16,9 @@ mod openapi;
 use crate::app::AppState;
 use crate::apply::put_server;
 use crate::auth::{self, Caller};
-use crate::registry::{Email, Grantee, ServerSlug, ServerSpec, Status, Transport, parse_group_name};
+use crate::registry::{
+    AdminRole, Email, Grantee, Person, Power, ServerSlug, ServerSpec, Status, Transport, parse_group_name,
+};
 use crate::snapshot::UserEntry;
 use crate::store::{self, StoreError};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -94,8 +96,20 @@ impl IntoResponse for ApiError {
 /// A signed-in user of the API.
 pub struct ApiUser(pub Arc<UserEntry>);
 
-/// A signed-in administrator. Only the extractor constructs it.
-pub struct Admin(#[allow(dead_code)] Arc<UserEntry>);
+/// A signed-in holder of at least one admin role. Only the extractor constructs it; each
+/// handler then asks for the power it needs with [`Admin::require`].
+pub struct Admin(Arc<UserEntry>);
+
+impl Admin {
+    /// Refuse unless one of the admin's roles grants `power`.
+    pub fn require(&self, power: Power) -> Result<&UserEntry, ApiError> {
+        if self.0.can(power) {
+            return Ok(&self.0);
+        }
+        let roles: Vec<&str> = AdminRole::ALL.iter().filter(|role| role.can(power)).map(|role| role.as_str()).collect();
+        Err(ApiError::Forbidden(format!("{} needs one of the admin roles {} for this", self.0.email, roles.join(", "))))
+    }
+}
 
 impl FromRequestParts<AppState> for ApiUser {
     type Rejection = ApiError;
@@ -120,7 +134,7 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let ApiUser(user) = ApiUser::from_request_parts(parts, state).await?;
-        if !user.admin {
+        if user.admin_roles.is_empty() {
             return Err(ApiError::Forbidden(format!("{} is not an administrator", user.email)));
         }
         Ok(Admin(user))
@@ -157,9 +171,10 @@ async fn list_servers(State(state): State<AppState>, ApiUser(user): ApiUser) -> 
 
 async fn get_server(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ManageServers)?;
     let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
     let server = store::registry::get_server(&mut connection, &name)
         .await?
@@ -190,10 +205,11 @@ struct ServerBody {
 
 async fn put_server_handler(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(name): Path<String>,
     Json(body): Json<ServerBody>,
 ) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ManageServers)?;
     let spec = ServerSpec {
         name: ServerSlug::parse(&name).map_err(|error| ApiError::BadRequest(error.0))?,
         description: body.description,
@@ -217,9 +233,10 @@ async fn put_server_handler(
 
 async fn delete_server(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    admin.require(Power::ManageServers)?;
     let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
     store::registry::delete_server(&mut connection, &name).await?;
     drop(connection);
@@ -227,9 +244,63 @@ async fn delete_server(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_users(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {
+/// Filters of `GET /users`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserQuery {
+    /// `active`, `inactive` or `suspended`.
+    status: Option<String>,
+    /// An admin role (`it-admin`, …) or a job-function role from the identity provider.
+    role: Option<String>,
+    /// A group name (case-insensitive).
+    group: Option<String>,
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<UserQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = match query.status.as_deref() {
+        Some(text) => Some(Status::parse(text).ok_or_else(|| {
+            ApiError::BadRequest(format!("unknown status {text:?}; use active, inactive or suspended"))
+        })?),
+        None => None,
+    };
     let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
-    Ok(Json(json!({ "users": store::registry::list_users(&mut connection).await? })))
+    let people = store::directory::list_people(&mut connection).await?;
+    let users: Vec<Value> = people
+        .iter()
+        .filter(|person| status.is_none_or(|status| person.status == status))
+        .filter(|person| {
+            query.role.as_deref().is_none_or(|role| {
+                AdminRole::held(person.admin, &person.admin_roles).iter().any(|held| held.as_str() == role)
+                    || person.roles.iter().any(|held| held.eq_ignore_ascii_case(role))
+            })
+        })
+        .filter(|person| {
+            query
+                .group
+                .as_deref()
+                .is_none_or(|group| person.groups.iter().any(|(_, name)| name.eq_ignore_ascii_case(group)))
+        })
+        .map(person_json)
+        .collect();
+    Ok(Json(json!({ "users": users })))
+}
+
+/// A person as the API shows them.
+fn person_json(person: &Person) -> Value {
+    let admin_roles: Vec<&str> =
+        AdminRole::held(person.admin, &person.admin_roles).iter().map(|role| role.as_str()).collect();
+    json!({
+        "id": person.id, "email": person.email, "user_name": person.user_name, "name": person.name,
+        "status": person.status, "department": person.department, "title": person.title, "team": person.team,
+        "admin": person.admin, "admin_roles": admin_roles, "roles": person.roles, "attributes": person.attributes,
+        "groups": person.groups.iter().map(|(_, name)| name).collect::<Vec<_>>(), "source": person.source,
+        "external_id": person.external_id, "created_at": person.created_at, "updated_at": person.updated_at,
+        "last_login_at": person.last_login_at,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,18 +308,23 @@ async fn list_users(State(state): State<AppState>, _admin: Admin) -> Result<Json
 struct UserBody {
     #[serde(default)]
     name: String,
+    /// Super admin; the same as listing `super-admin` in `roles`.
     #[serde(default)]
     admin: bool,
+    /// Admin roles. Changing them (or `admin`) needs a super admin.
+    #[serde(default)]
+    roles: Vec<String>,
     #[serde(default)]
     groups: Vec<String>,
 }
 
 async fn put_user(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(email): Path<String>,
     Json(body): Json<UserBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let actor = admin.require(Power::ManagePeople)?.email.clone();
     let email = Email::parse(&email).map_err(|error| ApiError::BadRequest(error.0))?;
     let groups: Vec<String> = body
         .groups
@@ -256,13 +332,33 @@ async fn put_user(
         .map(|group| parse_group_name(group))
         .collect::<Result<_, _>>()
         .map_err(|error| ApiError::BadRequest(error.0))?;
+    let mut roles: Vec<AdminRole> = body
+        .roles
+        .iter()
+        .map(|role| AdminRole::parse(role))
+        .collect::<Result<_, _>>()
+        .map_err(|error| ApiError::BadRequest(error.0))?;
+    if body.admin {
+        roles.push(AdminRole::SuperAdmin);
+    }
+    roles.sort();
+    roles.dedup();
     let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
-    let id = store::registry::upsert_user(&mut transaction, email.as_str(), &body.name, body.admin).await?;
+    let current = store::registry::find_user(&mut transaction, email.as_str()).await?;
+    let current_roles = current.as_ref().map(|user| user.admin_roles.clone()).unwrap_or_default();
+    if current_roles != roles {
+        admin.require(Power::ManageAdmins)?;
+    }
+    let super_admin = current.as_ref().is_some_and(|user| user.admin);
+    let id = store::registry::upsert_user(&mut transaction, email.as_str(), &body.name, super_admin).await?;
     let mut group_ids = Vec::new();
     for group in &groups {
         group_ids.push(store::registry::ensure_group(&mut transaction, group).await?);
     }
     store::registry::set_memberships(&mut transaction, &id, &group_ids).await?;
+    let (added, removed) = store::directory::set_admin_roles(&mut transaction, &id, &roles).await?;
+    let events = crate::audit::role_changes(&actor, email.as_str(), &added, &removed, &state.replica);
+    store::audit::insert(&mut transaction, &events).await?;
     let user = store::registry::find_user(&mut transaction, email.as_str()).await?;
     transaction.commit().await.map_err(StoreError::from)?;
     reload(&state).await;
@@ -271,9 +367,10 @@ async fn put_user(
 
 async fn delete_user(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(email): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    admin.require(Power::ManagePeople)?;
     let email = Email::parse(&email).map_err(|error| ApiError::BadRequest(error.0))?;
     let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
     store::registry::delete_user(&mut connection, email.as_str()).await?;
@@ -294,18 +391,20 @@ async fn set_status(state: &AppState, email: &str, status: Status) -> Result<Jso
 /// `POST /users/{email}/suspend`: the user's next call is refused on every replica.
 async fn suspend_user(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(email): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::SuspendPeople)?;
     set_status(&state, &email, Status::Suspended).await
 }
 
 /// `POST /users/{email}/activate`: lift a suspension or deactivation.
 async fn activate_user(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(email): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::SuspendPeople)?;
     set_status(&state, &email, Status::Active).await
 }
 
@@ -329,9 +428,10 @@ struct GrantBody {
 
 async fn add_grant(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Json(body): Json<GrantBody>,
 ) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ManagePolicies)?;
     let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
     let server = store::registry::get_server(&mut transaction, &body.server)
         .await?
@@ -366,9 +466,10 @@ async fn add_grant(
 
 async fn delete_grant(
     State(state): State<AppState>,
-    _admin: Admin,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    admin.require(Power::ManagePolicies)?;
     let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
     store::registry::delete_grant(&mut connection, &id).await?;
     drop(connection);
@@ -381,7 +482,7 @@ async fn list_api_keys(State(state): State<AppState>, ApiUser(user): ApiUser) ->
     let keys: Vec<_> = store::registry::list_api_keys(&mut connection)
         .await?
         .into_iter()
-        .filter(|key| user.admin || key.user_id == user.id)
+        .filter(|key| user.can(Power::ManageAdmins) || key.user_id == user.id)
         .collect();
     Ok(Json(json!({ "api_keys": keys })))
 }
@@ -403,8 +504,8 @@ async fn create_api_key(
     let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
     let owner_id = match &body.user {
         Some(email) if email.to_ascii_lowercase() != user.email => {
-            if !user.admin {
-                return Err(ApiError::Forbidden("only administrators create API keys for other users".into()));
+            if !user.can(Power::ManageAdmins) {
+                return Err(ApiError::Forbidden("only super admins create API keys for other users".into()));
             }
             let email = Email::parse(email).map_err(|error| ApiError::BadRequest(error.0))?;
             store::registry::find_user(&mut transaction, email.as_str())
@@ -433,7 +534,7 @@ async fn revoke_api_key(
     let keys = store::registry::list_api_keys(&mut connection).await?;
     let key =
         keys.iter().find(|key| key.id == id).ok_or_else(|| ApiError::NotFound(format!("no API key with id {id:?}")))?;
-    if key.user_id != user.id && !user.admin {
+    if key.user_id != user.id && !user.can(Power::ManageAdmins) {
         return Err(ApiError::NotFound(format!("no API key with id {id:?}")));
     }
     store::registry::revoke_api_key(&mut connection, &id).await?;
@@ -465,7 +566,7 @@ async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
     let user_id = match &query.user {
-        Some(email) if user.admin => {
+        Some(email) if user.can(Power::ReadAudit) => {
             let email = Email::parse(email).map_err(|error| ApiError::BadRequest(error.0))?;
             Some(
                 store::registry::find_user(&mut connection, email.as_str())
@@ -475,7 +576,7 @@ async fn audit(
             )
         }
         Some(_) => return Err(ApiError::Forbidden("only administrators read other users' audit events".into())),
-        None if user.admin => None,
+        None if user.can(Power::ReadAudit) => None,
         None => Some(user.id.clone()),
     };
     let limit = query.limit.unwrap_or(100);

@@ -49,7 +49,15 @@ pub fn build() -> Value {
                 "put": operation("Create or update a server (admin)", Some("Server"), "200"),
                 "delete": operation("Delete a server and its grants (admin)", None, "204")
             },
-            "/users": {"get": operation("All users (admin)", None, "200")},
+            "/users": {"get": {
+                "summary": "People, filtered by status, role and group (any admin role)",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["active", "inactive", "suspended"]}},
+                    {"name": "role", "in": "query", "description": "an admin role or a job-function role", "schema": string},
+                    {"name": "group", "in": "query", "description": "a group name, case-insensitive", "schema": string}
+                ],
+                "responses": error_responses()
+            }},
             "/users/{email}": {
                 "parameters": [{"name": "email", "in": "path", "required": true, "schema": string}],
                 "put": operation("Create or update a user and their groups (admin)", Some("User"), "200"),
@@ -102,7 +110,9 @@ pub fn build() -> Value {
                     "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "secret; never returned"},
                     "public": {"type": "boolean"}, "shared_process": {"type": "boolean"}}},
                 "User": {"type": "object", "additionalProperties": false, "properties": {
-                    "name": {"type": "string"}, "admin": {"type": "boolean"},
+                    "name": {"type": "string"}, "admin": {"type": "boolean", "description": "super admin"},
+                    "roles": {"type": "array", "description": "admin roles; changing them needs a super admin",
+                              "items": {"type": "string", "enum": ["super-admin", "security-admin", "it-admin", "analytics-admin"]}},
                     "groups": {"type": "array", "items": {"type": "string"}}}},
                 "Grant": {"type": "object", "required": ["server"], "additionalProperties": false, "properties": {
                     "server": {"type": "string"}, "user": {"type": "string"}, "group": {"type": "string"}}},

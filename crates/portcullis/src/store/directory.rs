@@ -3,7 +3,7 @@
 
 use super::registry::bump_revision;
 use super::{StoreError, now_ms};
-use crate::registry::{DirectoryGroup, Person, Status};
+use crate::registry::{AdminRole, DirectoryGroup, Person, Status};
 use serde_json::{Map, Value};
 use sqlx::{AnyConnection, Row};
 
@@ -410,4 +410,41 @@ pub async fn revoke_scim_token(connection: &mut AnyConnection, id: &str) -> Resu
         return Err(StoreError::NotFound(format!("no live SCIM token with id {id:?}")));
     }
     Ok(())
+}
+
+/// Make `roles` (super-admin included) exactly the admin roles of the user; returns the roles
+/// added and removed, for the audit log.
+pub async fn set_admin_roles(
+    connection: &mut AnyConnection,
+    user_id: &str,
+    roles: &[AdminRole],
+) -> Result<(Vec<AdminRole>, Vec<AdminRole>), StoreError> {
+    let Some(row) = sqlx::query("SELECT admin, admin_roles FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(&mut *connection)
+        .await?
+    else {
+        return Err(StoreError::NotFound(format!("no user with id {user_id:?}")));
+    };
+    let before = AdminRole::held(row.get::<i64, _>(0) != 0, &json_list(&row.get::<String, _>(1)));
+    let mut after = roles.to_vec();
+    after.sort();
+    after.dedup();
+    if before == after {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let admin = after.contains(&AdminRole::SuperAdmin);
+    let others: Vec<&str> =
+        after.iter().filter(|role| **role != AdminRole::SuperAdmin).map(|role| role.as_str()).collect();
+    sqlx::query("UPDATE users SET admin = $1, admin_roles = $2, updated_at = $3 WHERE id = $4")
+        .bind(i64::from(admin))
+        .bind(serde_json::to_string(&others).unwrap_or_default())
+        .bind(now_ms())
+        .bind(user_id)
+        .execute(&mut *connection)
+        .await?;
+    bump_revision(connection).await?;
+    let added = after.iter().filter(|role| !before.contains(role)).copied().collect();
+    let removed = before.iter().filter(|role| !after.contains(role)).copied().collect();
+    Ok((added, removed))
 }

@@ -3,7 +3,7 @@
 
 use super::{StoreError, now_ms};
 use crate::crypto::new_id;
-use crate::registry::{ApiKey, Grant, Grantee, Group, Server, Status, Transport, User};
+use crate::registry::{AdminRole, ApiKey, Grant, Grantee, Group, Server, Status, Transport, User};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -127,7 +127,7 @@ pub async fn delete_server(connection: &mut AnyConnection, name: &str) -> Result
 }
 
 pub async fn list_users(connection: &mut AnyConnection) -> Result<Vec<User>, StoreError> {
-    let rows = sqlx::query("SELECT id, email, name, admin, status, created_at FROM users ORDER BY email")
+    let rows = sqlx::query("SELECT id, email, name, admin, admin_roles, status, created_at FROM users ORDER BY email")
         .fetch_all(&mut *connection)
         .await?;
     let memberships =
@@ -147,6 +147,10 @@ pub async fn list_users(connection: &mut AnyConnection) -> Result<Vec<User>, Sto
             email: row.try_get("email")?,
             name: row.try_get("name")?,
             admin: row.try_get::<i64, _>("admin")? != 0,
+            admin_roles: AdminRole::held(
+                row.try_get::<i64, _>("admin")? != 0,
+                &json_list(&row.try_get::<String, _>("admin_roles")?),
+            ),
             status: Status::parse(&row.try_get::<String, _>("status")?).unwrap_or(Status::Inactive),
             groups,
             created_at: row.try_get("created_at")?,
@@ -233,13 +237,15 @@ pub async fn list_groups(connection: &mut AnyConnection) -> Result<Vec<Group>, S
 
 /// The id of the group with this name, creating it when missing.
 pub async fn ensure_group(connection: &mut AnyConnection, name: &str) -> Result<String, StoreError> {
-    if let Some(row) =
-        sqlx::query("SELECT id FROM groups WHERE name = $1").bind(name).fetch_optional(&mut *connection).await?
+    if let Some(row) = sqlx::query("SELECT id FROM groups WHERE lower(name) = $1")
+        .bind(name.to_lowercase())
+        .fetch_optional(&mut *connection)
+        .await?
     {
         return Ok(row.get(0));
     }
     let id = new_id();
-    sqlx::query("INSERT INTO groups (id, name, created_at) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO groups (id, name, created_at, updated_at) VALUES ($1, $2, $3, $3)")
         .bind(&id)
         .bind(name)
         .bind(now_ms())

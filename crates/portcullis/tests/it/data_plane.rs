@@ -122,7 +122,7 @@ async fn http_upstream_and_a_denied_user() {
 
     // The upstream credential is never shown by the API.
     let admin = gw.apply("[[users]]\nemail = \"root@example.com\"\nadmin = true\n").await;
-    assert_eq!(admin, vec!["+ user root@example.com (admin)"]);
+    assert_eq!(admin, vec!["+ user root@example.com (super-admin)"]);
     let root = gw.api_key("root@example.com").await;
     let body = reqwest::Client::new()
         .get(gw.url("/api/v1/servers/echo"))

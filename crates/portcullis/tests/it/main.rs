@@ -7,6 +7,7 @@ mod bad_input;
 mod conformance;
 mod data_plane;
 mod peers;
+mod people;
 mod replicas;
 mod scim;
 mod store_suite;

@@ -1,0 +1,146 @@
+//! People and admin roles: each admin role has its own powers, assigning and removing roles
+//! is audited, and admins can find people by status, role and group.
+
+use crate::support::*;
+use serde_json::{Value, json};
+
+const PEOPLE: &str = r#"
+[[servers]]
+name = "echo"
+transport = "streamable-http"
+url = "http://127.0.0.1:9/mcp"
+
+[[users]]
+email = "root@example.com"
+admin = true
+
+[[users]]
+email = "sec@example.com"
+roles = ["security-admin"]
+
+[[users]]
+email = "it@example.com"
+roles = ["it-admin"]
+groups = ["Ops"]
+
+[[users]]
+email = "numbers@example.com"
+roles = ["analytics-admin"]
+
+[[users]]
+email = "ann@example.com"
+groups = ["ops"]
+"#;
+
+struct Api {
+    http: reqwest::Client,
+    gw_url: String,
+}
+
+impl Api {
+    async fn call(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}/api/v1{path}", self.gw_url)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn admin_roles_have_distinct_powers_and_changes_are_audited() {
+    let gw = TestGateway::start().await;
+    let changes = gw.apply(PEOPLE).await;
+    assert!(changes.contains(&"+ user it@example.com (it-admin)".to_owned()), "{changes:?}");
+    // "Ops" and "ops" are one group.
+    assert_eq!(changes.iter().filter(|change| change.starts_with("+ group")).count(), 1, "{changes:?}");
+    let key = |email: &'static str| gw.api_key(email);
+    let (root, sec, it, numbers, ann) = (
+        key("root@example.com").await,
+        key("sec@example.com").await,
+        key("it@example.com").await,
+        key("numbers@example.com").await,
+        key("ann@example.com").await,
+    );
+    let api = Api { http: reqwest::Client::new(), gw_url: gw.url("") };
+    use reqwest::Method;
+    let server = json!({"transport": "streamable-http", "url": "http://127.0.0.1:9/mcp"});
+    let grant = json!({"server": "echo", "user": "ann@example.com"});
+    // IT admins manage servers and people, not grants.
+    assert_eq!(api.call(&it, Method::PUT, "/servers/tools", Some(server.clone())).await.0, 200);
+    let (status, refusal) = api.call(&it, Method::POST, "/grants", Some(grant.clone())).await;
+    assert_eq!(status, 403);
+    assert!(refusal["message"].as_str().unwrap().contains("security-admin"), "{refusal}");
+    // Security admins manage grants and read everyone's audit, not servers.
+    assert_eq!(api.call(&sec, Method::POST, "/grants", Some(grant)).await.0, 200);
+    assert_eq!(api.call(&sec, Method::PUT, "/servers/other", Some(server)).await.0, 403);
+    assert_eq!(api.call(&sec, Method::GET, "/audit?user=ann@example.com", None).await.0, 200);
+    // Analytics admins read audit and nothing else; nobody else reads others' events.
+    assert_eq!(api.call(&numbers, Method::GET, "/audit?user=ann@example.com", None).await.0, 200);
+    assert_eq!(api.call(&numbers, Method::POST, "/users/ann@example.com/suspend", None).await.0, 403);
+    assert_eq!(api.call(&it, Method::GET, "/audit?user=ann@example.com", None).await.0, 403);
+    assert_eq!(api.call(&ann, Method::GET, "/users", None).await.0, 403);
+    // IT and security admins can suspend; only super admins give admin roles.
+    assert_eq!(api.call(&it, Method::POST, "/users/ann@example.com/suspend", None).await.0, 200);
+    let promote = json!({"roles": ["security-admin"], "groups": ["ops"]});
+    assert_eq!(api.call(&it, Method::PUT, "/users/ann@example.com", Some(promote.clone())).await.0, 403);
+    assert_eq!(api.call(&it, Method::PUT, "/users/ann@example.com", Some(json!({"groups": ["ops"]}))).await.0, 200);
+    assert_eq!(api.call(&root, Method::PUT, "/users/ann@example.com", Some(promote)).await.0, 200);
+    let (status, body) =
+        api.call(&root, Method::PUT, "/users/ann@example.com", Some(json!({"roles": ["owner"]}))).await;
+    assert_eq!(status, 400);
+    assert!(body["message"].as_str().unwrap().contains("it-admin"), "the error lists the roles: {body}");
+
+    // Admins find people by status, role and group.
+    let emails = |body: Value| -> Vec<String> {
+        body["users"].as_array().unwrap().iter().map(|user| user["email"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(emails(api.call(&it, Method::GET, "/users?status=suspended", None).await.1), vec!["ann@example.com"]);
+    assert_eq!(
+        emails(api.call(&it, Method::GET, "/users?role=security-admin", None).await.1),
+        vec!["ann@example.com", "sec@example.com"]
+    );
+    assert_eq!(
+        emails(api.call(&it, Method::GET, "/users?group=OPS", None).await.1),
+        vec!["ann@example.com", "it@example.com"]
+    );
+    assert_eq!(api.call(&it, Method::GET, "/users?status=gone", None).await.0, 400);
+
+    // Taking a role away through apply is audited too.
+    gw.apply("[[users]]\nemail = \"sec@example.com\"\n").await;
+    let events = gw.audit().await;
+    let role_events: Vec<(String, String, String)> = events
+        .iter()
+        .filter(|event| event.method.starts_with("admin-role/"))
+        .map(|event| (event.principal.clone(), event.method.clone(), event.target.clone().unwrap_or_default()))
+        .collect();
+    for expected in [
+        ("apply", "admin-role/assign", "it@example.com: it-admin"),
+        ("apply", "admin-role/assign", "root@example.com: super-admin"),
+        ("root@example.com", "admin-role/assign", "ann@example.com: security-admin"),
+        ("apply", "admin-role/remove", "sec@example.com: security-admin"),
+    ] {
+        let expected = (expected.0.to_owned(), expected.1.to_owned(), expected.2.to_owned());
+        assert!(role_events.contains(&expected), "missing {expected:?} in {role_events:?}");
+    }
+    // A former admin has no admin powers left.
+    assert_eq!(api.call(&sec, Method::GET, "/users", None).await.0, 403);
+}
+
+#[tokio::test]
+async fn unknown_admin_roles_are_refused_by_apply() {
+    let gw = TestGateway::start().await;
+    let error = portcullis::apply::apply_text(
+        gw.store(),
+        &gw.state.keys,
+        "[[users]]\nemail = \"x@example.com\"\nroles = [\"superuser\"]\n",
+        "test",
+        Default::default(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("x@example.com") && error.contains("security-admin"), "{error}");
+}
