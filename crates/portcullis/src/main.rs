@@ -170,6 +170,18 @@ enum ScimTokenCommand {
         #[arg(long)]
         name: String,
     },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke a token by id or name; the identity provider's next request is refused.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The token's id or name.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -343,6 +355,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             opened.close().await;
             eprintln!("SCIM token {name:?} (shown only once; give it to the identity provider):");
             println!("{token}");
+            Ok(())
+        }
+        Command::ScimToken { command: ScimTokenCommand::List { store } } => {
+            let config = store.load(RawSettings::new())?;
+            init_logging(None);
+            let opened = Store::open(&config.store).await?;
+            let mut connection = opened.pool.acquire().await?;
+            let tokens = portcullis::store::directory::list_scim_tokens(&mut connection).await?;
+            drop(connection);
+            opened.close().await;
+            println!("{:<34} {:<20} {:<14} {}", "id", "name", "prefix", "state");
+            for token in tokens {
+                let state = if token.revoked_at.is_some() { "revoked" } else { "live" };
+                println!("{:<34} {:<20} {:<14} {state}", token.id, token.name, token.prefix);
+            }
+            Ok(())
+        }
+        Command::ScimToken { command: ScimTokenCommand::Revoke { store, token } } => {
+            let config = store.load(RawSettings::new())?;
+            init_logging(None);
+            let opened = Store::open(&config.store).await?;
+            portcullis::scim::revoke_token(&opened, "cli", &token).await?;
+            opened.close().await;
+            println!("revoked SCIM token {token}");
             Ok(())
         }
         Command::User { command } => {

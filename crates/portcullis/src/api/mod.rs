@@ -45,6 +45,8 @@ pub fn router() -> Router<AppState> {
         .route("/grants/{id}", delete(delete_grant))
         .route("/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api-keys/{id}", delete(revoke_api_key))
+        .route("/scim-tokens", get(list_scim_tokens).post(create_scim_token))
+        .route("/scim-tokens/{id}", delete(revoke_scim_token))
         .route("/audit", get(audit))
         .route("/openapi.json", get(openapi::document))
 }
@@ -540,6 +542,45 @@ async fn revoke_api_key(
     store::registry::revoke_api_key(&mut connection, &id).await?;
     drop(connection);
     reload(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /scim-tokens`: the identity providers' tokens, without the tokens (IT admins).
+async fn list_scim_tokens(State(state): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ManagePeople)?;
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    Ok(Json(json!({ "scim_tokens": store::directory::list_scim_tokens(&mut connection).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScimTokenBody {
+    name: String,
+}
+
+/// `POST /scim-tokens`: a new token, shown once.
+async fn create_scim_token(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(body): Json<ScimTokenBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let actor = admin.require(Power::ManagePeople)?.email.clone();
+    let (token, id) =
+        crate::scim::create_token_by(&state.store, &actor, &body.name).await.map_err(|error| match error {
+            StoreError::Conflict(text) => ApiError::BadRequest(text),
+            other => ApiError::Internal(other),
+        })?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id, "token": token, "note": "the token is shown only once" }))))
+}
+
+/// `DELETE /scim-tokens/{id}`: the identity provider's next request is refused.
+async fn revoke_scim_token(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let actor = admin.require(Power::ManagePeople)?.email.clone();
+    crate::scim::revoke_token(&state.store, &actor, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -88,6 +88,14 @@ pub fn build() -> Value {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
                 "delete": operation("Revoke an API key (its owner or an admin)", None, "204")
             },
+            "/scim-tokens": {
+                "get": operation("SCIM tokens of identity providers, without the tokens (IT admin)", None, "200"),
+                "post": operation("Create a SCIM token; it is returned once (IT admin)", Some("ScimToken"), "201")
+            },
+            "/scim-tokens/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
+                "delete": operation("Revoke a SCIM token (IT admin)", None, "204")
+            },
             "/audit": {"get": {
                 "summary": "Audit events, newest first (admins: all; users: their own)",
                 "parameters": audit_parameters(),
@@ -117,7 +125,9 @@ pub fn build() -> Value {
                 "Grant": {"type": "object", "required": ["server"], "additionalProperties": false, "properties": {
                     "server": {"type": "string"}, "user": {"type": "string"}, "group": {"type": "string"}}},
                 "ApiKey": {"type": "object", "additionalProperties": false, "properties": {
-                    "user": {"type": "string"}, "name": {"type": "string"}}}
+                    "user": {"type": "string"}, "name": {"type": "string"}}},
+                "ScimToken": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "description": "what the token is for, e.g. okta"}}}
             }
         }
     })

@@ -157,16 +157,73 @@ pub fn new_token() -> (String, String, String) {
     (token, hash, prefix)
 }
 
-/// Create a SCIM token named `name`; returns the token (stored only hashed).
-pub async fn create_token(store: &store::Store, name: &str) -> Result<String, StoreError> {
+/// Create a SCIM token named `name` on behalf of `actor` (an admin's email, or `cli`);
+/// returns the token (stored only hashed) and its id. The creation is an audit event.
+pub async fn create_token_by(store: &store::Store, actor: &str, name: &str) -> Result<(String, String), StoreError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(StoreError::Conflict("give the token a name, e.g. --name okta".into()));
     }
     let (token, hash, prefix) = new_token();
-    let mut connection = store.pool.acquire().await?;
-    store::directory::insert_scim_token(&mut connection, &new_id(), name, &prefix, &hash).await?;
-    Ok(token)
+    let id = new_id();
+    let mut transaction = store.begin_write().await?;
+    store::directory::insert_scim_token(&mut transaction, &id, name, &prefix, &hash).await?;
+    let event = token_event(actor, "scim-token/create", name);
+    store::audit::insert(&mut transaction, &[event]).await?;
+    transaction.commit().await?;
+    Ok((token, id))
+}
+
+/// Create a SCIM token from the command line.
+pub async fn create_token(store: &store::Store, name: &str) -> Result<String, StoreError> {
+    create_token_by(store, "cli", name).await.map(|(token, _)| token)
+}
+
+/// Revoke a SCIM token by id or name; the revocation is an audit event.
+pub async fn revoke_token(store: &store::Store, actor: &str, id_or_name: &str) -> Result<(), StoreError> {
+    let mut transaction = store.begin_write().await?;
+    let tokens = store::directory::list_scim_tokens(&mut transaction).await?;
+    let live: Vec<_> = tokens
+        .iter()
+        .filter(|token| token.revoked_at.is_none() && (token.id == id_or_name || token.name == id_or_name))
+        .collect();
+    let token = match live.as_slice() {
+        [token] => *token,
+        [] => return Err(StoreError::NotFound(format!("no live SCIM token with id or name {id_or_name:?}"))),
+        _ => {
+            return Err(StoreError::Conflict(format!(
+                "several live SCIM tokens are named {id_or_name:?}; revoke one by its id"
+            )));
+        }
+    };
+    store::directory::revoke_scim_token(&mut transaction, &token.id).await?;
+    store::audit::insert(&mut transaction, &[token_event(actor, "scim-token/revoke", &token.name)]).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+fn token_event(actor: &str, method: &str, name: &str) -> AuditEvent {
+    AuditEvent {
+        id: new_id(),
+        ts: now_ms(),
+        user_id: None,
+        principal: actor.to_owned(),
+        server: None,
+        method: method.to_owned(),
+        target: Some(name.to_owned()),
+        sealed_arguments: None,
+        arguments_digest: None,
+        decision: "allow",
+        reason: format!("SCIM token {name:?}"),
+        outcome: "ok".into(),
+        error: None,
+        latency_us: None,
+        client_name: None,
+        client_version: None,
+        ip: None,
+        correlation_id: random_token(12),
+        replica: String::new(),
+    }
 }
 
 /// Where resources live, for `meta.location`.

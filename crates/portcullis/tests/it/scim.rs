@@ -286,3 +286,54 @@ async fn scim2_tester_passes_every_check() {
     assert!(passed >= 100, "too few checks ran ({passed}): {report}");
     assert!(!report.contains(&token), "the token must not be echoed");
 }
+
+/// IT admins create and revoke identity providers' tokens through the API; both are audit
+/// events, and a revoked token is refused at once.
+#[tokio::test]
+async fn scim_tokens_are_managed_by_admins_and_audited() {
+    let gw = TestGateway::start().await;
+    gw.apply("[[users]]\nemail = \"it@example.com\"\nroles = [\"it-admin\"]\n[[users]]\nemail = \"numbers@example.com\"\nroles = [\"analytics-admin\"]\n").await;
+    let it = gw.api_key("it@example.com").await;
+    let numbers = gw.api_key("numbers@example.com").await;
+    let http = reqwest::Client::new();
+    let refused = http
+        .post(gw.url("/api/v1/scim-tokens"))
+        .bearer_auth(&numbers)
+        .json(&json!({"name": "okta"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let created =
+        http.post(gw.url("/api/v1/scim-tokens")).bearer_auth(&it).json(&json!({"name": "okta"})).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("pcscim_"));
+    let scim = Scim { http: http.clone(), base: gw.url("/scim/v2"), token: token.clone() };
+    assert_eq!(scim.send("GET", "/Users", None).await.0, 200);
+    let listed: Value =
+        http.get(gw.url("/api/v1/scim-tokens")).bearer_auth(&it).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["scim_tokens"][0]["name"], "okta");
+    assert!(listed["scim_tokens"][0]["last_used_at"].is_i64(), "{listed}");
+    assert!(!listed.to_string().contains(&token), "a listed token must not show the token");
+    let id = created["id"].as_str().unwrap();
+    let revoked = http.delete(gw.url(&format!("/api/v1/scim-tokens/{id}"))).bearer_auth(&it).send().await.unwrap();
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(scim.send("GET", "/Users", None).await.0, 401);
+    let again = http.delete(gw.url(&format!("/api/v1/scim-tokens/{id}"))).bearer_auth(&it).send().await.unwrap();
+    assert_eq!(again.status(), 404);
+    let events = gw.audit().await;
+    for method in ["scim-token/create", "scim-token/revoke"] {
+        assert!(
+            events.iter().any(|event| event.method == method
+                && event.principal == "it@example.com"
+                && event.target.as_deref() == Some("okta")),
+            "no {method} event"
+        );
+    }
+    assert!(
+        events.iter().all(|event| !format!("{event:?}").contains(&token)),
+        "the token must not be in the audit log"
+    );
+}
