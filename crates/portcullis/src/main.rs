@@ -365,7 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tokens = portcullis::store::directory::list_scim_tokens(&mut connection).await?;
             drop(connection);
             opened.close().await;
-            println!("{:<34} {:<20} {:<14} {}", "id", "name", "prefix", "state");
+            println!("{:<34} {:<20} {:<14} state", "id", "name", "prefix");
             for token in tokens {
                 let state = if token.revoked_at.is_some() { "revoked" } else { "live" };
                 println!("{:<34} {:<20} {:<14} {state}", token.id, token.name, token.prefix);
