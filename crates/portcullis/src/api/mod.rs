@@ -37,7 +37,7 @@ pub fn router() -> Router<AppState> {
         .route("/servers", get(list_servers))
         .route("/servers/{name}", get(get_server).put(put_server_handler).delete(delete_server))
         .route("/users", get(list_users))
-        .route("/users/{email}", axum::routing::put(put_user).delete(delete_user))
+        .route("/users/{email}", get(get_user).put(put_user).delete(delete_user))
         .route("/users/{email}/suspend", axum::routing::post(suspend_user))
         .route("/users/{email}/activate", axum::routing::post(activate_user))
         .route("/groups", get(list_groups))
@@ -303,6 +303,49 @@ fn person_json(person: &Person) -> Value {
         "external_id": person.external_id, "created_at": person.created_at, "updated_at": person.updated_at,
         "last_login_at": person.last_login_at,
     })
+}
+
+/// `GET /users/{email}`: one person with their groups, roles, the servers they can use and
+/// their recent activity (any admin role).
+async fn get_user(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(email): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let email = Email::parse(&email).map_err(|error| ApiError::BadRequest(error.0))?;
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let person = store::directory::list_people(&mut connection)
+        .await?
+        .into_iter()
+        .find(|person| person.email == email.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("no user with email {email}")))?;
+    let snapshot =
+        state.snapshot.current().map_err(|_| ApiError::Internal(StoreError::Open("stale snapshot".into())))?;
+    // What the data plane would decide now (a suspended person can use nothing).
+    let servers: Vec<&str> = match snapshot.users.get(&person.id) {
+        Some(entry) if entry.status == Status::Active => {
+            let principal = entry.principal();
+            let mut names: Vec<&str> = snapshot
+                .servers
+                .keys()
+                .filter(|server| {
+                    let request =
+                        policy::Request { server: server.as_str(), action: policy::Action::Connect, name: "" };
+                    snapshot.policy.decide(&principal, &request).is_allowed()
+                })
+                .map(String::as_str)
+                .collect();
+            names.sort_unstable();
+            names
+        }
+        _ => Vec::new(),
+    };
+    let filter = store::audit::Filter { user_id: Some(person.id.clone()), limit: 20, ..Default::default() };
+    let recent = store::audit::query(&mut connection, &filter).await?;
+    let mut body = person_json(&person);
+    body["servers"] = json!(servers);
+    body["recent_activity"] = json!(recent);
+    Ok(Json(json!({ "user": body })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,7 +60,8 @@ pub fn build() -> Value {
             }},
             "/users/{email}": {
                 "parameters": [{"name": "email", "in": "path", "required": true, "schema": string}],
-                "put": operation("Create or update a user and their groups (admin)", Some("User"), "200"),
+                "get": operation("One person: groups, roles, servers they can use, recent activity (any admin role)", None, "200"),
+                "put": operation("Create or update a user, their groups and admin roles (IT admin; roles: super admin)", Some("User"), "200"),
                 "delete": operation("Delete a user (admin)", None, "204")
             },
             "/users/{email}/suspend": {

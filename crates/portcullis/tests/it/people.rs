@@ -144,3 +144,35 @@ async fn unknown_admin_roles_are_refused_by_apply() {
     .to_string();
     assert!(error.contains("x@example.com") && error.contains("security-admin"), "{error}");
 }
+
+#[tokio::test]
+async fn a_person_shows_their_access_and_recent_activity() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "{}\n[[users]]\nemail = \"it@example.com\"\nroles = [\"it-admin\"]\n[[users]]\nemail = \"bob@example.com\"\n",
+        demo_server_toml("demo", &["ann@example.com"])
+    ))
+    .await;
+    let ann = gw.api_key("ann@example.com").await;
+    let it = gw.api_key("it@example.com").await;
+    let mut client = gw.client("demo", Some(&ann));
+    client.initialize().await;
+    client.call_tool("echo", json!({"message": "hello"})).await;
+    gw.state.audit.flush().await;
+    let http = reqwest::Client::new();
+    let detail = |email: &'static str| {
+        let request = http.get(gw.url(&format!("/api/v1/users/{email}"))).bearer_auth(&it);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let user = &detail("ann@example.com").await["user"];
+    assert_eq!(user["servers"], json!(["demo"]));
+    assert_eq!(user["status"], "active");
+    let methods: Vec<&str> =
+        user["recent_activity"].as_array().unwrap().iter().filter_map(|event| event["method"].as_str()).collect();
+    assert!(methods.contains(&"tools/call") && methods.contains(&"initialize"), "{methods:?}");
+    assert_eq!(detail("bob@example.com").await["user"]["servers"], json!([]));
+    let missing = http.get(gw.url("/api/v1/users/nobody@example.com")).bearer_auth(&it).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let forbidden = http.get(gw.url("/api/v1/users/ann@example.com")).bearer_auth(&ann).send().await.unwrap();
+    assert_eq!(forbidden.status(), 403);
+}
