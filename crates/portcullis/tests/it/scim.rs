@@ -337,3 +337,31 @@ async fn scim_tokens_are_managed_by_admins_and_audited() {
         "the token must not be in the audit log"
     );
 }
+
+/// Removing someone from the group that grants them a server (over SCIM) refuses their next
+/// call to it.
+#[tokio::test]
+async fn removal_from_a_granting_group_refuses_the_next_call() {
+    let gw = TestGateway::start().await;
+    let scim = Scim::new(&gw).await;
+    let user = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "eve@example.com"});
+    let (_, eve) = scim.send("POST", "/Users", Some(&user)).await;
+    let eve_id = eve["id"].as_str().unwrap().to_owned();
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Support",
+                       "members": [{"value": eve_id}]});
+    let (status, support) = scim.send("POST", "/Groups", Some(&group)).await;
+    assert_eq!(status, 201, "{support}");
+    let group_id = support["id"].as_str().unwrap().to_owned();
+    // The grant names the group as apply spells it (case-insensitive match).
+    gw.apply(&format!("{}\n[[grants]]\nserver = \"demo\"\ngroups = [\"support\"]\n", demo_server_toml("demo", &[])))
+        .await;
+    let key = gw.api_key("eve@example.com").await;
+    let mut client = gw.client("demo", Some(&key));
+    assert_eq!(client.initialize().await.status, 200);
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "in"})).await), "in");
+    let remove = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                        "Operations": [{"op": "remove", "path": format!("members[value eq \"{eve_id}\"]")}]});
+    assert_eq!(scim.send("PATCH", &format!("/Groups/{group_id}"), Some(&remove)).await.0, 200);
+    let refused = client.call_tool("echo", json!({"message": "out"})).await;
+    assert_eq!(refused.error_code(), Some(-32030), "{}", refused.text);
+}
