@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::SnapshotHandle;
 use crate::store::Store;
 use crate::upstream::Upstreams;
-use crate::{api, proxy, scim};
+use crate::{api, console, proxy, scim};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
@@ -137,6 +137,7 @@ fn router(state: AppState) -> Router {
         .route("/sse/{server}/message", axum::routing::post(proxy::legacy::message))
         .nest("/api/v1", api::router())
         .nest("/scim/v2", scim::router(state.clone()))
+        .merge(console::router(state.clone()))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

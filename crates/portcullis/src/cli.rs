@@ -164,3 +164,16 @@ pub async fn set_user_status(store: &Store, email: &str, status: Status) -> anyh
     transaction.commit().await?;
     Ok(before)
 }
+
+/// Set a user's console password after checking its strength; the hash is argon2id.
+pub async fn set_password(store: &Store, email: &str, password: &str) -> anyhow::Result<()> {
+    crate::auth::password::check(password, email)?;
+    let mut transaction = store.begin_write().await?;
+    let account = crate::store::accounts::by_email(&mut transaction, email)
+        .await?
+        .with_context(|| format!("no user with email {email:?}; add them with apply first"))?;
+    crate::store::accounts::set_password(&mut transaction, &account.user_id, &crate::auth::password::hash(password))
+        .await?;
+    transaction.commit().await?;
+    Ok(())
+}

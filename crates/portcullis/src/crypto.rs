@@ -72,6 +72,8 @@ impl SecretKey {
             secrets: Sealer::new(&expand(b"secrets")),
             audit_arguments: Sealer::new(&expand(b"audit-arguments")),
             audit_digest: hmac::Key::new(hmac::HMAC_SHA256, &expand(b"audit-digest")),
+            console: Sealer::new(&expand(b"console")),
+            csrf: hmac::Key::new(hmac::HMAC_SHA256, &expand(b"csrf")),
         }
     }
 }
@@ -87,6 +89,10 @@ pub struct Keys {
     pub audit_arguments: Sealer,
     /// Keys the digest of tool arguments, so equal arguments can be found without decrypting.
     audit_digest: hmac::Key,
+    /// Seals console cookies (sessions, an enrolment in progress).
+    pub console: Sealer,
+    /// Signs the console's CSRF tokens.
+    csrf: hmac::Key,
 }
 
 impl fmt::Debug for Keys {
@@ -99,6 +105,17 @@ impl Keys {
     /// A keyed digest (HMAC-SHA256, hex) of `bytes`.
     pub fn audit_digest(&self, bytes: &[u8]) -> String {
         hex(hmac::sign(&self.audit_digest, bytes).as_ref())
+    }
+
+    /// The CSRF token for the browser holding the CSRF cookie `nonce`.
+    pub fn csrf_token(&self, nonce: &str) -> String {
+        hex(hmac::sign(&self.csrf, nonce.as_bytes()).as_ref())
+    }
+
+    /// Is `token` the CSRF token for `nonce`? (Constant time.)
+    pub fn csrf_valid(&self, nonce: &str, token: &str) -> bool {
+        let Some(bytes) = unhex(token) else { return false };
+        hmac::verify(&self.csrf, nonce.as_bytes(), &bytes).is_ok()
     }
 }
 
@@ -191,6 +208,14 @@ pub fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[(byte & 15) as usize] as char);
     }
     out
+}
+
+/// Bytes from lower- or upper-case hex; `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|index| u8::from_str_radix(text.get(index..index + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

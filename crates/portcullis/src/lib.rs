@@ -31,6 +31,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod edge;

@@ -203,6 +203,15 @@ enum UserCommand {
         #[arg(long)]
         user: String,
     },
+    /// Set a user's console password (read from the first line of standard input), for small
+    /// installs and break-glass access.
+    SetPassword {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's email.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -311,11 +320,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 None
             };
+            let public_url = config.public_url.clone();
             let app = App::build(config).await?;
             let address = app.address();
             println!("listening on http://{address}");
             if let Some(key) = demo_key {
                 print_demo_instructions(address, &key);
+            }
+            let base = public_url.unwrap_or_else(|| {
+                let host =
+                    if address.ip().is_unspecified() { "127.0.0.1".to_owned() } else { address.ip().to_string() };
+                format!("http://{host}:{}", address.port())
+            });
+            if let Some(link) = portcullis::console::first_run_link(&app.state().store, &base).await? {
+                println!();
+                println!("First run: no super admin can sign in yet. Open this link to create one");
+                println!("(it works once, for 24 hours; restart for a new one):");
+                println!("  {link}");
             }
             app.run_until_stopped(shutdown_signal()).await
         }
@@ -381,18 +402,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("revoked SCIM token {token}");
             Ok(())
         }
-        Command::User { command } => {
-            let (store, user, status) = match command {
-                UserCommand::Suspend { store, user } => (store, user, Status::Suspended),
-                UserCommand::Activate { store, user } => (store, user, Status::Active),
-            };
+        Command::User { command: UserCommand::SetPassword { store, user } } => {
             let config = store.load(RawSettings::new())?;
             init_logging(None);
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
             let opened = Store::open(&config.store).await?;
-            let before = portcullis::cli::set_user_status(&opened, &user, status).await?;
+            portcullis::cli::set_password(&opened, &user, password).await?;
             opened.close().await;
-            println!("{user}: {} (was {})", status.as_str(), before.as_str());
+            println!("{user}: password set");
             Ok(())
+        }
+        Command::User { command: UserCommand::Suspend { store, user } } => {
+            set_status(store, &user, Status::Suspended).await
+        }
+        Command::User { command: UserCommand::Activate { store, user } } => {
+            set_status(store, &user, Status::Active).await
         }
         Command::Connect { url, api_key } => {
             init_logging(None);
@@ -432,6 +458,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `portcullis user suspend|activate`.
+async fn set_status(store: StoreArgs, user: &str, status: Status) -> anyhow::Result<()> {
+    let config = store.load(RawSettings::new())?;
+    init_logging(None);
+    let opened = Store::open(&config.store).await?;
+    let before = portcullis::cli::set_user_status(&opened, user, status).await?;
+    opened.close().await;
+    println!("{user}: {} (was {})", status.as_str(), before.as_str());
+    Ok(())
 }
 
 fn print_demo_instructions(address: std::net::SocketAddr, key: &str) {

@@ -237,7 +237,8 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     }
 }
 
-fn iso_time(ms: i64) -> String {
+/// Milliseconds since the epoch as an RFC 3339 UTC time.
+pub fn iso_time(ms: i64) -> String {
     let seconds = ms.div_euclid(1000);
     let days = seconds.div_euclid(86_400);
     let time = seconds.rem_euclid(86_400);

@@ -8,9 +8,12 @@
 //!   tells every replica when to reload its snapshot.
 //! - [`directory`]: people and groups as an identity provider sees them (SCIM), account
 //!   status, roles, and SCIM tokens.
+//! - [`accounts`]: local accounts (passwords, TOTP, recovery codes, console session epochs)
+//!   and first-run setup tokens.
 //! - [`audit`]: audit events (group-committed inserts, outcome updates, queries).
 //! - [`replicas`]: which replicas are alive and where to reach them.
 
+pub mod accounts;
 pub mod audit;
 pub mod directory;
 pub mod registry;
@@ -75,6 +78,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "identity",
         sqlite: include_str!("migrations/0003_identity.sqlite.sql"),
         postgres: include_str!("migrations/0003_identity.postgres.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "accounts",
+        sqlite: include_str!("migrations/0004_accounts.sqlite.sql"),
+        postgres: include_str!("migrations/0004_accounts.postgres.sql"),
     },
 ];
 

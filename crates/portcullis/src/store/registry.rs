@@ -25,7 +25,7 @@ pub async fn bump_revision(connection: &mut AnyConnection) -> Result<(), StoreEr
     Ok(())
 }
 
-fn json_list(text: &str) -> Vec<String> {
+pub(crate) fn json_list(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_default()
 }
 

@@ -5,6 +5,7 @@ mod support;
 mod apply;
 mod bad_input;
 mod conformance;
+mod console;
 mod data_plane;
 mod peers;
 mod people;

@@ -1,6 +1,9 @@
-//! Authentication: who is calling. In this version, personal API keys sent as
+//! Authentication: who is calling. On the data plane, personal API keys sent as
 //! `Authorization: Bearer <key>`; a missing key is the anonymous principal (served only by
-//! public servers).
+//! public servers). [`password`] and [`totp`] are the primitives of local accounts.
+
+pub mod password;
+pub mod totp;
 
 use crate::crypto::{random_token, sha256_hex};
 use crate::snapshot::{Snapshot, UserEntry};

@@ -1,0 +1,1115 @@
+//! The web console: server-rendered pages that work without JavaScript, under a strict
+//! Content-Security-Policy, with a CSRF token on every form.
+//!
+//! Sign-in is local accounts for now: an argon2id password, then a TOTP code for everyone who
+//! enrolled and for every admin (admins must enrol before they can do anything else). A
+//! session is a cookie sealed with the deployment key; it lapses after 30 idle minutes and 12
+//! hours in all, and ends everywhere when the person's session epoch is raised ("sign out
+//! everywhere") or they are suspended. First run prints a one-time setup link that creates the
+//! first super admin.
+
+pub mod html;
+
+use crate::app::AppState;
+use crate::audit::AuditEvent;
+use crate::auth::{password, totp};
+use crate::crypto::{new_id, random_token, sha256_hex};
+use crate::registry::{AdminRole, Email, Status};
+use crate::store::{self, StoreError, accounts::Account, now_ms};
+use axum::Router;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use html::{Field, Html, Viewer, esc, note, page, table, text};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SESSION_COOKIE: &str = "portcullis_session";
+const CSRF_COOKIE: &str = "portcullis_csrf";
+const ENROL_COOKIE: &str = "portcullis_enrol";
+/// A session lapses after this long without a request…
+const IDLE: u64 = 30 * 60;
+/// …and after this long in all.
+const ABSOLUTE: u64 = 12 * 60 * 60;
+/// Failed sign-ins per email before further attempts wait.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// How long a first-run setup link works.
+const SETUP_LIFETIME_MS: i64 = 24 * 60 * 60 * 1000;
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { redirect("/console") }))
+        .route("/console/style.css", get(style))
+        .route("/login", get(login_page).post(login))
+        .route("/login/mfa", get(second_factor_page).post(second_factor))
+        .route("/logout", post(logout))
+        .route("/logout/everywhere", post(logout_everywhere))
+        .route("/setup", get(setup_page).post(setup))
+        .route("/console", get(home))
+        .route("/console/api-keys", post(create_key))
+        .route("/console/api-keys/{id}/revoke", post(revoke_key))
+        .route("/console/mfa", get(enrol_page).post(enrol))
+        .route("/console/users", get(users))
+        .layer(middleware::from_fn_with_state(state, security_headers))
+}
+
+/// Headers on every console response: the CSP, no framing, no sniffing, no caching of pages
+/// that may show secrets.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        include_str!("style.css"),
+    )
+        .into_response()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+fn redirect(to: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn html_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+fn with_cookies(mut response: Response, cookies: Vec<String>) -> Response {
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+/// The value of cookie `name` in the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// A `Set-Cookie` value; `Secure` when the console is served over HTTPS.
+fn set_cookie(state: &AppState, name: &str, value: &str, path: &str, same_site: &str, max_age: u64) -> String {
+    let secure = state.config.public_url.as_deref().is_some_and(|url| url.starts_with("https://"));
+    format!(
+        "{name}={value}; Path={path}; HttpOnly; SameSite={same_site}; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+fn clear_cookie(name: &str, path: &str) -> String {
+    format!("{name}=; Path={path}; HttpOnly; Max-Age=0")
+}
+
+/// The browser's CSRF token: (token for forms, a cookie to set when the browser has none).
+fn csrf(state: &AppState, headers: &HeaderMap) -> (String, Option<String>) {
+    match cookie(headers, CSRF_COOKIE) {
+        Some(nonce) => (state.keys.csrf_token(nonce), None),
+        None => {
+            let nonce = random_token(16);
+            (state.keys.csrf_token(&nonce), Some(set_cookie(state, CSRF_COOKIE, &nonce, "/", "Strict", ABSOLUTE)))
+        }
+    }
+}
+
+fn csrf_ok(state: &AppState, headers: &HeaderMap, token: &str) -> bool {
+    cookie(headers, CSRF_COOKIE).is_some_and(|nonce| state.keys.csrf_valid(nonce, token))
+}
+
+fn csrf_refusal() -> Response {
+    let body = page(
+        "This form expired",
+        None,
+        note("error", "The page was open too long or came from elsewhere. Go back, reload it and try again."),
+    );
+    html_response(StatusCode::FORBIDDEN, body)
+}
+
+/// What the session cookie holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    /// User id.
+    u: String,
+    /// The user's session epoch when it was issued.
+    e: i64,
+    /// Issued at (Unix seconds).
+    i: u64,
+    /// Last seen (Unix seconds).
+    s: u64,
+    /// The second factor is done (or not needed).
+    m: bool,
+}
+
+fn session_cookie(state: &AppState, session: &Session) -> String {
+    let sealed = state.keys.console.seal_text(&serde_json::to_vec(session).unwrap_or_default(), b"console-session");
+    set_cookie(state, SESSION_COOKIE, &sealed, "/", "Lax", ABSOLUTE)
+}
+
+/// A signed-in person.
+struct Signed {
+    session: Session,
+    account: Account,
+    /// A refreshed session cookie to send back (sliding idle expiry).
+    refreshed: Option<String>,
+}
+
+impl Signed {
+    fn admin(&self) -> bool {
+        !self.account.admin_roles.is_empty()
+    }
+}
+
+/// The session of the request, if it is valid now: sealed by us, within its idle and absolute
+/// lifetimes, its person active and its epoch current.
+async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Option<Signed>, StoreError> {
+    let Some(value) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+    let Ok(bytes) = state.keys.console.open_text(value, b"console-session") else { return Ok(None) };
+    let Ok(mut session) = serde_json::from_slice::<Session>(&bytes) else { return Ok(None) };
+    let now = unix_now();
+    if now.saturating_sub(session.s) > IDLE || now.saturating_sub(session.i) > ABSOLUTE {
+        return Ok(None);
+    }
+    let mut connection = state.store.pool.acquire().await?;
+    let Some(account) = store::accounts::by_id(&mut connection, &session.u).await? else { return Ok(None) };
+    if account.status != Status::Active || account.session_epoch != session.e {
+        return Ok(None);
+    }
+    let refreshed = (now.saturating_sub(session.s) > 60).then(|| {
+        session.s = now;
+        session_cookie(state, &session)
+    });
+    Ok(Some(Signed { session, account, refreshed }))
+}
+
+/// The signed-in person who completed sign-in, or the response that sends them where they
+/// must go first (sign in, the second factor, or enrolment for admins).
+async fn require(state: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
+    let signed = signed_in(state, headers).await.map_err(|error| failure(&error))?;
+    let Some(signed) = signed else { return Err(redirect("/login")) };
+    if !signed.session.m {
+        let to = if signed.account.totp_secret.is_some() { "/login/mfa" } else { "/console/mfa" };
+        return Err(redirect(to));
+    }
+    Ok(signed)
+}
+
+fn failure(error: &StoreError) -> Response {
+    tracing::error!(%error, "console request failed in the store");
+    html_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        page("Something went wrong", None, note("error", "The store did not answer. Try again in a moment.")),
+    )
+}
+
+/// Does this account need a second factor at sign-in? Every admin does (MFA is enforced for
+/// admin roles), and everyone who enrolled.
+fn needs_second_factor(account: &Account) -> bool {
+    !account.admin_roles.is_empty() || account.totp_secret.is_some()
+}
+
+fn audit(state: &AppState, account: Option<&Account>, principal: &str, method: &str, allowed: bool, reason: &str) {
+    state.audit.record(AuditEvent {
+        id: new_id(),
+        ts: now_ms(),
+        user_id: account.map(|account| account.user_id.clone()),
+        principal: principal.to_owned(),
+        server: None,
+        method: method.to_owned(),
+        target: None,
+        sealed_arguments: None,
+        arguments_digest: None,
+        decision: if allowed { "allow" } else { "deny" },
+        reason: reason.to_owned(),
+        outcome: if allowed { "ok" } else { "denied" }.into(),
+        error: None,
+        latency_us: None,
+        client_name: None,
+        client_version: None,
+        ip: None,
+        correlation_id: random_token(12),
+        replica: state.replica.to_string(),
+    });
+}
+
+/// Failed sign-ins per email: (failures, window start).
+fn failures() -> &'static Mutex<HashMap<String, (u32, std::time::Instant)>> {
+    static FAILURES: std::sync::OnceLock<Mutex<HashMap<String, (u32, std::time::Instant)>>> =
+        std::sync::OnceLock::new();
+    FAILURES.get_or_init(Default::default)
+}
+
+/// Minutes to wait before `email` may try again, if it must.
+fn locked_out(email: &str) -> Option<u64> {
+    let failures = failures().lock().ok()?;
+    let (count, since) = failures.get(email)?;
+    let left = FAILURE_WINDOW.checked_sub(since.elapsed())?;
+    (*count >= MAX_FAILURES).then(|| left.as_secs().div_ceil(60).max(1))
+}
+
+fn note_failure(email: &str) {
+    if let Ok(mut failures) = failures().lock() {
+        let entry = failures.entry(email.to_owned()).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() > FAILURE_WINDOW {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+fn clear_failures(email: &str) {
+    if let Ok(mut failures) = failures().lock() {
+        failures.remove(email);
+    }
+}
+
+fn login_form(csrf: &str, email: &str, message: Option<&str>) -> String {
+    let mut content = Html::new();
+    if let Some(message) = message {
+        content.push(note("error", message));
+    }
+    content.push(html::form(
+        "/login",
+        csrf,
+        &[
+            Field { name: "email", label: "Email", kind: "email", value: email, autocomplete: "username" },
+            Field {
+                name: "password",
+                label: "Password",
+                kind: "password",
+                value: "",
+                autocomplete: "current-password",
+            },
+        ],
+        "Sign in",
+    ));
+    page("Sign in", None, content)
+}
+
+async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (token, set) = csrf(&state, &headers);
+    with_cookies(html_response(StatusCode::OK, login_form(&token, "", None)), set.into_iter().collect())
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    email: String,
+    password: String,
+}
+
+async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let (token, _) = csrf(&state, &headers);
+    let email = form.email.trim().to_lowercase();
+    if let Some(minutes) = locked_out(&email) {
+        audit(&state, None, &email, "console/login", false, "too many failed attempts");
+        let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
+        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&token, &email, Some(&message)));
+    }
+    let account = match async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::accounts::by_email(&mut connection, &email).await
+    }
+    .await
+    {
+        Ok(account) => account,
+        Err(error) => return failure(&error),
+    };
+    // Verify against a decoy when there is no password, so timing says nothing.
+    let stored = account.as_ref().and_then(|account| account.password_hash.clone());
+    let matches = password::verify(&form.password, stored.as_deref().unwrap_or(password::decoy())) && stored.is_some();
+    let account = match account {
+        Some(account) if matches && account.status == Status::Active => account,
+        found => {
+            note_failure(&email);
+            let reason = match &found {
+                Some(account) if matches => format!("the account is {}", account.status.as_str()),
+                _ => "wrong email or password".to_owned(),
+            };
+            audit(&state, found.as_ref(), &email, "console/login", false, &reason);
+            let message = "The email or password is not right, or the account cannot sign in.";
+            return html_response(StatusCode::UNAUTHORIZED, login_form(&token, &email, Some(message)));
+        }
+    };
+    clear_failures(&email);
+    let now = unix_now();
+    let second = needs_second_factor(&account);
+    let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: !second };
+    if !second {
+        finish_sign_in(&state, &account).await;
+    }
+    let to = match (second, account.totp_secret.is_some()) {
+        (false, _) => "/console",
+        (true, true) => "/login/mfa",
+        (true, false) => "/console/mfa",
+    };
+    with_cookies(redirect(to), vec![session_cookie(&state, &session)])
+}
+
+async fn finish_sign_in(state: &AppState, account: &Account) {
+    if let Ok(mut connection) = state.store.pool.acquire().await
+        && let Err(error) = store::accounts::record_login(&mut connection, &account.user_id).await
+    {
+        tracing::warn!(%error, "cannot record the sign-in time");
+    }
+    audit(state, Some(account), &account.email, "console/login", true, "signed in");
+}
+
+async fn second_factor_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let signed = match signed_in(&state, &headers).await {
+        Ok(Some(signed)) if signed.account.totp_secret.is_some() => signed,
+        Ok(_) => return redirect("/login"),
+        Err(error) => return failure(&error),
+    };
+    let (token, set) = csrf(&state, &headers);
+    let body = second_factor_form(&token, &signed.account.email, None);
+    with_cookies(html_response(StatusCode::OK, body), set.into_iter().collect())
+}
+
+fn second_factor_form(csrf: &str, email: &str, message: Option<&str>) -> String {
+    let mut content = Html::new();
+    content.push(note("hint", &format!("Signing in as {email}.")));
+    if let Some(message) = message {
+        content.push(note("error", message));
+    }
+    content.push(note("hint", "Type the 6-digit code from your authenticator app, or one of your recovery codes."));
+    content.push(html::form(
+        "/login/mfa",
+        csrf,
+        &[Field { name: "code", label: "Code", kind: "text", value: "", autocomplete: "one-time-code" }],
+        "Continue",
+    ));
+    page("Two-step sign-in", None, content)
+}
+
+#[derive(Deserialize)]
+struct CodeForm {
+    #[serde(default)]
+    csrf: String,
+    code: String,
+}
+
+async fn second_factor(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CodeForm>) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let signed = match signed_in(&state, &headers).await {
+        Ok(Some(signed)) if signed.account.totp_secret.is_some() => signed,
+        Ok(_) => return redirect("/login"),
+        Err(error) => return failure(&error),
+    };
+    let account = &signed.account;
+    if let Some(minutes) = locked_out(&account.email) {
+        let (token, _) = csrf(&state, &headers);
+        let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
+        return html_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            second_factor_form(&token, &account.email, Some(&message)),
+        );
+    }
+    let accepted = match check_second_factor(&state, account, &form.code).await {
+        Ok(accepted) => accepted,
+        Err(error) => return failure(&error),
+    };
+    if !accepted {
+        note_failure(&account.email);
+        audit(&state, Some(account), &account.email, "console/login.second-factor", false, "wrong or reused code");
+        let (token, _) = csrf(&state, &headers);
+        let message = "That code is not right (or was used already). Try the next one.";
+        return html_response(StatusCode::UNAUTHORIZED, second_factor_form(&token, &account.email, Some(message)));
+    }
+    clear_failures(&account.email);
+    finish_sign_in(&state, account).await;
+    let session = Session { m: true, s: unix_now(), ..signed.session };
+    with_cookies(redirect("/console"), vec![session_cookie(&state, &session)])
+}
+
+/// A TOTP code (each good once) or an unused recovery code.
+async fn check_second_factor(state: &AppState, account: &Account, typed: &str) -> Result<bool, StoreError> {
+    let mut connection = state.store.pool.acquire().await?;
+    let digits = typed.chars().filter(|character| !character.is_whitespace()).count() == totp::DIGITS as usize
+        && typed.chars().filter(|character| !character.is_whitespace()).all(|character| character.is_ascii_digit());
+    if !digits {
+        return store::accounts::use_recovery_code(&mut connection, &account.user_id, &totp::recovery_hash(typed))
+            .await;
+    }
+    let Some(secret) = account.totp_secret.as_deref().and_then(|sealed| open_secret(state, &account.user_id, sealed))
+    else {
+        return Ok(false);
+    };
+    let last = store::accounts::totp_last_step(&mut connection, &account.user_id).await?;
+    match totp::verify(&secret, typed, unix_now(), last) {
+        Some(step) => store::accounts::advance_totp_step(&mut connection, &account.user_id, step).await,
+        None => Ok(false),
+    }
+}
+
+fn open_secret(state: &AppState, user_id: &str, sealed: &str) -> Option<totp::Secret> {
+    let context = format!("totp:{user_id}");
+    state.keys.secrets.open_text(sealed, context.as_bytes()).ok().map(|bytes| totp::Secret::from_bytes(&bytes))
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    if let Ok(Some(signed)) = signed_in(&state, &headers).await {
+        audit(&state, Some(&signed.account), &signed.account.email, "console/logout", true, "signed out");
+    }
+    with_cookies(redirect("/login"), vec![clear_cookie(SESSION_COOKIE, "/")])
+}
+
+async fn logout_everywhere(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let signed = match require(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let ended = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::accounts::bump_session_epoch(&mut connection, &signed.account.user_id).await
+    }
+    .await;
+    if let Err(error) = ended {
+        return failure(&error);
+    }
+    audit(
+        &state,
+        Some(&signed.account),
+        &signed.account.email,
+        "console/logout-everywhere",
+        true,
+        "every session ended",
+    );
+    with_cookies(redirect("/login"), vec![clear_cookie(SESSION_COOKIE, "/")])
+}
+
+/// Create a one-time link that makes the first super admin, when no super admin can sign in
+/// yet; `None` otherwise. The link works once, for 24 hours.
+pub async fn first_run_link(store: &store::Store, base_url: &str) -> Result<Option<String>, StoreError> {
+    let mut connection = store.pool.acquire().await?;
+    if store::accounts::has_signing_in_super_admin(&mut connection).await? {
+        return Ok(None);
+    }
+    let token = random_token(24);
+    store::accounts::insert_setup_token(&mut connection, &sha256_hex(token.as_bytes()), now_ms() + SETUP_LIFETIME_MS)
+        .await?;
+    Ok(Some(format!("{}/setup?token={token}", base_url.trim_end_matches('/'))))
+}
+
+#[derive(Deserialize)]
+struct SetupQuery {
+    token: Option<String>,
+}
+
+fn setup_form(csrf: &str, token: &str, email: &str, name: &str, message: Option<&str>) -> String {
+    let mut content = Html::new();
+    content.push(note("hint", "Create the first super admin. You will set up two-step sign-in next."));
+    if let Some(message) = message {
+        content.push(note("error", message));
+    }
+    let action = format!("/setup?token={}", token);
+    content.push(html::form(
+        &action,
+        csrf,
+        &[
+            Field { name: "email", label: "Email", kind: "email", value: email, autocomplete: "username" },
+            Field { name: "name", label: "Name", kind: "text", value: name, autocomplete: "name" },
+            Field {
+                name: "password",
+                label: "Password (12 characters or more)",
+                kind: "password",
+                value: "",
+                autocomplete: "new-password",
+            },
+            Field {
+                name: "confirm",
+                label: "Password again",
+                kind: "password",
+                value: "",
+                autocomplete: "new-password",
+            },
+        ],
+        "Create the super admin",
+    ));
+    page("Set up Portcullis", None, content)
+}
+
+fn setup_refusal() -> Response {
+    let message = "This setup link was used already or has expired. Restart `portcullis serve` for a new one \
+                   (it prints one while no super admin can sign in).";
+    html_response(StatusCode::FORBIDDEN, page("Set up Portcullis", None, note("error", message)))
+}
+
+async fn setup_page(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<SetupQuery>) -> Response {
+    let token = query.token.unwrap_or_default();
+    let valid = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::accounts::setup_token_valid(&mut connection, &sha256_hex(token.as_bytes())).await
+    }
+    .await;
+    match valid {
+        Ok(true) => {}
+        Ok(false) => return setup_refusal(),
+        Err(error) => return failure(&error),
+    }
+    let (csrf_token, set) = csrf(&state, &headers);
+    with_cookies(
+        html_response(StatusCode::OK, setup_form(&csrf_token, &token, "", "", None)),
+        set.into_iter().collect(),
+    )
+}
+
+#[derive(Deserialize)]
+struct SetupForm {
+    #[serde(default)]
+    csrf: String,
+    email: String,
+    #[serde(default)]
+    name: String,
+    password: String,
+    confirm: String,
+}
+
+async fn setup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<SetupQuery>,
+    Form(form): Form<SetupForm>,
+) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let token = query.token.unwrap_or_default();
+    let (csrf_token, _) = csrf(&state, &headers);
+    let again = |message: &str| {
+        html_response(StatusCode::BAD_REQUEST, setup_form(&csrf_token, &token, &form.email, &form.name, Some(message)))
+    };
+    let email = match Email::parse(&form.email) {
+        Ok(email) => email,
+        Err(error) => return again(&error.0),
+    };
+    if form.password != form.confirm {
+        return again("The two passwords differ.");
+    }
+    if let Err(error) = password::check(&form.password, email.as_str()) {
+        return again(&error.0);
+    }
+    let hash = password::hash(&form.password);
+    let created = async {
+        let mut transaction = state.store.begin_write().await?;
+        if !store::accounts::use_setup_token(&mut transaction, &sha256_hex(token.as_bytes())).await? {
+            return Ok(None);
+        }
+        let id = store::registry::upsert_user(&mut transaction, email.as_str(), form.name.trim(), false).await?;
+        let (added, removed) =
+            store::directory::set_admin_roles(&mut transaction, &id, &[AdminRole::SuperAdmin]).await?;
+        let events = crate::audit::role_changes("setup", email.as_str(), &added, &removed, &state.replica);
+        store::audit::insert(&mut transaction, &events).await?;
+        store::accounts::set_password(&mut transaction, &id, &hash).await?;
+        let account = store::accounts::by_id(&mut transaction, &id).await?;
+        transaction.commit().await?;
+        Ok::<_, StoreError>(account)
+    }
+    .await;
+    let account = match created {
+        Ok(Some(account)) => account,
+        Ok(None) => return setup_refusal(),
+        Err(error) => return failure(&error),
+    };
+    if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
+        tracing::warn!(%error, "snapshot reload after setup failed; the refresher will retry");
+    }
+    let now = unix_now();
+    let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: false };
+    with_cookies(redirect("/console/mfa"), vec![session_cookie(&state, &session)])
+}
+
+/// An enrolment in progress: the secret waits in a sealed cookie until a code confirms it.
+#[derive(Serialize, Deserialize)]
+struct Enrolment {
+    u: String,
+    k: String,
+}
+
+async fn enrol_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let signed = match signed_in(&state, &headers).await {
+        Ok(Some(signed)) => signed,
+        Ok(None) => return redirect("/login"),
+        Err(error) => return failure(&error),
+    };
+    let (csrf_token, set) = csrf(&state, &headers);
+    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    if signed.account.totp_secret.is_some() {
+        if !signed.session.m {
+            return redirect("/login/mfa");
+        }
+        let left = async {
+            let mut connection = state.store.pool.acquire().await?;
+            store::accounts::recovery_codes_left(&mut connection, &signed.account.user_id).await
+        }
+        .await
+        .unwrap_or(0);
+        let content = note("ok", &format!("Two-step sign-in is on. {left} recovery codes are left."));
+        let mut cookies: Vec<String> = set.into_iter().collect();
+        cookies.extend(signed.refreshed);
+        return with_cookies(html_response(StatusCode::OK, page("Two-step sign-in", Some(&viewer), content)), cookies);
+    }
+    let secret = totp::Secret::generate();
+    let enrolment = Enrolment { u: signed.account.user_id.clone(), k: secret.to_base32() };
+    let sealed = state.keys.console.seal_text(&serde_json::to_vec(&enrolment).unwrap_or_default(), b"console-enrol");
+    let mut cookies: Vec<String> = set.into_iter().collect();
+    cookies.push(set_cookie(&state, ENROL_COOKIE, &sealed, "/console/mfa", "Strict", 600));
+    let body = enrol_form(&state, &viewer, &secret, &signed.account.email, !signed.session.m, None);
+    with_cookies(html_response(StatusCode::OK, body), cookies)
+}
+
+fn enrol_form(
+    state: &AppState,
+    viewer: &Viewer<'_>,
+    secret: &totp::Secret,
+    email: &str,
+    required: bool,
+    message: Option<&str>,
+) -> String {
+    let issuer = state.config.public_url.as_deref().map_or("Portcullis".to_owned(), |url| format!("Portcullis {url}"));
+    let uri = secret.uri(&issuer, email);
+    let mut content = Html::new();
+    if required {
+        content.push(note("hint", "Administrators sign in with a second step. Set it up now to continue."));
+    }
+    if let Some(message) = message {
+        content.push(note("error", message));
+    }
+    content.push(note(
+        "hint",
+        "Scan this code with an authenticator app (or type the key below), then type the 6-digit code it shows.",
+    ));
+    if let Ok(code) = qrcode::QrCode::new(uri.as_bytes()) {
+        let svg = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(200, 200).build();
+        let svg = svg.split_once("?>").map_or(svg.as_str(), |(_, rest)| rest).to_owned();
+        content.push(Html::raw("<figure class=\"qr\" aria-label=\"QR code for the authenticator app\">"));
+        content.push(Html::trusted(svg));
+        content.push(Html::raw("</figure>"));
+    }
+    content.push(Html::trusted(format!("<p>Key: <code>{}</code></p>", esc(&secret.to_base32()))));
+    content.push(html::form(
+        "/console/mfa",
+        viewer.csrf,
+        &[Field { name: "code", label: "Code from the app", kind: "text", value: "", autocomplete: "one-time-code" }],
+        "Turn on two-step sign-in",
+    ));
+    page("Set up two-step sign-in", Some(viewer), content)
+}
+
+async fn enrol(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CodeForm>) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let signed = match signed_in(&state, &headers).await {
+        Ok(Some(signed)) if signed.account.totp_secret.is_none() => signed,
+        Ok(Some(_)) => return redirect("/console/mfa"),
+        Ok(None) => return redirect("/login"),
+        Err(error) => return failure(&error),
+    };
+    let enrolment = cookie(&headers, ENROL_COOKIE)
+        .and_then(|value| state.keys.console.open_text(value, b"console-enrol").ok())
+        .and_then(|bytes| serde_json::from_slice::<Enrolment>(&bytes).ok())
+        .filter(|enrolment| enrolment.u == signed.account.user_id);
+    let Some(secret) = enrolment.and_then(|enrolment| totp::Secret::from_base32(&enrolment.k)) else {
+        return redirect("/console/mfa");
+    };
+    let (csrf_token, _) = csrf(&state, &headers);
+    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    let Some(step) = totp::verify(&secret, &form.code, unix_now(), None) else {
+        let body = enrol_form(
+            &state,
+            &viewer,
+            &secret,
+            &signed.account.email,
+            !signed.session.m,
+            Some("That code is not right. Check the app's clock and type the newest code."),
+        );
+        return html_response(StatusCode::BAD_REQUEST, body);
+    };
+    let codes = totp::recovery_codes();
+    let hashes: Vec<String> = codes.iter().map(|(_, hash)| hash.clone()).collect();
+    let context = format!("totp:{}", signed.account.user_id);
+    let sealed = state.keys.secrets.seal_text(secret.as_bytes(), context.as_bytes());
+    let stored = async {
+        let mut transaction = state.store.begin_write().await?;
+        store::accounts::set_totp(&mut transaction, &signed.account.user_id, &sealed, step, &hashes).await?;
+        transaction.commit().await?;
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    if let Err(error) = stored {
+        return failure(&error);
+    }
+    audit(
+        &state,
+        Some(&signed.account),
+        &signed.account.email,
+        "console/mfa.enrol",
+        true,
+        "two-step sign-in turned on",
+    );
+    if !signed.session.m {
+        finish_sign_in(&state, &signed.account).await;
+    }
+    let mut content = Html::new();
+    content.push(note("ok", "Two-step sign-in is on."));
+    content.push(note(
+        "hint",
+        "These recovery codes let you in if you lose the app. Each works once. Keep them somewhere safe: they are shown only now.",
+    ));
+    let mut list = String::from("<ul class=\"codes\">");
+    for (code, _) in &codes {
+        list.push_str(&format!("<li><code>{}</code></li>", esc(code)));
+    }
+    list.push_str("</ul><p><a href=\"/console\">Continue to the console</a></p>");
+    content.push(Html::trusted(list));
+    let session = Session { m: true, s: unix_now(), ..signed.session };
+    let body = page("Recovery codes", Some(&viewer), content);
+    with_cookies(
+        html_response(StatusCode::OK, body),
+        vec![session_cookie(&state, &session), clear_cookie(ENROL_COOKIE, "/console/mfa")],
+    )
+}
+
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    match &state.config.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    }
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "—".to_owned(), crate::scim::iso_time)
+}
+
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let signed = match require(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let (csrf_token, set) = csrf(&state, &headers);
+    let base = base_url(&state, &headers);
+    let loaded = async {
+        let mut connection = state.store.pool.acquire().await?;
+        let keys = store::registry::list_api_keys(&mut connection).await?;
+        let filter =
+            store::audit::Filter { user_id: Some(signed.account.user_id.clone()), limit: 20, ..Default::default() };
+        let events = store::audit::query(&mut connection, &filter).await?;
+        Ok::<_, StoreError>((keys, events))
+    }
+    .await;
+    let (keys, events) = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => return failure(&error),
+    };
+    let mut content = Html::new();
+    content.push(text("h2", "Your servers"));
+    let servers = servers_of(&state, &signed.account.user_id);
+    if servers.is_empty() {
+        content.push(note("hint", "You cannot use any server yet. Ask an administrator for access."));
+    } else {
+        let rows: Vec<Vec<String>> = servers
+            .iter()
+            .map(|(name, description)| vec![name.clone(), description.clone(), format!("{base}/mcp/{name}")])
+            .collect();
+        content.push(table(&["Server", "Description", "Address for your MCP client"], &rows));
+        content.push(note("hint", &format!("Or use every server you may use through one address: {base}/mcp")));
+        let config = serde_json::json!({"mcpServers": {"portcullis": {"type": "http", "url": format!("{base}/mcp"),
+            "headers": {"Authorization": "Bearer <your API key>"}}}});
+        content.push(text("h3", "Client configuration"));
+        content.push(text("pre", &serde_json::to_string_pretty(&config).unwrap_or_default()));
+    }
+    content.push(text("h2", "Your API keys"));
+    let mine: Vec<_> = keys.iter().filter(|key| key.user_id == signed.account.user_id).collect();
+    if mine.is_empty() {
+        content.push(note("hint", "You have no API keys."));
+    } else {
+        let mut rows = String::from(
+            "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Starts with</th><th scope=\"col\">Created</th><th scope=\"col\">State</th><th scope=\"col\"></th></tr></thead><tbody>",
+        );
+        for key in mine {
+            let action = if key.revoked_at.is_none() {
+                format!(
+                    "<form method=\"post\" action=\"/console/api-keys/{}/revoke\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Revoke</button></form>",
+                    esc(&key.id),
+                    esc(&csrf_token)
+                )
+            } else {
+                String::new()
+            };
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                esc(&key.name),
+                esc(&key.prefix),
+                esc(&when(Some(key.created_at))),
+                if key.revoked_at.is_some() { "revoked" } else { "active" },
+            ));
+        }
+        rows.push_str("</tbody></table>");
+        content.push(Html::trusted(rows));
+    }
+    content.push(html::form(
+        "/console/api-keys",
+        &csrf_token,
+        &[Field { name: "name", label: "New key's name (e.g. laptop)", kind: "text", value: "", autocomplete: "off" }],
+        "Create an API key",
+    ));
+    content.push(text("h2", "Your recent activity"));
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|event| {
+            vec![
+                when(Some(event.time_ms)),
+                event.server.clone().unwrap_or_default(),
+                event.method.clone(),
+                event.target.clone().unwrap_or_default(),
+                event.outcome.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        content.push(note("hint", "Nothing yet."));
+    } else {
+        content.push(table(&["Time (UTC)", "Server", "Request", "Tool or resource", "Outcome"], &rows));
+    }
+    content.push(Html::trusted(format!(
+        "<form method=\"post\" action=\"/logout/everywhere\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out on every device</button></form>",
+        esc(&csrf_token)
+    )));
+    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    let mut cookies: Vec<String> = set.into_iter().collect();
+    cookies.extend(signed.refreshed);
+    with_cookies(html_response(StatusCode::OK, page("My servers", Some(&viewer), content)), cookies)
+}
+
+/// The servers the user may connect to now, with their descriptions, by name.
+fn servers_of(state: &AppState, user_id: &str) -> Vec<(String, String)> {
+    let Ok(snapshot) = state.snapshot.current() else { return Vec::new() };
+    let Some(user) = snapshot.users.get(user_id) else { return Vec::new() };
+    let principal = user.principal();
+    let mut servers: Vec<(String, String)> = snapshot
+        .servers
+        .values()
+        .filter(|entry| {
+            let request = policy::Request { server: &entry.server.name, action: policy::Action::Connect, name: "" };
+            snapshot.policy.decide(&principal, &request).is_allowed()
+        })
+        .map(|entry| (entry.server.name.clone(), entry.server.description.clone()))
+        .collect();
+    servers.sort();
+    servers
+}
+
+#[derive(Deserialize)]
+struct KeyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn create_key(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<KeyForm>) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let signed = match require(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let (key, hash, prefix) = crate::auth::new_api_key();
+    let created = async {
+        let mut transaction = state.store.begin_write().await?;
+        store::registry::insert_api_key(&mut transaction, &signed.account.user_id, form.name.trim(), &prefix, &hash)
+            .await?;
+        transaction.commit().await?;
+        Ok::<_, StoreError>(())
+    }
+    .await;
+    if let Err(error) = created {
+        return failure(&error);
+    }
+    if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
+        tracing::warn!(%error, "snapshot reload after a new API key failed; the refresher will retry");
+    }
+    audit(&state, Some(&signed.account), &signed.account.email, "console/api-key.create", true, form.name.trim());
+    let (csrf_token, _) = csrf(&state, &headers);
+    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    let mut content = Html::new();
+    content.push(note("hint", "Copy the key now: it is shown only once. Send it as \"Authorization: Bearer <key>\"."));
+    content.push(Html::trusted(format!("<p><code class=\"secret\">{}</code></p>", esc(&key))));
+    content.push(Html::raw("<p><a href=\"/console\">Back to my servers</a></p>"));
+    html_response(StatusCode::OK, page("Your new API key", Some(&viewer), content))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let signed = match require(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let revoked = async {
+        let mut connection = state.store.pool.acquire().await?;
+        let keys = store::registry::list_api_keys(&mut connection).await?;
+        // Only one's own keys, here; admins use the API for others'.
+        if !keys.iter().any(|key| key.id == id && key.user_id == signed.account.user_id && key.revoked_at.is_none()) {
+            return Ok(false);
+        }
+        store::registry::revoke_api_key(&mut connection, &id).await?;
+        Ok::<_, StoreError>(true)
+    }
+    .await;
+    match revoked {
+        Ok(true) => {
+            if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
+                tracing::warn!(%error, "snapshot reload after a revocation failed; the refresher will retry");
+            }
+            audit(&state, Some(&signed.account), &signed.account.email, "console/api-key.revoke", true, &id);
+            redirect("/console")
+        }
+        Ok(false) => html_response(
+            StatusCode::NOT_FOUND,
+            page("No such key", None, note("error", "You have no active API key with that id.")),
+        ),
+        Err(error) => failure(&error),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct UsersQuery {
+    status: Option<String>,
+    role: Option<String>,
+    group: Option<String>,
+}
+
+/// Admins: everyone, filtered by status, role and group.
+async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<UsersQuery>) -> Response {
+    let signed = match require(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    if !signed.admin() {
+        return html_response(
+            StatusCode::FORBIDDEN,
+            page("Users", None, note("error", "Only administrators see this page.")),
+        );
+    }
+    let people = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::directory::list_people(&mut connection).await
+    }
+    .await;
+    let people = match people {
+        Ok(people) => people,
+        Err(error) => return failure(&error),
+    };
+    let wanted =
+        |value: &Option<String>| value.as_deref().map(str::trim).filter(|value| !value.is_empty()).map(str::to_owned);
+    let (status, role, group) = (wanted(&query.status), wanted(&query.role), wanted(&query.group));
+    let rows: Vec<Vec<String>> = people
+        .iter()
+        .filter(|person| status.as_deref().is_none_or(|status| person.status.as_str() == status))
+        .filter(|person| {
+            role.as_deref().is_none_or(|role| {
+                AdminRole::held(person.admin, &person.admin_roles).iter().any(|held| held.as_str() == role)
+                    || person.roles.iter().any(|held| held.eq_ignore_ascii_case(role))
+            })
+        })
+        .filter(|person| {
+            group.as_deref().is_none_or(|group| person.groups.iter().any(|(_, name)| name.eq_ignore_ascii_case(group)))
+        })
+        .map(|person| {
+            let roles: Vec<&str> =
+                AdminRole::held(person.admin, &person.admin_roles).iter().map(|role| role.as_str()).collect();
+            vec![
+                person.name.clone(),
+                person.email.clone(),
+                person.status.as_str().to_owned(),
+                roles.join(", "),
+                person.groups.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>().join(", "),
+                when(person.last_login_at),
+            ]
+        })
+        .collect();
+    let (csrf_token, set) = csrf(&state, &headers);
+    let mut content = Html::new();
+    content.push(Html::trusted(format!(
+        "<form method=\"get\" action=\"/console/users\" class=\"filters\">\
+         <label for=\"status\">Status</label><select id=\"status\" name=\"status\"><option value=\"\">any</option>{}</select>\
+         <label for=\"role\">Role</label><input id=\"role\" name=\"role\" value=\"{}\">\
+         <label for=\"group\">Group</label><input id=\"group\" name=\"group\" value=\"{}\">\
+         <button type=\"submit\">Filter</button></form>",
+        ["active", "inactive", "suspended"]
+            .iter()
+            .map(|option| format!(
+                "<option{}>{option}</option>",
+                if status.as_deref() == Some(option) { " selected" } else { "" }
+            ))
+            .collect::<String>(),
+        esc(role.as_deref().unwrap_or("")),
+        esc(group.as_deref().unwrap_or("")),
+    )));
+    content.push(note("hint", &format!("{} people", rows.len())));
+    content.push(table(&["Name", "Email", "Status", "Admin roles", "Groups", "Last sign-in (UTC)"], &rows));
+    let viewer = Viewer { email: &signed.account.email, admin: true, csrf: &csrf_token };
+    let mut cookies: Vec<String> = set.into_iter().collect();
+    cookies.extend(signed.refreshed);
+    with_cookies(html_response(StatusCode::OK, page("Users", Some(&viewer), content)), cookies)
+}

@@ -1,0 +1,255 @@
+//! The console over HTTP, as a browser without JavaScript uses it: first-run setup, enforced
+//! two-step sign-in for admins, sessions, CSRF, API keys, and the security headers.
+
+use crate::support::*;
+use portcullis::auth::{password, totp};
+use reqwest::header::HeaderMap;
+use std::collections::BTreeMap;
+
+/// A cookie-keeping client that does not follow redirects.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: BTreeMap<String, String>,
+}
+
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers.get("location").and_then(|value| value.to_str().ok()).unwrap_or("")
+    }
+
+    fn csrf(&self) -> String {
+        between(&self.body, "name=\"csrf\" value=\"", "\"").expect("the page has a form")
+    }
+}
+
+fn between(text: &str, start: &str, end: &str) -> Option<String> {
+    let from = text.find(start)? + start.len();
+    let to = text[from..].find(end)? + from;
+    Some(text[from..to].to_owned())
+}
+
+impl Browser {
+    fn new(gw: &TestGateway) -> Browser {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { http, base: gw.url(""), cookies: BTreeMap::new() }
+    }
+
+    fn absorb(&mut self, headers: &HeaderMap) {
+        for value in headers.get_all("set-cookie") {
+            let text = value.to_str().unwrap();
+            let (pair, attributes) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            assert!(attributes.contains("HttpOnly"), "cookie {name} must be HttpOnly: {text}");
+            assert!(attributes.contains("Path=/"), "{text}");
+            if attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                assert!(attributes.contains("SameSite="), "cookie {name} needs SameSite: {text}");
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let cookie: Vec<String> = self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        let response = request.header("cookie", cookie.join("; ")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        self.absorb(&headers);
+        let body = response.text().await.unwrap();
+        if headers.get("content-type").is_some_and(|value| value.to_str().unwrap().starts_with("text/html")) {
+            let csp = headers.get("content-security-policy").map(|value| value.to_str().unwrap().to_owned());
+            assert!(csp.as_deref().is_some_and(|csp| csp.starts_with("default-src 'none'")), "CSP missing: {csp:?}");
+            assert!(!body.contains("<script"), "pages carry no scripts");
+        }
+        Page { status, headers, body }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let request = self.http.post(format!("{}{path}", self.base)).form(fields);
+        self.send(request).await
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn first_run_setup_then_two_step_sign_in_for_the_super_admin() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "{}\n[[users]]\nemail = \"x@example.com\"\nname = \"<script>alert(1)</script>\"\n",
+        demo_server_toml("demo", &[])
+    ))
+    .await;
+    let link = portcullis::console::first_run_link(gw.store(), &gw.url("")).await.unwrap().expect("a first-run link");
+    let path = link.strip_prefix(&gw.url("")).unwrap().to_owned();
+    let mut browser = Browser::new(&gw);
+    let form = browser.get(&path).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    let csrf = form.csrf();
+    let fields = |password: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("email", "root@example.com".to_owned()),
+            ("name", "Root".to_owned()),
+            ("password", password.to_owned()),
+            ("confirm", password.to_owned()),
+        ]
+    };
+    let weak = fields("short");
+    let weak: Vec<(&str, &str)> = weak.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let refused = browser.post(&path, &weak).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("at least 12 characters"), "{}", refused.body);
+    let good = fields("a long enough passphrase");
+    let good: Vec<(&str, &str)> = good.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let created = browser.post(&path, &good).await;
+    assert_eq!((created.status, created.location()), (303, "/console/mfa"), "{}", created.body);
+    // The link works once.
+    assert_eq!(Browser::new(&gw).get(&path).await.status, 403);
+    // An admin goes nowhere before two-step sign-in is on.
+    assert_eq!(browser.get("/console").await.location(), "/console/mfa");
+    let enrol = browser.get("/console/mfa").await;
+    assert!(enrol.body.contains("<svg"), "a QR code is shown");
+    let key = between(&enrol.body, "Key: <code>", "</code>").unwrap();
+    let secret = totp::Secret::from_base32(&key).unwrap();
+    let wrong = browser.post("/console/mfa", &[("csrf", &enrol.csrf()), ("code", "000000")]).await;
+    assert_eq!(wrong.status, 400);
+    let enrolled_code = totp::code(&secret, unix_now());
+    let done = browser.post("/console/mfa", &[("csrf", &enrol.csrf()), ("code", &enrolled_code)]).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let recovery: Vec<String> = done
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .filter_map(|part| part.split_once("</code>"))
+        .map(|(code, _)| code.to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    let home = browser.get("/console").await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("Your API keys") && home.body.contains("Users"), "{}", home.body);
+
+    // Forms without the CSRF token are refused; with it, a key is made and works.
+    let forged = browser.post("/console/api-keys", &[("name", "laptop")]).await;
+    assert_eq!(forged.status, 403);
+    let made = browser.post("/console/api-keys", &[("csrf", &home.csrf()), ("name", "laptop")]).await;
+    assert_eq!(made.status, 200);
+    let api_key = between(&made.body, "<code class=\"secret\">", "</code>").unwrap();
+    let servers = reqwest::Client::new().get(gw.url("/api/v1/servers")).bearer_auth(&api_key).send().await.unwrap();
+    assert_eq!(servers.status(), 200);
+
+    // Data shows as text, never as markup.
+    let users = browser.get("/console/users").await;
+    assert!(users.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{}", users.body);
+
+    // Sign out, then in again: password, then a second step (the enrolment's code is spent).
+    let signed_out = browser.post("/logout", &[("csrf", &home.csrf())]).await;
+    assert_eq!(signed_out.location(), "/login");
+    assert_eq!(browser.get("/console").await.location(), "/login");
+    let login = browser.get("/login").await;
+    let wrong = browser
+        .post("/login", &[("csrf", &login.csrf()), ("email", "root@example.com"), ("password", "not the passphrase")])
+        .await;
+    assert_eq!(wrong.status, 401);
+    let right = browser
+        .post(
+            "/login",
+            &[("csrf", &login.csrf()), ("email", "ROOT@example.com"), ("password", "a long enough passphrase")],
+        )
+        .await;
+    assert_eq!(right.location(), "/login/mfa");
+    assert_eq!(browser.get("/console").await.location(), "/login/mfa", "no console before the second step");
+    let step = browser.get("/login/mfa").await;
+    let replay = browser.post("/login/mfa", &[("csrf", &step.csrf()), ("code", &enrolled_code)]).await;
+    assert_eq!(replay.status, 401, "a code is good once");
+    let recovered = browser.post("/login/mfa", &[("csrf", &step.csrf()), ("code", &recovery[0].to_uppercase())]).await;
+    assert_eq!(recovered.location(), "/console");
+    assert_eq!(browser.get("/console").await.status, 200);
+
+    // Signing out everywhere ends the other copies of the session too.
+    let mut elsewhere =
+        Browser { http: browser.http.clone(), base: browser.base.clone(), cookies: browser.cookies.clone() };
+    let home = browser.get("/console").await;
+    assert_eq!(browser.post("/logout/everywhere", &[("csrf", &home.csrf())]).await.location(), "/login");
+    assert_eq!(elsewhere.get("/console").await.location(), "/login");
+
+    let events = gw.audit().await;
+    for (method, decision) in [
+        ("console/login", "deny"),
+        ("console/login", "allow"),
+        ("console/mfa.enrol", "allow"),
+        ("console/login.second-factor", "deny"),
+        ("admin-role/assign", "allow"),
+    ] {
+        assert!(
+            events.iter().any(|event| event.method == method && event.decision == decision),
+            "no {method} {decision}"
+        );
+    }
+    assert!(
+        events.iter().all(|event| !format!("{event:?}").contains("a long enough passphrase")),
+        "no password in the audit log"
+    );
+}
+
+#[tokio::test]
+async fn employees_sign_in_with_a_password_see_their_servers_and_are_locked_out_after_failures() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    {
+        let mut connection = gw.store().pool.acquire().await.unwrap();
+        let account = portcullis::store::accounts::by_email(&mut connection, "ann@example.com").await.unwrap().unwrap();
+        portcullis::store::accounts::set_password(
+            &mut connection,
+            &account.user_id,
+            &password::hash("ann's long passphrase"),
+        )
+        .await
+        .unwrap();
+    }
+    let mut browser = Browser::new(&gw);
+    let login = browser.get("/login").await;
+    let signed_in = browser
+        .post("/login", &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "ann's long passphrase")])
+        .await;
+    assert_eq!(signed_in.location(), "/console", "employees without two-step sign-in go straight in");
+    let home = browser.get("/console").await;
+    assert!(home.body.contains("/mcp/demo"), "{}", home.body);
+    assert_eq!(browser.get("/console/users").await.status, 403);
+
+    // Five failures lock the email for a while, even for the right password.
+    let mut other = Browser::new(&gw);
+    let login = other.get("/login").await;
+    for _ in 0..5 {
+        let wrong = other
+            .post("/login", &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "wrong guess, long")])
+            .await;
+        assert_eq!(wrong.status, 401);
+    }
+    let locked = other
+        .post("/login", &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "ann's long passphrase")])
+        .await;
+    assert_eq!(locked.status, 429);
+    assert!(locked.body.contains("Too many failed attempts"), "{}", locked.body);
+
+    // A suspension ends the console session at once.
+    portcullis::cli::set_user_status(gw.store(), "ann@example.com", portcullis::registry::Status::Suspended)
+        .await
+        .unwrap();
+    assert_eq!(browser.get("/console").await.location(), "/login");
+}
