@@ -62,6 +62,9 @@ fn ci() -> anyhow::Result<()> {
     ensure_postgres()?;
     done(started);
     let peers_dir = peers()?;
+    let started = step("Chromium and ChromeDriver (console tests in a real browser)");
+    ensure_browser()?;
+    done(started);
 
     let started = step("cargo fmt --check");
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(&root))?;
@@ -129,6 +132,28 @@ fn workspace_root() -> PathBuf {
 
 fn database_url() -> String {
     std::env::var("PORTCULLIS_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Install Debian's Chromium and ChromeDriver when they are missing.
+fn ensure_browser() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/chromedriver").exists() && Path::new("/usr/bin/chromium").exists() {
+        eprintln!("    already installed");
+        return Ok(());
+    }
+    let install = || {
+        succeeds(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "chromium", "chromium-driver"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if !install() {
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        if !install() {
+            bail!("cannot install chromium and chromium-driver with apt-get");
+        }
+    }
+    Ok(())
 }
 
 /// Make sure a PostgreSQL answers at the test URL: start the machine's cluster if it is
