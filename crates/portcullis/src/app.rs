@@ -42,6 +42,10 @@ pub struct AppState {
     pub replicas: proxy::forward::ReplicaDirectory,
     /// This process's replica id (random per start).
     pub replica: Arc<str>,
+    /// Failed console sign-ins per email.
+    pub sign_in_failures: Arc<crate::edge::Counter>,
+    /// OAuth client registrations per address.
+    pub registrations: Arc<crate::edge::Counter>,
 }
 
 /// A built, bound gateway.
@@ -81,6 +85,8 @@ impl App {
             keys,
             snapshot,
             replica,
+            sign_in_failures: Arc::new(crate::edge::Counter::new(5, std::time::Duration::from_secs(15 * 60))),
+            registrations: Arc::new(crate::edge::Counter::new(20, std::time::Duration::from_secs(3600))),
         };
         // Other replicas reach this one at replica_url, or at the bound address when that is
         // a specific one (set replica_url when replicas run on different hosts).
@@ -138,6 +144,7 @@ fn router(state: AppState) -> Router {
         .nest("/api/v1", api::router())
         .nest("/scim/v2", scim::router(state.clone()))
         .merge(console::router(state.clone()))
+        .merge(crate::auth::oauth::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -120,3 +120,43 @@ mod tests {
         assert_eq!(client_ip(stranger, &headers, &trusted).to_string(), "8.8.8.8");
     }
 }
+
+/// Counts events per key in a fixed window (failed sign-ins per email, client registrations
+/// per address). Per process: with several replicas each counts its own.
+#[derive(Debug)]
+pub struct Counter {
+    counts: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    limit: u32,
+    window: std::time::Duration,
+}
+
+impl Counter {
+    pub fn new(limit: u32, window: std::time::Duration) -> Counter {
+        Counter { counts: Default::default(), limit, window }
+    }
+
+    /// Count one event for `key`; false when that makes it go over the limit.
+    pub fn hit(&self, key: &str) -> bool {
+        let Ok(mut counts) = self.counts.lock() else { return false };
+        let entry = counts.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() > self.window {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+        entry.0 <= self.limit
+    }
+
+    /// How long `key` must still wait, when it reached the limit.
+    pub fn blocked(&self, key: &str) -> Option<std::time::Duration> {
+        let counts = self.counts.lock().ok()?;
+        let (count, since) = counts.get(key)?;
+        let left = self.window.checked_sub(since.elapsed())?;
+        (*count >= self.limit).then_some(left)
+    }
+
+    pub fn clear(&self, key: &str) {
+        if let Ok(mut counts) = self.counts.lock() {
+            counts.remove(key);
+        }
+    }
+}

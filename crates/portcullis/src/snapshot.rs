@@ -61,7 +61,18 @@ pub struct Snapshot {
     pub users: HashMap<String, Arc<UserEntry>>,
     /// Active API keys: SHA-256 of the key → user id.
     pub api_keys: HashMap<String, String>,
+    /// Live OAuth access tokens: SHA-256 of the token → what it grants.
+    pub oauth_tokens: HashMap<String, OAuthAccess>,
     pub policy: PolicySet,
+}
+
+/// What an OAuth access token grants: one user, on one resource, until a time.
+#[derive(Debug, Clone)]
+pub struct OAuthAccess {
+    pub user_id: String,
+    /// The endpoint path the token is bound to: `/mcp/{server}` or `/mcp`.
+    pub resource: String,
+    pub expires_at: i64,
 }
 
 impl Snapshot {
@@ -73,6 +84,7 @@ impl Snapshot {
         let users = store::registry::list_users(&mut connection).await?;
         let grants = store::registry::list_grants(&mut connection).await?;
         let api_keys = store::registry::list_api_keys(&mut connection).await?;
+        let oauth_tokens = store::oauth::live_access_tokens(&mut connection).await?;
         drop(connection);
 
         let mut server_map = HashMap::new();
@@ -126,6 +138,10 @@ impl Snapshot {
             servers: server_map,
             users: user_map,
             api_keys: api_key_map,
+            oauth_tokens: oauth_tokens
+                .into_iter()
+                .map(|(hash, user_id, resource, expires_at)| (hash, OAuthAccess { user_id, resource, expires_at }))
+                .collect(),
             policy: PolicySet::new(&policy_grants, &public),
         })
     }

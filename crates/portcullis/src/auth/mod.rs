@@ -2,6 +2,7 @@
 //! `Authorization: Bearer <key>`; a missing key is the anonymous principal (served only by
 //! public servers). [`password`] and [`totp`] are the primitives of local accounts.
 
+pub mod oauth;
 pub mod password;
 pub mod totp;
 
@@ -52,10 +53,22 @@ pub enum AuthError {
     InvalidKey,
     #[error("the account is {0}; ask an administrator to reactivate it")]
     NotActive(&'static str),
+    #[error("the access token is not valid (unknown, expired or revoked); get a new one")]
+    InvalidToken,
+    #[error("the access token was issued for {0}, not for this endpoint; get one for this server")]
+    WrongResource(String),
 }
 
+/// The prefix of OAuth access tokens (refresh tokens: [`REFRESH_TOKEN_PREFIX`]).
+pub const ACCESS_TOKEN_PREFIX: &str = "pco_";
+pub const REFRESH_TOKEN_PREFIX: &str = "pcr_";
+
 /// Resolve the caller from the request headers against the snapshot.
-pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap) -> Result<Caller, AuthError> {
+///
+/// `resource` is the MCP endpoint path being called (`/mcp/{server}` or `/mcp`); OAuth access
+/// tokens are accepted only there, for the resource they were issued for, and never by the
+/// REST API (`None`).
+pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap, resource: Option<&str>) -> Result<Caller, AuthError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(Caller::Anonymous);
     };
@@ -69,7 +82,18 @@ pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap) -> Result<Caller, 
         return Err(AuthError::Malformed);
     }
     let hash = sha256_hex(token.as_bytes());
-    let user_id = snapshot.api_keys.get(&hash).ok_or(AuthError::InvalidKey)?;
+    let user_id = if token.starts_with(ACCESS_TOKEN_PREFIX) {
+        let access = snapshot.oauth_tokens.get(&hash).ok_or(AuthError::InvalidToken)?;
+        if access.expires_at <= crate::store::now_ms() {
+            return Err(AuthError::InvalidToken);
+        }
+        if resource != Some(access.resource.as_str()) {
+            return Err(AuthError::WrongResource(access.resource.clone()));
+        }
+        &access.user_id
+    } else {
+        snapshot.api_keys.get(&hash).ok_or(AuthError::InvalidKey)?
+    };
     let user = snapshot.users.get(user_id).ok_or(AuthError::InvalidKey)?;
     if user.status != crate::registry::Status::Active {
         return Err(AuthError::NotActive(user.status.as_str()));

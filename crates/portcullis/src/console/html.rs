@@ -87,8 +87,22 @@ pub struct Field<'a> {
 
 /// A POST form with a CSRF token, labelled inputs and one submit button.
 pub fn form(action: &str, csrf: &str, fields: &[Field<'_>], submit: &'static str) -> Html {
+    form_with(action, csrf, &[], fields, submit)
+}
+
+/// [`form`] with hidden values carried along.
+pub fn form_with(
+    action: &str,
+    csrf: &str,
+    hidden: &[(&'static str, &str)],
+    fields: &[Field<'_>],
+    submit: &'static str,
+) -> Html {
     let mut out = format!("<form method=\"post\" action=\"{}\">", esc(action));
     let _ = write!(out, "<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(csrf));
+    for (name, value) in hidden {
+        let _ = write!(out, "<input type=\"hidden\" name=\"{name}\" value=\"{}\">", esc(value));
+    }
     for field in fields {
         let _ = write!(
             out,

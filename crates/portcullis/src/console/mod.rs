@@ -24,9 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use html::{Field, Html, Viewer, esc, note, page, table, text};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const SESSION_COOKIE: &str = "portcullis_session";
 const CSRF_COOKIE: &str = "portcullis_csrf";
@@ -35,9 +33,6 @@ const ENROL_COOKIE: &str = "portcullis_enrol";
 const IDLE: u64 = 30 * 60;
 /// …and after this long in all.
 const ABSOLUTE: u64 = 12 * 60 * 60;
-/// Failed sign-ins per email before further attempts wait.
-const MAX_FAILURES: u32 = 5;
-const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// How long a first-run setup link works.
 const SETUP_LIFETIME_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -64,7 +59,11 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// Headers on every console response: the CSP, no framing, no sniffing, no caching of pages
 /// that may show secrets.
 async fn security_headers(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+    secure_page(next.run(request).await)
+}
+
+/// Give a page the console's security headers.
+pub fn secure_page(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -74,6 +73,16 @@ async fn security_headers(request: Request, next: Next) -> Response {
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// The CSRF token for forms on a page, and a cookie to set when the browser has none.
+pub fn csrf_for(state: &AppState, headers: &HeaderMap) -> (String, Option<String>) {
+    csrf(state, headers)
+}
+
+/// Does a posted form carry the browser's CSRF token?
+pub fn csrf_valid(state: &AppState, headers: &HeaderMap, token: &str) -> bool {
+    csrf_ok(state, headers, token)
 }
 
 async fn style() -> Response {
@@ -214,6 +223,17 @@ async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Option<Signe
     Ok(Some(Signed { session, account, refreshed }))
 }
 
+/// The account of a person fully signed in to the console (both steps), if any.
+pub async fn signed_in_account(state: &AppState, headers: &HeaderMap) -> Result<Option<Account>, StoreError> {
+    Ok(signed_in(state, headers).await?.filter(|signed| signed.session.m).map(|signed| signed.account))
+}
+
+/// Where to go after signing in: only an OAuth authorization request of this gateway (a
+/// relative path), never anywhere else.
+fn safe_next(next: Option<&str>) -> Option<&str> {
+    next.filter(|next| next.starts_with("/oauth/authorize?") && !next.contains("//") && !next.contains('\\'))
+}
+
 /// The signed-in person who completed sign-in, or the response that sends them where they
 /// must go first (sign in, the second factor, or enrolment for admins).
 async fn require(state: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
@@ -264,45 +284,24 @@ fn audit(state: &AppState, account: Option<&Account>, principal: &str, method: &
     });
 }
 
-/// Failed sign-ins per email: (failures, window start).
-fn failures() -> &'static Mutex<HashMap<String, (u32, std::time::Instant)>> {
-    static FAILURES: std::sync::OnceLock<Mutex<HashMap<String, (u32, std::time::Instant)>>> =
-        std::sync::OnceLock::new();
-    FAILURES.get_or_init(Default::default)
-}
-
 /// Minutes to wait before `email` may try again, if it must.
-fn locked_out(email: &str) -> Option<u64> {
-    let failures = failures().lock().ok()?;
-    let (count, since) = failures.get(email)?;
-    let left = FAILURE_WINDOW.checked_sub(since.elapsed())?;
-    (*count >= MAX_FAILURES).then(|| left.as_secs().div_ceil(60).max(1))
+fn locked_out(state: &AppState, email: &str) -> Option<u64> {
+    state.sign_in_failures.blocked(email).map(|left| left.as_secs().div_ceil(60).max(1))
 }
 
-fn note_failure(email: &str) {
-    if let Ok(mut failures) = failures().lock() {
-        let entry = failures.entry(email.to_owned()).or_insert((0, std::time::Instant::now()));
-        if entry.1.elapsed() > FAILURE_WINDOW {
-            *entry = (0, std::time::Instant::now());
-        }
-        entry.0 += 1;
-    }
-}
-
-fn clear_failures(email: &str) {
-    if let Ok(mut failures) = failures().lock() {
-        failures.remove(email);
-    }
-}
-
-fn login_form(csrf: &str, email: &str, message: Option<&str>) -> String {
+fn login_form(csrf: &str, email: &str, next: Option<&str>, message: Option<&str>) -> String {
     let mut content = Html::new();
     if let Some(message) = message {
         content.push(note("error", message));
     }
-    content.push(html::form(
+    if next.is_some() {
+        content.push(note("hint", "An application asks to use Portcullis for you. Sign in to review its request."));
+    }
+    let hidden: Vec<(&str, &str)> = next.map(|next| ("next", next)).into_iter().collect();
+    content.push(html::form_with(
         "/login",
         csrf,
+        &hidden,
         &[
             Field { name: "email", label: "Email", kind: "email", value: email, autocomplete: "username" },
             Field {
@@ -318,9 +317,15 @@ fn login_form(csrf: &str, email: &str, message: Option<&str>) -> String {
     page("Sign in", None, content)
 }
 
-async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+#[derive(Deserialize, Default)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn login_page(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<NextQuery>) -> Response {
     let (token, set) = csrf(&state, &headers);
-    with_cookies(html_response(StatusCode::OK, login_form(&token, "", None)), set.into_iter().collect())
+    let next = safe_next(query.next.as_deref());
+    with_cookies(html_response(StatusCode::OK, login_form(&token, "", next, None)), set.into_iter().collect())
 }
 
 #[derive(Deserialize)]
@@ -329,6 +334,7 @@ struct LoginForm {
     csrf: String,
     email: String,
     password: String,
+    next: Option<String>,
 }
 
 async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
@@ -337,10 +343,11 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
     }
     let (token, _) = csrf(&state, &headers);
     let email = form.email.trim().to_lowercase();
-    if let Some(minutes) = locked_out(&email) {
+    let next = safe_next(form.next.as_deref());
+    if let Some(minutes) = locked_out(&state, &email) {
         audit(&state, None, &email, "console/login", false, "too many failed attempts");
         let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
-        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&token, &email, Some(&message)));
+        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&token, &email, next, Some(&message)));
     }
     let account = match async {
         let mut connection = state.store.pool.acquire().await?;
@@ -357,17 +364,17 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
     let account = match account {
         Some(account) if matches && account.status == Status::Active => account,
         found => {
-            note_failure(&email);
+            state.sign_in_failures.hit(&email);
             let reason = match &found {
                 Some(account) if matches => format!("the account is {}", account.status.as_str()),
                 _ => "wrong email or password".to_owned(),
             };
             audit(&state, found.as_ref(), &email, "console/login", false, &reason);
             let message = "The email or password is not right, or the account cannot sign in.";
-            return html_response(StatusCode::UNAUTHORIZED, login_form(&token, &email, Some(message)));
+            return html_response(StatusCode::UNAUTHORIZED, login_form(&token, &email, next, Some(message)));
         }
     };
-    clear_failures(&email);
+    state.sign_in_failures.clear(&email);
     let now = unix_now();
     let second = needs_second_factor(&account);
     let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: !second };
@@ -375,11 +382,14 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
         finish_sign_in(&state, &account).await;
     }
     let to = match (second, account.totp_secret.is_some()) {
-        (false, _) => "/console",
-        (true, true) => "/login/mfa",
-        (true, false) => "/console/mfa",
+        (false, _) => next.unwrap_or("/console").to_owned(),
+        (true, true) => match next {
+            Some(next) => format!("/login/mfa?next={}", url_encode(next)),
+            None => "/login/mfa".to_owned(),
+        },
+        (true, false) => "/console/mfa".to_owned(),
     };
-    with_cookies(redirect(to), vec![session_cookie(&state, &session)])
+    with_cookies(redirect(&to), vec![session_cookie(&state, &session)])
 }
 
 async fn finish_sign_in(state: &AppState, account: &Account) {
@@ -391,27 +401,43 @@ async fn finish_sign_in(state: &AppState, account: &Account) {
     audit(state, Some(account), &account.email, "console/login", true, "signed in");
 }
 
-async fn second_factor_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// Percent-encode for a query value.
+pub(crate) fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn second_factor_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<NextQuery>,
+) -> Response {
     let signed = match signed_in(&state, &headers).await {
         Ok(Some(signed)) if signed.account.totp_secret.is_some() => signed,
         Ok(_) => return redirect("/login"),
         Err(error) => return failure(&error),
     };
     let (token, set) = csrf(&state, &headers);
-    let body = second_factor_form(&token, &signed.account.email, None);
+    let body = second_factor_form(&token, &signed.account.email, safe_next(query.next.as_deref()), None);
     with_cookies(html_response(StatusCode::OK, body), set.into_iter().collect())
 }
 
-fn second_factor_form(csrf: &str, email: &str, message: Option<&str>) -> String {
+fn second_factor_form(csrf: &str, email: &str, next: Option<&str>, message: Option<&str>) -> String {
     let mut content = Html::new();
     content.push(note("hint", &format!("Signing in as {email}.")));
     if let Some(message) = message {
         content.push(note("error", message));
     }
     content.push(note("hint", "Type the 6-digit code from your authenticator app, or one of your recovery codes."));
-    content.push(html::form(
+    let hidden: Vec<(&str, &str)> = next.map(|next| ("next", next)).into_iter().collect();
+    content.push(html::form_with(
         "/login/mfa",
         csrf,
+        &hidden,
         &[Field { name: "code", label: "Code", kind: "text", value: "", autocomplete: "one-time-code" }],
         "Continue",
     ));
@@ -423,6 +449,7 @@ struct CodeForm {
     #[serde(default)]
     csrf: String,
     code: String,
+    next: Option<String>,
 }
 
 async fn second_factor(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CodeForm>) -> Response {
@@ -435,29 +462,29 @@ async fn second_factor(State(state): State<AppState>, headers: HeaderMap, Form(f
         Err(error) => return failure(&error),
     };
     let account = &signed.account;
-    if let Some(minutes) = locked_out(&account.email) {
+    if let Some(minutes) = locked_out(&state, &account.email) {
         let (token, _) = csrf(&state, &headers);
         let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
-        return html_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            second_factor_form(&token, &account.email, Some(&message)),
-        );
+        let body = second_factor_form(&token, &account.email, safe_next(form.next.as_deref()), Some(&message));
+        return html_response(StatusCode::TOO_MANY_REQUESTS, body);
     }
     let accepted = match check_second_factor(&state, account, &form.code).await {
         Ok(accepted) => accepted,
         Err(error) => return failure(&error),
     };
     if !accepted {
-        note_failure(&account.email);
+        state.sign_in_failures.hit(&account.email);
         audit(&state, Some(account), &account.email, "console/login.second-factor", false, "wrong or reused code");
         let (token, _) = csrf(&state, &headers);
         let message = "That code is not right (or was used already). Try the next one.";
-        return html_response(StatusCode::UNAUTHORIZED, second_factor_form(&token, &account.email, Some(message)));
+        let body = second_factor_form(&token, &account.email, safe_next(form.next.as_deref()), Some(message));
+        return html_response(StatusCode::UNAUTHORIZED, body);
     }
-    clear_failures(&account.email);
+    state.sign_in_failures.clear(&account.email);
     finish_sign_in(&state, account).await;
     let session = Session { m: true, s: unix_now(), ..signed.session };
-    with_cookies(redirect("/console"), vec![session_cookie(&state, &session)])
+    let to = safe_next(form.next.as_deref()).unwrap_or("/console");
+    with_cookies(redirect(to), vec![session_cookie(&state, &session)])
 }
 
 /// A TOTP code (each good once) or an unused recovery code.

@@ -197,7 +197,8 @@ fn begin(state: &AppState, server: &str, peer: SocketAddr, headers: &HeaderMap) 
         Some(entry) => entry.clone(),
         // Without credentials, do not reveal which servers exist.
         None if matches!(identified.caller, Caller::Anonymous) => {
-            return Err(unauthorized(state, "this endpoint needs an API key: send \"Authorization: Bearer <key>\""));
+            let text = "this endpoint needs an API key: send \"Authorization: Bearer <key>\"";
+            return Err(unauthorized(state, headers, server, text));
         }
         None => {
             let value = error_response(
@@ -209,7 +210,8 @@ fn begin(state: &AppState, server: &str, peer: SocketAddr, headers: &HeaderMap) 
         }
     };
     if matches!(identified.caller, Caller::Anonymous) && !entry.server.public {
-        return Err(unauthorized(state, "this server needs an API key: send \"Authorization: Bearer <key>\""));
+        let text = "this server needs an API key: send \"Authorization: Bearer <key>\"";
+        return Err(unauthorized(state, headers, server, text));
     }
     Ok(identified.exchange(entry))
 }
@@ -250,7 +252,7 @@ fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap
         tracing::error!(%stale, "refusing data-plane traffic");
         plain_error(StatusCode::SERVICE_UNAVAILABLE, "the gateway cannot reach its policy store; try again shortly")
     })?;
-    let caller = match auth::authenticate(&snapshot, headers) {
+    let caller = match auth::authenticate(&snapshot, headers, Some(&resource_path(label))) {
         Ok(caller) => caller,
         Err(error) => {
             state.metrics.request("auth", "unauthenticated");
@@ -275,7 +277,7 @@ fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap
                 correlation_id,
                 replica: state.replica.to_string(),
             });
-            return Err(unauthorized(state, &error.to_string()));
+            return Err(unauthorized(state, headers, label, &error.to_string()));
         }
     };
     let accepts_sse = headers
@@ -1001,11 +1003,22 @@ fn plain_error(status: StatusCode, text: &str) -> Response {
 }
 
 /// 401 with the `WWW-Authenticate` header clients use to find out how to sign in.
-fn unauthorized(state: &AppState, text: &str) -> Response {
+/// The MCP endpoint path of `label` (a server's name, or the aggregate's label).
+pub(crate) fn resource_path(label: &str) -> String {
+    if label == "(aggregate)" { "/mcp".to_owned() } else { format!("/mcp/{label}") }
+}
+
+/// 401 with the challenge that tells an OAuth client where to start (RFC 9728): the
+/// protected-resource metadata of the endpoint.
+fn unauthorized(state: &AppState, headers: &HeaderMap, label: &str, text: &str) -> Response {
     let value = error_response(None, ErrorCode::InvalidRequest, text);
     let mut response = json_response(StatusCode::UNAUTHORIZED, &value, None);
-    let realm = state.config.public_url.as_deref().unwrap_or("portcullis");
-    let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+    let metadata = format!(
+        "{}/.well-known/oauth-protected-resource{}",
+        crate::auth::oauth::base_url(&state.config, headers),
+        resource_path(label)
+    );
+    let challenge = format!("Bearer error=\"invalid_token\", resource_metadata=\"{metadata}\"");
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     }

@@ -10,12 +10,14 @@
 //!   status, roles, and SCIM tokens.
 //! - [`accounts`]: local accounts (passwords, TOTP, recovery codes, console session epochs)
 //!   and first-run setup tokens.
+//! - [`oauth`]: OAuth clients, authorization codes and tokens.
 //! - [`audit`]: audit events (group-committed inserts, outcome updates, queries).
 //! - [`replicas`]: which replicas are alive and where to reach them.
 
 pub mod accounts;
 pub mod audit;
 pub mod directory;
+pub mod oauth;
 pub mod registry;
 pub mod replicas;
 
@@ -84,6 +86,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "accounts",
         sqlite: include_str!("migrations/0004_accounts.sqlite.sql"),
         postgres: include_str!("migrations/0004_accounts.postgres.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "oauth",
+        sqlite: include_str!("migrations/0005_oauth.sqlite.sql"),
+        postgres: include_str!("migrations/0005_oauth.postgres.sql"),
     },
 ];
 

@@ -7,36 +7,36 @@ use reqwest::header::HeaderMap;
 use std::collections::BTreeMap;
 
 /// A cookie-keeping client that does not follow redirects.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: BTreeMap<String, String>,
+pub(crate) struct Browser {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub cookies: BTreeMap<String, String>,
 }
 
-struct Page {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
 }
 
 impl Page {
-    fn location(&self) -> &str {
+    pub fn location(&self) -> &str {
         self.headers.get("location").and_then(|value| value.to_str().ok()).unwrap_or("")
     }
 
-    fn csrf(&self) -> String {
+    pub fn csrf(&self) -> String {
         between(&self.body, "name=\"csrf\" value=\"", "\"").expect("the page has a form")
     }
 }
 
-fn between(text: &str, start: &str, end: &str) -> Option<String> {
+pub(crate) fn between(text: &str, start: &str, end: &str) -> Option<String> {
     let from = text.find(start)? + start.len();
     let to = text[from..].find(end)? + from;
     Some(text[from..to].to_owned())
 }
 
 impl Browser {
-    fn new(gw: &TestGateway) -> Browser {
+    pub fn new(gw: &TestGateway) -> Browser {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Browser { http, base: gw.url(""), cookies: BTreeMap::new() }
     }
@@ -72,12 +72,12 @@ impl Browser {
         Page { status, headers, body }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub async fn get(&mut self, path: &str) -> Page {
         let request = self.http.get(format!("{}{path}", self.base));
         self.send(request).await
     }
 
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+    pub async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
         let request = self.http.post(format!("{}{path}", self.base)).form(fields);
         self.send(request).await
     }

@@ -8,6 +8,7 @@ mod browser;
 mod conformance;
 mod console;
 mod data_plane;
+mod oauth;
 mod peers;
 mod people;
 mod replicas;

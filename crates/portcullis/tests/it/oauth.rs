@@ -1,0 +1,306 @@
+//! The OAuth authorization server as an MCP client meets it: discovery from a 401, dynamic
+//! registration, sign-in and consent in the console, code + PKCE, resource-bound tokens,
+//! rotation with reuse detection, and revocation.
+
+use crate::console::{Browser, between};
+use crate::support::*;
+use serde_json::{Value, json};
+
+fn s256(verifier: &str) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+/// The hidden fields of the first form on a page.
+fn hidden_fields(body: &str) -> Vec<(String, String)> {
+    let form = body.split("</form>").find(|part| part.contains("name=\"decision\"")).unwrap();
+    form.split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|part| {
+            let (name, rest) = part.split_once('"')?;
+            let value = between(rest, "value=\"", "\"")?;
+            Some((name.to_owned(), unescape(&value)))
+        })
+        .collect()
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(key, _)| *key == name).map(|(_, value)| {
+        let bytes = value.as_bytes();
+        let mut out = Vec::new();
+        let mut index = 0;
+        while index < bytes.len() {
+            if bytes[index] == b'%' && index + 2 < bytes.len() + 1 {
+                out.push(u8::from_str_radix(&value[index + 1..index + 3], 16).unwrap());
+                index += 3;
+            } else {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    })
+}
+
+async fn token(gw: &TestGateway, form: &[(&str, &str)]) -> (u16, Value, reqwest::header::HeaderMap) {
+    let response = reqwest::Client::new().post(gw.url("/oauth/token")).form(form).send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.json().await.unwrap(), headers)
+}
+
+#[tokio::test]
+async fn an_mcp_client_gets_a_token_through_discovery_registration_and_consent() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "{}\n{}\n[[grants]]\nserver = \"second\"\nusers = [\"ann@example.com\"]\n",
+        demo_server_toml("demo", &["ann@example.com"]),
+        demo_server_toml("second", &[])
+    ))
+    .await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let base = gw.url("");
+    let http = reqwest::Client::new();
+
+    // Discovery starts from the 401.
+    let refused =
+        http.post(gw.url("/mcp/demo")).header("content-type", "application/json").body("{}").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let challenge = refused.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let metadata_url = format!("{base}/.well-known/oauth-protected-resource/mcp/demo");
+    assert!(challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")), "{challenge}");
+    let resource: Value = http.get(&metadata_url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(resource["resource"], format!("{base}/mcp/demo"));
+    assert_eq!(resource["authorization_servers"], json!([base]));
+    let server: Value =
+        http.get(gw.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(server["issuer"], base);
+    assert_eq!(server["code_challenge_methods_supported"], json!(["S256"]));
+    let alias: Value =
+        http.get(gw.url("/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(alias["token_endpoint"], server["token_endpoint"]);
+
+    // Registration: redirect URIs are checked.
+    let bad = http
+        .post(gw.url("/oauth/register"))
+        .json(&json!({"client_name": "x", "redirect_uris": ["javascript:alert(1)"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"], "invalid_redirect_uri");
+    let redirect_uri = "http://127.0.0.1:9/callback";
+    let registered: Value = http
+        .post(gw.url("/oauth/register"))
+        .json(&json!({"client_name": "Test <Client>", "redirect_uris": [redirect_uri]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap().to_owned();
+
+    // Authorization: sign in, see who asks for what, approve.
+    let verifier = "a-verifier-that-is-long-enough-for-pkce-0123456789";
+    let authorize = format!(
+        "/oauth/authorize?response_type=code&client_id={client_id}&redirect_uri={}&code_challenge={}&code_challenge_method=S256&state=xyz&resource={}",
+        encode(redirect_uri),
+        s256(verifier),
+        encode(&format!("{base}/mcp/demo"))
+    );
+    let mut browser = Browser::new(&gw);
+    let to_login = browser.get(&authorize).await;
+    assert_eq!(to_login.status, 303);
+    assert!(to_login.location().starts_with("/login?next="), "{}", to_login.location());
+    let login = browser.get(to_login.location()).await;
+    let next = between(&login.body, "name=\"next\" value=\"", "\"").map(|next| unescape(&next)).unwrap();
+    let signed_in = browser
+        .post(
+            "/login",
+            &[
+                ("csrf", &login.csrf()),
+                ("email", "ann@example.com"),
+                ("password", "ann's long passphrase"),
+                ("next", &next),
+            ],
+        )
+        .await;
+    assert_eq!(signed_in.location(), authorize, "back to the authorization after signing in");
+    let consent = browser.get(&authorize).await;
+    assert_eq!(consent.status, 200, "{}", consent.body);
+    assert!(consent.body.contains("Test &lt;Client&gt; asks to use the server demo"), "{}", consent.body);
+    let fields = hidden_fields(&consent.body);
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let approved = browser.post("/oauth/authorize", &fields).await;
+    assert_eq!(approved.status, 303);
+    let location = approved.location().to_owned();
+    assert!(location.starts_with(redirect_uri), "{location}");
+    assert_eq!(query_param(&location, "state").as_deref(), Some("xyz"));
+    assert_eq!(query_param(&location, "iss").as_deref(), Some(base.as_str()));
+    let code = query_param(&location, "code").unwrap();
+
+    // The token request: PKCE checked, tokens not cached.
+    let (status, wrong, _) = token(
+        &gw,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", &client_id),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", "not-the-verifier-at-all-not-the-verifier-at-all"),
+        ],
+    )
+    .await;
+    assert_eq!((status, wrong["error"].as_str()), (400, Some("invalid_grant")));
+    // That code is now spent; a new authorization gives another.
+    let approved = browser.post("/oauth/authorize", &fields).await;
+    let code = query_param(approved.location(), "code").unwrap();
+    let (status, granted, headers) = token(
+        &gw,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", &client_id),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{granted}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let access = granted["access_token"].as_str().unwrap().to_owned();
+    let refresh = granted["refresh_token"].as_str().unwrap().to_owned();
+
+    // The token works for the server it was requested for, and nowhere else.
+    let mut client = gw.client("demo", Some(&access));
+    assert_eq!(client.initialize().await.status, 200);
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "via oauth"})).await), "via oauth");
+    let mut elsewhere = gw.client("second", Some(&access));
+    let refused = elsewhere.initialize().await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.text.contains("/mcp/demo"), "{}", refused.text);
+    let api = http.get(gw.url("/api/v1/servers")).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(api.status(), 401, "MCP tokens are not API keys");
+
+    // Refresh rotates; presenting the old refresh token again revokes the whole family.
+    let (status, rotated, _) =
+        token(&gw, &[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", &client_id)]).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_access = rotated["access_token"].as_str().unwrap().to_owned();
+    let mut rotated_client = gw.client("demo", Some(&new_access));
+    assert_eq!(rotated_client.initialize().await.status, 200);
+    let (status, reused, _) =
+        token(&gw, &[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", &client_id)]).await;
+    assert_eq!((status, reused["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(rotated_client.call_tool("echo", json!({"message": "x"})).await.status, 401, "the family is revoked");
+    assert_eq!(client.call_tool("echo", json!({"message": "x"})).await.status, 401);
+
+    // A code used twice is refused (and what it gave is revoked).
+    let (status, replayed, _) = token(
+        &gw,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", &client_id),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await;
+    assert_eq!((status, replayed["error"].as_str()), (400, Some("invalid_grant")));
+
+    // Revocation (RFC 7009).
+    let approved = browser.post("/oauth/authorize", &fields).await;
+    let code = query_param(approved.location(), "code").unwrap();
+    let (_, granted, _) = token(
+        &gw,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", &client_id),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await;
+    let access = granted["access_token"].as_str().unwrap().to_owned();
+    let mut client = gw.client("demo", Some(&access));
+    assert_eq!(client.initialize().await.status, 200);
+    let revoked = http.post(gw.url("/oauth/revoke")).form(&[("token", access.as_str())]).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(client.call_tool("echo", json!({"message": "x"})).await.status, 401);
+}
+
+#[tokio::test]
+async fn bad_authorization_requests_are_refused_the_standard_way() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let base = gw.url("");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let registered: Value = http
+        .post(gw.url("/oauth/register"))
+        .json(&json!({"client_name": "c", "redirect_uris": ["http://127.0.0.1:9/cb"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap();
+    let resource = encode(&format!("{base}/mcp/demo"));
+    let ask = |query: String| {
+        let request = http.get(gw.url(&format!("/oauth/authorize?{query}")));
+        async move { request.send().await.unwrap() }
+    };
+    // An unregistered redirect URI gets a page, never a redirect.
+    let page = ask(format!("response_type=code&client_id={client_id}&redirect_uri={}&code_challenge=x&code_challenge_method=S256&resource={resource}", encode("http://127.0.0.1:9/evil"))).await;
+    assert_eq!(page.status(), 400);
+    assert!(page.headers().get("location").is_none());
+    // Without PKCE, or with plain: an error at the client's redirect URI.
+    for query in [
+        format!("response_type=code&client_id={client_id}&state=s&resource={resource}"),
+        format!(
+            "response_type=code&client_id={client_id}&state=s&code_challenge=x&code_challenge_method=plain&resource={resource}"
+        ),
+    ] {
+        let refused = ask(query).await;
+        assert_eq!(refused.status(), 303);
+        let location = refused.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with("http://127.0.0.1:9/cb?error=invalid_request"), "{location}");
+        assert!(location.contains("state=s"), "{location}");
+    }
+    // A resource that is not one of ours.
+    let refused = ask(format!(
+        "response_type=code&client_id={client_id}&code_challenge=x&code_challenge_method=S256&resource={}",
+        encode("https://elsewhere.example.com/mcp")
+    ))
+    .await;
+    assert!(refused.headers()["location"].to_str().unwrap().contains("error=invalid_target"));
+    // An unknown client.
+    let unknown = ask(format!(
+        "response_type=code&client_id=pcl_nobody&code_challenge=x&code_challenge_method=S256&resource={resource}"
+    ))
+    .await;
+    assert_eq!(unknown.status(), 400);
+    // Unknown grant types and forged tokens.
+    let (status, body, _) = token(&gw, &[("grant_type", "password")]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")));
+    let forged = gw.client("demo", Some("pco_forged")).initialize().await;
+    assert_eq!(forged.status, 401);
+}
