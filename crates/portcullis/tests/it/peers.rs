@@ -272,3 +272,31 @@ async fn the_stdio_bridge_connects_a_stdio_client() {
     assert!(status.success());
     gw.stop().await;
 }
+
+/// The official Python SDK's OAuth client, given only the URL, discovers the authorization
+/// server from the 401, registers, sends the person through sign-in and consent (the script
+/// fills the console's forms), exchanges the code with PKCE and calls a tool with the token.
+#[tokio::test]
+async fn python_sdk_completes_the_oauth_flow_end_to_end() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
+    let mut command = tokio::process::Command::new(peers_dir().join("venv/bin/python"));
+    command.arg(script).args([
+        &gw.url("/mcp/demo"),
+        "--oauth-login",
+        "ann@example.com:ann's long passphrase",
+        "--mode",
+        "legacy",
+        "--call",
+        "echo",
+        "--args",
+        r#"{"message":"signed in with oauth"}"#,
+    ]);
+    let report = report_of("python client (oauth)", command).await;
+    assert_eq!(report["calls"][0]["text"], "signed in with oauth", "{report}");
+    let events = gw.audit().await;
+    assert!(events.iter().any(|event| event.method == "oauth/authorize" && event.principal == "ann@example.com"));
+    assert!(events.iter().any(|event| event.method == "tools/call" && event.principal == "ann@example.com"));
+}

@@ -2,8 +2,13 @@
 """Reference MCP client (official Python SDK `mcp` 2.x) used by Portcullis integration tests.
 
 Usage:
-  mcp_client.py URL [--token TOKEN] [--mode legacy|auto] [--transport streamable-http|sse] [--timeout SECS]
+  mcp_client.py URL [--token TOKEN | --oauth-login EMAIL:PASSWORD] [--mode legacy|auto]
+                [--transport streamable-http|sse] [--timeout SECS]
                 [--call TOOL --args JSON]... [--list-resources] [--list-prompts]
+
+--oauth-login runs the SDK's own OAuth client (discovery from the 401, dynamic registration,
+authorization code + PKCE, token) and plays the person in the browser: it signs in to the
+gateway's console with EMAIL and PASSWORD and allows access on the consent page.
 
 Prints one JSON object on stdout and exits 0; on any failure prints the error to
 stderr (JSON-RPC errors as "MCP error CODE: MESSAGE") and exits 1.
@@ -14,8 +19,14 @@ import json
 import logging
 import sys
 
+import html
+import re
+from urllib.parse import parse_qs, urljoin, urlparse
+
 import anyio
 import httpx2
+from mcp.client.auth import AuthorizationCodeResult, OAuthClientProvider
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -48,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url")
     p.add_argument("--token", help="sent as 'Authorization: Bearer TOKEN'")
+    p.add_argument("--oauth-login", metavar="EMAIL:PASSWORD", help="get a token with the OAuth flow, signing in as EMAIL")
     # auto = probe 2026-07-28 `server/discover`, fall back to `initialize`; legacy = `initialize` only.
     p.add_argument("--mode", choices=["legacy", "auto"], default="auto")
     # streamable-http = POST/GET/DELETE on one URL; sse = the legacy 2024-11-05 HTTP+SSE transport.
@@ -78,12 +90,88 @@ async def list_all(fetch, field: str) -> list:
     return items
 
 
+class MemoryStorage:
+    """Tokens and the registered client, kept for this run only."""
+
+    def __init__(self):
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens):
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client
+
+    async def set_client_info(self, client_info):
+        self.client = client_info
+
+
+def hidden_fields(page: str, form_marker: str) -> dict:
+    """The hidden inputs of the form containing `form_marker`."""
+    form = next(part for part in page.split("</form>") if form_marker in part)
+    return {html.unescape(n): html.unescape(v) for n, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)}
+
+
+def browser_login(email: str, password: str):
+    """The person's part of the flow, as a browser without JavaScript does it: returns the
+    redirect handler (given the authorization URL) and the callback handler (the code)."""
+    result: dict = {}
+
+    async def redirect_handler(authorization_url: str) -> None:
+        async with httpx2.AsyncClient(follow_redirects=False, timeout=20.0) as browser:
+            page = await browser.get(authorization_url)
+            if page.status_code == 303:  # not signed in: the console's sign-in page
+                login_url = urljoin(authorization_url, page.headers["location"])
+                login = await browser.get(login_url)
+                fields = hidden_fields(login.text, 'name="csrf"')
+                fields.update(email=email, password=password)
+                signed_in = await browser.post(urljoin(login_url, "/login"), data=fields)
+                if signed_in.status_code != 303:
+                    raise RuntimeError(f"sign-in failed with HTTP {signed_in.status_code}")
+                page = await browser.get(urljoin(login_url, signed_in.headers["location"]))
+            if page.status_code != 200:
+                raise RuntimeError(f"the authorization page answered HTTP {page.status_code}: {page.text[:300]}")
+            fields = hidden_fields(page.text, 'value="approve"')
+            approved = await browser.post(urljoin(authorization_url, "/oauth/authorize"), data=fields)
+            location = approved.headers.get("location", "")
+            query = parse_qs(urlparse(location).query)
+            if "code" not in query:
+                raise RuntimeError(f"no code in the redirect: {location}")
+            result.update(code=query["code"][0], state=query.get("state", [None])[0], iss=query.get("iss", [None])[0])
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        return AuthorizationCodeResult(code=result["code"], state=result["state"], iss=result["iss"])
+
+    return redirect_handler, callback_handler
+
+
 async def run(a: argparse.Namespace) -> dict:
     headers = {"Authorization": f"Bearer {a.token}"} if a.token else None
+    auth = None
+    if a.oauth_login:
+        email, password = a.oauth_login.split(":", 1)
+        redirect_handler, callback_handler = browser_login(email, password)
+        auth = OAuthClientProvider(
+            server_url=a.url,
+            client_metadata=OAuthClientMetadata(
+                client_name="portcullis-tests (python sdk)",
+                redirect_uris=["http://127.0.0.1:9/callback"],
+                grant_types=["authorization_code", "refresh_token"],
+                response_types=["code"],
+                token_endpoint_auth_method="none",
+            ),
+            storage=MemoryStorage(),
+            redirect_handler=redirect_handler,
+            callback_handler=callback_handler,
+        )
     # Short connect timeout so a closed port fails fast; read timeout bounds a stuck stream.
     timeout = httpx2.Timeout(a.timeout, connect=5.0)
     # Our own httpx2 client is the only way to add headers; the SDK won't close it for us.
-    async with create_mcp_http_client(headers=headers, timeout=timeout) as http:
+    async with create_mcp_http_client(headers=headers, timeout=timeout, auth=auth) as http:
         if a.transport == "sse":
             transport = sse_client(a.url, headers=headers, timeout=a.timeout)
         else:
