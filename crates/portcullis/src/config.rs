@@ -38,6 +38,10 @@ const SETTINGS: &[Setting] = &[
     Setting { key: "log", help: "log filter, e.g. info or portcullis=debug" },
     Setting { key: "replica_url", help: "URL other replicas use to reach this one (stdio session forwarding)" },
     Setting { key: "worker_threads", help: "threads serving requests (default: one per CPU core)" },
+    Setting {
+        key: "oauth_redirect_schemes",
+        help: "comma-separated private-use URI schemes MCP clients may register as OAuth redirects, e.g. cursor,vscode (default: any)",
+    },
 ];
 
 /// A configuration problem, always with the fix in the message.
@@ -78,6 +82,9 @@ pub struct Config {
     pub public_url: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
     pub allowed_hosts: Vec<String>,
+    /// Private-use redirect URI schemes OAuth clients may register; empty means any
+    /// (https and loopback http are always allowed; javascript:, data: and file: never).
+    pub oauth_redirect_schemes: Vec<String>,
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub snapshot_max_age: Duration,
@@ -365,6 +372,20 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
     };
     let allowed_hosts =
         get("allowed_hosts").map(|(_, value)| split_list(value).map(str::to_owned).collect()).unwrap_or_default();
+    let oauth_redirect_schemes: Vec<String> = get("oauth_redirect_schemes")
+        .map(|(_, value)| split_list(value).map(str::to_ascii_lowercase).collect())
+        .unwrap_or_default();
+    if let Some(bad) = oauth_redirect_schemes.iter().find(|scheme| {
+        scheme.is_empty()
+            || !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            || ["javascript", "data", "file", "http", "https"].contains(&scheme.as_str())
+    }) {
+        return Err(invalid(
+            "oauth_redirect_schemes",
+            &format!("{bad:?} is not a private-use URI scheme (list names like cursor,vscode without \"://\")"),
+        ));
+    }
     let max_body_bytes = parse_number("max_body_bytes", 4 * 1024 * 1024)?;
     if max_body_bytes < 1024 {
         return Err(invalid("max_body_bytes", "must be at least 1024"));
@@ -398,6 +419,7 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         public_url,
         trusted_proxies,
         allowed_hosts,
+        oauth_redirect_schemes,
         max_body_bytes: max_body_bytes as usize,
         upstream_timeout: Duration::from_secs(upstream_timeout_secs),
         snapshot_max_age: Duration::from_secs(snapshot_max_age_secs),
@@ -457,6 +479,14 @@ mod tests {
             r#"test: secret_key = "***" is not valid: the secret key must be 32 random bytes written as 64 hex digits or 43 base64url characters (generate one with: portcullis secret-key generate)"#,
         );
         check(&[("log_format", "xml")], r#"test: log_format = "xml" is not valid: expected text or json"#);
+        check(
+            &[("oauth_redirect_schemes", "cursor, javascript")],
+            r#"test: oauth_redirect_schemes = "cursor, javascript" is not valid: "javascript" is not a private-use URI scheme (list names like cursor,vscode without "://")"#,
+        );
+        check(
+            &[("oauth_redirect_schemes", "vscode://")],
+            r#"test: oauth_redirect_schemes = "vscode://" is not valid: "vscode://" is not a private-use URI scheme (list names like cursor,vscode without "://")"#,
+        );
     }
 
     #[test]

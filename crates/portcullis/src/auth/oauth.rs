@@ -44,6 +44,10 @@ pub fn router() -> Router<AppState> {
         .route("/oauth/authorize", get(authorize_page).post(authorize))
         .route("/oauth/token", post(token))
         .route("/oauth/revoke", post(revoke))
+        // The default endpoints a 2025-03-26 client falls back to without metadata.
+        .route("/register", post(register))
+        .route("/authorize", get(authorize_page))
+        .route("/token", post(token))
 }
 
 /// The gateway's external base URL: `public_url`, or the address the request came to (the
@@ -115,8 +119,9 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     no_store((status, axum::Json(json!({"error": error, "error_description": description}))).into_response())
 }
 
-/// Why a redirect URI cannot be registered, if it cannot.
-pub fn check_redirect_uri(text: &str) -> Result<(), String> {
+/// Why a redirect URI cannot be registered, if it cannot. `schemes` narrows the private-use
+/// schemes allowed (empty: any).
+pub fn check_redirect_uri(text: &str, schemes: &[String]) -> Result<(), String> {
     let url = reqwest::Url::parse(text).map_err(|error| format!("{text:?} is not an absolute URI ({error})"))?;
     if url.fragment().is_some() {
         return Err(format!("{text:?} has a fragment; redirect URIs must not"));
@@ -132,7 +137,11 @@ pub fn check_redirect_uri(text: &str) -> Result<(), String> {
             Err(format!("{text:?}: the {scheme}: scheme cannot receive an authorization response"))
         }
         // A native application's private-use scheme (RFC 8252 §7.1), e.g. cursor:// or vscode://.
-        _ => Ok(()),
+        _ if schemes.is_empty() || schemes.iter().any(|allowed| allowed == scheme) => Ok(()),
+        _ => Err(format!(
+            "{text:?}: the {scheme}: scheme is not among the schemes this gateway allows ({})",
+            schemes.join(", ")
+        )),
     }
 }
 
@@ -166,7 +175,7 @@ async fn register(
         );
     }
     for uri in &redirect_uris {
-        if let Err(reason) = check_redirect_uri(uri) {
+        if let Err(reason) = check_redirect_uri(uri, &state.config.oauth_redirect_schemes) {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_redirect_uri", &reason);
         }
     }
@@ -314,7 +323,8 @@ async fn authorize_page(
     let account = match console::signed_in_account(&state, &headers).await {
         Ok(Some(account)) => account,
         Ok(None) => {
-            let next = uri.path_and_query().map_or("/oauth/authorize".to_owned(), ToString::to_string);
+            // Back to the canonical endpoint after signing in (also for the fallback path).
+            let next = format!("/oauth/authorize?{}", uri.query().unwrap_or_default());
             return redirect_to(&format!("/login?next={}", console::url_encode(&next)));
         }
         Err(error) => {
@@ -646,7 +656,7 @@ mod tests {
             "vscode://vscode.github-authentication/did-authenticate",
             "com.example.app:/oauth2redirect",
         ] {
-            assert!(check_redirect_uri(good).is_ok(), "{good}");
+            assert!(check_redirect_uri(good, &[]).is_ok(), "{good}");
         }
         for bad in [
             "javascript:alert(1)",
@@ -657,8 +667,13 @@ mod tests {
             "/relative",
             "https://",
         ] {
-            assert!(check_redirect_uri(bad).is_err(), "{bad}");
+            assert!(check_redirect_uri(bad, &[]).is_err(), "{bad}");
         }
+        // Admins can narrow the private-use schemes; https and loopback stay allowed.
+        let narrowed = ["cursor".to_owned()];
+        assert!(check_redirect_uri("cursor://anysphere.cursor-retrieval/cb", &narrowed).is_ok());
+        assert!(check_redirect_uri("vscode://vscode.github-authentication/cb", &narrowed).is_err());
+        assert!(check_redirect_uri("http://127.0.0.1:9/cb", &narrowed).is_ok());
     }
 
     #[test]

@@ -303,4 +303,16 @@ async fn bad_authorization_requests_are_refused_the_standard_way() {
     assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")));
     let forged = gw.client("demo", Some("pco_forged")).initialize().await;
     assert_eq!(forged.status, 401);
+    // The default endpoints of 2025-03-26 clients that find no metadata answer the same way.
+    let fallback = http.get(gw.url("/authorize?response_type=code&client_id=pcl_nobody")).send().await.unwrap();
+    assert_eq!(fallback.status(), 400);
+    let fallback = http.post(gw.url("/token")).form(&[("grant_type", "password")]).send().await.unwrap();
+    assert_eq!(fallback.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    let registered = http
+        .post(gw.url("/register"))
+        .json(&json!({"redirect_uris": ["https://app.example.com/cb"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
 }
