@@ -76,6 +76,44 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Html {
     Html(out)
 }
 
+/// A link with an escaped address and label.
+pub fn link(href: &str, label: &str) -> Html {
+    Html(format!("<a href=\"{}\">{}</a>", esc(href), esc(label)))
+}
+
+/// Escaped text as a table cell's content.
+pub fn cell(content: &str) -> Html {
+    Html(esc(content))
+}
+
+/// A table whose cells are built markup (links, forms) rather than plain text.
+pub fn rich_table(headers: &[&str], rows: &[Vec<Html>]) -> Html {
+    let mut out = String::from("<table><thead><tr>");
+    for header in headers {
+        let _ = write!(out, "<th scope=\"col\">{}</th>", esc(header));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", cell.0);
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+    Html(out)
+}
+
+/// A definition list of escaped labels and values.
+pub fn facts(items: &[(&str, String)]) -> Html {
+    let mut out = String::from("<dl class=\"facts\">");
+    for (label, value) in items {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", esc(label), esc(value));
+    }
+    out.push_str("</dl>");
+    Html(out)
+}
+
 /// One input of a form.
 pub struct Field<'a> {
     pub name: &'static str,
@@ -136,7 +174,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, content: Html) -> String {
         out.push_str("<nav aria-label=\"Main\"><a href=\"/console\">My servers</a>");
         out.push_str("<a href=\"/console/mfa\">Two-step sign-in</a>");
         if viewer.admin {
-            out.push_str("<a href=\"/console/users\">Users</a>");
+            out.push_str("<a href=\"/console/users\">Users</a><a href=\"/console/groups\">Groups</a>");
         }
         out.push_str("</nav>");
         let _ = write!(

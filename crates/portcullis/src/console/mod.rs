@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use html::{Field, Html, Viewer, esc, note, page, table, text};
+use html::{Field, Html, Viewer, cell, esc, facts, link, note, page, rich_table, table, text};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,6 +53,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/api-keys/{id}/revoke", post(revoke_key))
         .route("/console/mfa", get(enrol_page).post(enrol))
         .route("/console/users", get(users))
+        .route("/console/users/{email}", get(user_detail))
+        .route("/console/users/{email}/status", post(set_user_status))
+        .route("/console/groups", get(groups))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }
 
@@ -1092,7 +1095,7 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
     let wanted =
         |value: &Option<String>| value.as_deref().map(str::trim).filter(|value| !value.is_empty()).map(str::to_owned);
     let (status, role, group) = (wanted(&query.status), wanted(&query.role), wanted(&query.group));
-    let rows: Vec<Vec<String>> = people
+    let rows: Vec<Vec<Html>> = people
         .iter()
         .filter(|person| status.as_deref().is_none_or(|status| person.status.as_str() == status))
         .filter(|person| {
@@ -1108,12 +1111,12 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
             let roles: Vec<&str> =
                 AdminRole::held(person.admin, &person.admin_roles).iter().map(|role| role.as_str()).collect();
             vec![
-                person.name.clone(),
-                person.email.clone(),
-                person.status.as_str().to_owned(),
-                roles.join(", "),
-                person.groups.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>().join(", "),
-                when(person.last_login_at),
+                cell(&person.name),
+                link(&format!("/console/users/{}", url_encode(&person.email)), &person.email),
+                cell(person.status.as_str()),
+                cell(&roles.join(", ")),
+                cell(&person.groups.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>().join(", ")),
+                cell(&when(person.last_login_at)),
             ]
         })
         .collect();
@@ -1136,9 +1139,201 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
         esc(group.as_deref().unwrap_or("")),
     )));
     content.push(note("hint", &format!("{} people", rows.len())));
-    content.push(table(&["Name", "Email", "Status", "Admin roles", "Groups", "Last sign-in (UTC)"], &rows));
+    content.push(rich_table(&["Name", "Email", "Status", "Admin roles", "Groups", "Last sign-in (UTC)"], &rows));
     let viewer = Viewer { email: &signed.account.email, admin: true, csrf: &csrf_token };
     let mut cookies: Vec<String> = set.into_iter().collect();
     cookies.extend(signed.refreshed);
     with_cookies(html_response(StatusCode::OK, page("Users", Some(&viewer), content)), cookies)
+}
+
+/// The admin viewing an admin page, or the response that turns others away.
+async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
+    let signed = require(state, headers).await?;
+    if !signed.admin() {
+        return Err(html_response(
+            StatusCode::FORBIDDEN,
+            page("Administrators only", None, note("error", "Only administrators see this page.")),
+        ));
+    }
+    Ok(signed)
+}
+
+/// Admins: one person — who they are, their groups and roles, the servers they can use now,
+/// their last sign-in and recent activity; suspend or reactivate them.
+async fn user_detail(State(state): State<AppState>, headers: HeaderMap, Path(email): Path<String>) -> Response {
+    let signed = match require_admin(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let loaded = async {
+        let mut connection = state.store.pool.acquire().await?;
+        let person = store::directory::list_people(&mut connection)
+            .await?
+            .into_iter()
+            .find(|person| person.email.eq_ignore_ascii_case(&email));
+        let events = match &person {
+            Some(person) => {
+                let filter = store::audit::Filter { user_id: Some(person.id.clone()), limit: 20, ..Default::default() };
+                store::audit::query(&mut connection, &filter).await?
+            }
+            None => Vec::new(),
+        };
+        Ok::<_, StoreError>((person, events))
+    }
+    .await;
+    let (person, events) = match loaded {
+        Ok((Some(person), events)) => (person, events),
+        Ok((None, _)) => {
+            return html_response(
+                StatusCode::NOT_FOUND,
+                page("No such person", None, note("error", "Nobody has that email.")),
+            );
+        }
+        Err(error) => return failure(&error),
+    };
+    let (csrf_token, set) = csrf(&state, &headers);
+    let roles: Vec<&str> =
+        AdminRole::held(person.admin, &person.admin_roles).iter().map(|role| role.as_str()).collect();
+    let servers: Vec<String> = servers_of(&state, &person.id).into_iter().map(|(name, _)| name).collect();
+    let mut content = Html::new();
+    content.push(facts(&[
+        ("Email", person.email.clone()),
+        ("Status", person.status.as_str().to_owned()),
+        ("Department", person.department.clone()),
+        ("Title", person.title.clone()),
+        ("Team", person.team.clone()),
+        ("Groups", person.groups.iter().map(|(_, name)| name.as_str()).collect::<Vec<_>>().join(", ")),
+        ("Admin roles", roles.join(", ")),
+        ("Roles", person.roles.join(", ")),
+        ("Can use", if servers.is_empty() { "no server".to_owned() } else { servers.join(", ") }),
+        ("Source", person.source.clone()),
+        ("Last sign-in (UTC)", when(person.last_login_at)),
+    ]));
+    if signed.account.admin_roles.iter().any(|role| role.can(crate::registry::Power::SuspendPeople)) {
+        let (value, label) =
+            if person.status == Status::Suspended { ("active", "Reactivate") } else { ("suspended", "Suspend") };
+        let action = format!("/console/users/{}/status", url_encode(&person.email));
+        content.push(html::form_with(&action, &csrf_token, &[("status", value)], &[], label));
+    }
+    content.push(text("h2", "Recent activity"));
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|event| {
+            vec![
+                when(Some(event.time_ms)),
+                event.server.clone().unwrap_or_default(),
+                event.method.clone(),
+                event.target.clone().unwrap_or_default(),
+                event.decision.clone(),
+                event.outcome.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        content.push(note("hint", "Nothing yet."));
+    } else {
+        content.push(table(&["Time (UTC)", "Server", "Request", "Tool or resource", "Decision", "Outcome"], &rows));
+    }
+    let viewer = Viewer { email: &signed.account.email, admin: true, csrf: &csrf_token };
+    let title = if person.name.is_empty() { person.email.clone() } else { person.name.clone() };
+    let mut cookies: Vec<String> = set.into_iter().collect();
+    cookies.extend(signed.refreshed);
+    with_cookies(html_response(StatusCode::OK, page(&title, Some(&viewer), content)), cookies)
+}
+
+#[derive(Deserialize)]
+struct StatusForm {
+    #[serde(default)]
+    csrf: String,
+    status: String,
+}
+
+/// Admins who may suspend people: suspend or reactivate someone.
+async fn set_user_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(email): Path<String>,
+    Form(form): Form<StatusForm>,
+) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let signed = match require_admin(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    if !signed.account.admin_roles.iter().any(|role| role.can(crate::registry::Power::SuspendPeople)) {
+        return html_response(
+            StatusCode::FORBIDDEN,
+            page("Not allowed", None, note("error", "Your admin roles do not let you suspend people.")),
+        );
+    }
+    let status = match form.status.as_str() {
+        "suspended" => Status::Suspended,
+        "active" => Status::Active,
+        _ => {
+            return html_response(
+                StatusCode::BAD_REQUEST,
+                page("Not understood", None, note("error", "Unknown status.")),
+            );
+        }
+    };
+    if let Err(error) = crate::cli::set_user_status(&state.store, &email, status).await {
+        return html_response(StatusCode::NOT_FOUND, page("Not done", None, note("error", &error.to_string())));
+    }
+    if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
+        tracing::warn!(%error, "snapshot reload after a status change failed; the refresher will retry");
+    }
+    audit(
+        &state,
+        Some(&signed.account),
+        &signed.account.email,
+        "console/user.status",
+        true,
+        &format!("{email}: {}", status.as_str()),
+    );
+    redirect(&format!("/console/users/{}", url_encode(&email)))
+}
+
+/// Admins: every group, where it comes from, and its members.
+async fn groups(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let signed = match require_admin(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let groups = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::directory::list_groups(&mut connection).await
+    }
+    .await;
+    let groups = match groups {
+        Ok(groups) => groups,
+        Err(error) => return failure(&error),
+    };
+    let (csrf_token, set) = csrf(&state, &headers);
+    let rows: Vec<Vec<Html>> = groups
+        .iter()
+        .map(|group| {
+            let members: Vec<String> = group.members.iter().map(|(_, email)| email.clone()).collect();
+            vec![
+                link(&format!("/console/users?group={}", url_encode(&group.name)), &group.name),
+                cell(if group.source == "scim" { "identity provider" } else { "local" }),
+                cell(&members.len().to_string()),
+                cell(&members.join(", ")),
+            ]
+        })
+        .collect();
+    let mut content = Html::new();
+    if rows.is_empty() {
+        content.push(note(
+            "hint",
+            "No groups yet. Add them with apply or let your identity provider push them over SCIM.",
+        ));
+    } else {
+        content.push(rich_table(&["Group", "From", "Members", "Who"], &rows));
+    }
+    let viewer = Viewer { email: &signed.account.email, admin: true, csrf: &csrf_token };
+    let mut cookies: Vec<String> = set.into_iter().collect();
+    cookies.extend(signed.refreshed);
+    with_cookies(html_response(StatusCode::OK, page("Groups", Some(&viewer), content)), cookies)
 }

@@ -253,3 +253,64 @@ async fn employees_sign_in_with_a_password_see_their_servers_and_are_locked_out_
         .unwrap();
     assert_eq!(browser.get("/console").await.location(), "/login");
 }
+
+/// A signed-in browser for an admin of `role` (two-step sign-in set up directly in the store).
+async fn signed_in_admin(gw: &TestGateway, email: &str, role: &str) -> Browser {
+    gw.apply(&format!("[[users]]\nemail = \"{email}\"\nroles = [\"{role}\"]\n")).await;
+    portcullis::cli::set_password(gw.store(), email, "an admin's long passphrase").await.unwrap();
+    let secret = totp::Secret::generate();
+    let mut connection = gw.store().pool.acquire().await.unwrap();
+    let account = portcullis::store::accounts::by_email(&mut connection, email).await.unwrap().unwrap();
+    let sealed = gw.state.keys.secrets.seal_text(secret.as_bytes(), format!("totp:{}", account.user_id).as_bytes());
+    portcullis::store::accounts::set_totp(&mut connection, &account.user_id, &sealed, 0, &[]).await.unwrap();
+    drop(connection);
+    let mut browser = Browser::new(gw);
+    let login = browser.get("/login").await;
+    let step = browser
+        .post("/login", &[("csrf", &login.csrf()), ("email", email), ("password", "an admin's long passphrase")])
+        .await;
+    assert_eq!(step.location(), "/login/mfa");
+    let second = browser.get("/login/mfa").await;
+    let done =
+        browser.post("/login/mfa", &[("csrf", &second.csrf()), ("code", &totp::code(&secret, unix_now()))]).await;
+    assert_eq!(done.location(), "/console", "{}", done.body);
+    browser
+}
+
+#[tokio::test]
+async fn admins_see_a_person_and_the_groups_and_suspend_from_the_console() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "{}\n[[groups]]\nname = \"Finance\"\n[[users]]\nemail = \"bob@example.com\"\ngroups = [\"Finance\"]\n",
+        demo_server_toml("demo", &["ann@example.com"])
+    ))
+    .await;
+    let mut it = signed_in_admin(&gw, "it@example.com", "it-admin").await;
+    let list = it.get("/console/users?group=finance").await;
+    assert!(list.body.contains("href=\"/console/users/bob%40example.com\""), "{}", list.body);
+    assert!(!list.body.contains("ann@example.com"), "filtered by group");
+    let ann = it.get("/console/users/ann%40example.com").await;
+    assert_eq!(ann.status, 200);
+    assert!(ann.body.contains("<dt>Can use</dt><dd>demo</dd>"), "{}", ann.body);
+    let suspended =
+        it.post("/console/users/ann%40example.com/status", &[("csrf", &ann.csrf()), ("status", "suspended")]).await;
+    assert_eq!(suspended.status, 303);
+    let ann = it.get("/console/users/ann%40example.com").await;
+    assert!(ann.body.contains("<dt>Status</dt><dd>suspended</dd>") && ann.body.contains("Reactivate"), "{}", ann.body);
+    let groups = it.get("/console/groups").await;
+    assert!(groups.body.contains("Finance") && groups.body.contains("bob@example.com"), "{}", groups.body);
+    // An analytics admin sees people but cannot suspend them.
+    let mut analyst = signed_in_admin(&gw, "numbers@example.com", "analytics-admin").await;
+    let bob = analyst.get("/console/users/bob%40example.com").await;
+    assert!(!bob.body.contains("Suspend"), "{}", bob.body);
+    let refused = analyst
+        .post("/console/users/bob%40example.com/status", &[("csrf", &bob.csrf()), ("status", "suspended")])
+        .await;
+    assert_eq!(refused.status, 403);
+    assert!(
+        gw.audit()
+            .await
+            .iter()
+            .any(|event| event.method == "console/user.status" && event.principal == "it@example.com")
+    );
+}
