@@ -45,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .route("/grants/{id}", delete(delete_grant))
         .route("/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api-keys/{id}", delete(revoke_api_key))
+        .route("/settings", get(get_settings).put(put_settings))
         .route("/scim-tokens", get(list_scim_tokens).post(create_scim_token))
         .route("/scim-tokens/{id}", delete(revoke_scim_token))
         .route("/audit", get(audit))
@@ -586,6 +587,59 @@ async fn revoke_api_key(
     drop(connection);
     reload(&state).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /settings` (super admins).
+async fn get_settings(State(state): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ManageAdmins)?;
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let required = store::settings::admin_mfa_required(&mut connection).await?;
+    Ok(Json(json!({ "admin_mfa_required": required })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsBody {
+    admin_mfa_required: bool,
+}
+
+/// `PUT /settings` (super admins); audited.
+async fn put_settings(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(body): Json<SettingsBody>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = admin.require(Power::ManageAdmins)?.email.clone();
+    let value = if body.admin_mfa_required { "true" } else { "false" };
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    store::settings::set(&mut transaction, store::settings::ADMIN_MFA, value).await?;
+    store::audit::insert(&mut transaction, &[settings_event(&actor, value, &state.replica)]).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    Ok(Json(json!({ "admin_mfa_required": body.admin_mfa_required })))
+}
+
+fn settings_event(actor: &str, value: &str, replica: &str) -> crate::audit::AuditEvent {
+    crate::audit::AuditEvent {
+        id: crate::crypto::new_id(),
+        ts: store::now_ms(),
+        user_id: None,
+        principal: actor.to_owned(),
+        server: None,
+        method: "settings/admin-mfa".into(),
+        target: Some(store::settings::ADMIN_MFA.into()),
+        sealed_arguments: None,
+        arguments_digest: None,
+        decision: "allow",
+        reason: format!("admin two-step sign-in required: {value}"),
+        outcome: "ok".into(),
+        error: None,
+        latency_us: None,
+        client_name: None,
+        client_version: None,
+        ip: None,
+        correlation_id: crate::crypto::random_token(12),
+        replica: replica.to_owned(),
+    }
 }
 
 /// `GET /scim-tokens`: the identity providers' tokens, without the tokens (IT admins).

@@ -89,6 +89,10 @@ pub fn build() -> Value {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
                 "delete": operation("Revoke an API key (its owner or an admin)", None, "204")
             },
+            "/settings": {
+                "get": operation("Deployment settings (super admin)", None, "200"),
+                "put": operation("Change deployment settings, e.g. {\"admin_mfa_required\": true} (super admin; audited)", None, "200")
+            },
             "/scim-tokens": {
                 "get": operation("SCIM tokens of identity providers, without the tokens (IT admin)", None, "200"),
                 "post": operation("Create a SCIM token; it is returned once (IT admin)", Some("ScimToken"), "201")

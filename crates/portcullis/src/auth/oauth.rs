@@ -364,7 +364,7 @@ async fn authorize_page(
         hidden.push(("decision", decision));
         content.push(html::form_with("/oauth/authorize", &csrf, &hidden, &[], label));
     }
-    let viewer = html::Viewer { email: &account.email, admin: !account.admin_roles.is_empty(), csrf: &csrf };
+    let viewer = console::viewer(&account, &csrf);
     let body = html::page("Allow access?", Some(&viewer), content);
     let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
     if let Some(cookie) = cookie.and_then(|cookie| HeaderValue::from_str(&cookie).ok()) {

@@ -160,6 +160,8 @@ pub fn form_with(
 pub struct Viewer<'a> {
     pub email: &'a str,
     pub admin: bool,
+    /// Sees deployment settings.
+    pub super_admin: bool,
     pub csrf: &'a str,
 }
 
@@ -175,6 +177,9 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, content: Html) -> String {
         out.push_str("<a href=\"/console/mfa\">Two-step sign-in</a>");
         if viewer.admin {
             out.push_str("<a href=\"/console/users\">Users</a><a href=\"/console/groups\">Groups</a>");
+        }
+        if viewer.super_admin {
+            out.push_str("<a href=\"/console/settings\">Settings</a>");
         }
         out.push_str("</nav>");
         let _ = write!(

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/users/{email}", get(user_detail))
         .route("/console/users/{email}/status", post(set_user_status))
         .route("/console/groups", get(groups))
+        .route("/console/settings", get(settings_page).post(change_settings))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }
 
@@ -257,10 +258,30 @@ fn failure(error: &StoreError) -> Response {
     )
 }
 
-/// Does this account need a second factor at sign-in? Every admin does (MFA is enforced for
-/// admin roles), and everyone who enrolled.
-fn needs_second_factor(account: &Account) -> bool {
-    !account.admin_roles.is_empty() || account.totp_secret.is_some()
+/// Does this account need a second factor at sign-in? Everyone who enrolled does, and every
+/// admin while the super admin requires it (the default).
+fn needs_second_factor(account: &Account, required_for_admins: bool) -> bool {
+    (required_for_admins && !account.admin_roles.is_empty()) || account.totp_secret.is_some()
+}
+
+/// The navigation's view of who is signed in.
+pub fn viewer<'a>(account: &'a Account, csrf: &'a str) -> Viewer<'a> {
+    Viewer {
+        email: &account.email,
+        admin: !account.admin_roles.is_empty(),
+        super_admin: account.admin_roles.contains(&AdminRole::SuperAdmin),
+        csrf,
+    }
+}
+
+/// Whether admins must use a second step; when the store cannot say, they must.
+async fn admin_mfa_required(state: &AppState) -> bool {
+    let required = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::settings::admin_mfa_required(&mut connection).await
+    }
+    .await;
+    required.unwrap_or(true)
 }
 
 fn audit(state: &AppState, account: Option<&Account>, principal: &str, method: &str, allowed: bool, reason: &str) {
@@ -379,7 +400,7 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
     };
     state.sign_in_failures.clear(&email);
     let now = unix_now();
-    let second = needs_second_factor(&account);
+    let second = needs_second_factor(&account, admin_mfa_required(&state).await);
     let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: !second };
     if !second {
         finish_sign_in(&state, &account).await;
@@ -713,7 +734,7 @@ async fn enrol_page(State(state): State<AppState>, headers: HeaderMap) -> Respon
         Err(error) => return failure(&error),
     };
     let (csrf_token, set) = csrf(&state, &headers);
-    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    let viewer = viewer(&signed.account, &csrf_token);
     if signed.account.totp_secret.is_some() {
         if !signed.session.m {
             return redirect("/login/mfa");
@@ -794,7 +815,7 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
         return redirect("/console/mfa");
     };
     let (csrf_token, _) = csrf(&state, &headers);
-    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    let viewer = viewer(&signed.account, &csrf_token);
     let Some(step) = totp::verify(&secret, &form.code, unix_now(), None) else {
         let body = enrol_form(
             &state,
@@ -959,7 +980,7 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
         "<form method=\"post\" action=\"/logout/everywhere\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out on every device</button></form>",
         esc(&csrf_token)
     )));
-    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    let viewer = viewer(&signed.account, &csrf_token);
     let mut cookies: Vec<String> = set.into_iter().collect();
     cookies.extend(signed.refreshed);
     with_cookies(html_response(StatusCode::OK, page("My servers", Some(&viewer), content)), cookies)
@@ -1016,7 +1037,7 @@ async fn create_key(State(state): State<AppState>, headers: HeaderMap, Form(form
     }
     audit(&state, Some(&signed.account), &signed.account.email, "console/api-key.create", true, form.name.trim());
     let (csrf_token, _) = csrf(&state, &headers);
-    let viewer = Viewer { email: &signed.account.email, admin: signed.admin(), csrf: &csrf_token };
+    let viewer = viewer(&signed.account, &csrf_token);
     let mut content = Html::new();
     content.push(note("hint", "Copy the key now: it is shown only once. Send it as \"Authorization: Bearer <key>\"."));
     content.push(Html::trusted(format!("<p><code class=\"secret\">{}</code></p>", esc(&key))));
@@ -1140,7 +1161,7 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
     )));
     content.push(note("hint", &format!("{} people", rows.len())));
     content.push(rich_table(&["Name", "Email", "Status", "Admin roles", "Groups", "Last sign-in (UTC)"], &rows));
-    let viewer = Viewer { email: &signed.account.email, admin: true, csrf: &csrf_token };
+    let viewer = viewer(&signed.account, &csrf_token);
     let mut cookies: Vec<String> = set.into_iter().collect();
     cookies.extend(signed.refreshed);
     with_cookies(html_response(StatusCode::OK, page("Users", Some(&viewer), content)), cookies)
@@ -1234,7 +1255,7 @@ async fn user_detail(State(state): State<AppState>, headers: HeaderMap, Path(ema
     } else {
         content.push(table(&["Time (UTC)", "Server", "Request", "Tool or resource", "Decision", "Outcome"], &rows));
     }
-    let viewer = Viewer { email: &signed.account.email, admin: true, csrf: &csrf_token };
+    let viewer = viewer(&signed.account, &csrf_token);
     let title = if person.name.is_empty() { person.email.clone() } else { person.name.clone() };
     let mut cookies: Vec<String> = set.into_iter().collect();
     cookies.extend(signed.refreshed);
@@ -1332,8 +1353,99 @@ async fn groups(State(state): State<AppState>, headers: HeaderMap) -> Response {
     } else {
         content.push(rich_table(&["Group", "From", "Members", "Who"], &rows));
     }
-    let viewer = Viewer { email: &signed.account.email, admin: true, csrf: &csrf_token };
+    let viewer = viewer(&signed.account, &csrf_token);
     let mut cookies: Vec<String> = set.into_iter().collect();
     cookies.extend(signed.refreshed);
     with_cookies(html_response(StatusCode::OK, page("Groups", Some(&viewer), content)), cookies)
+}
+
+/// Super admins: deployment settings.
+async fn settings_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let signed = match require_admin(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    if !signed.account.admin_roles.contains(&AdminRole::SuperAdmin) {
+        return html_response(
+            StatusCode::FORBIDDEN,
+            page("Settings", None, note("error", "Only super admins change settings.")),
+        );
+    }
+    let required = admin_mfa_required(&state).await;
+    let (csrf_token, set) = csrf(&state, &headers);
+    let mut content = Html::new();
+    content.push(text("h2", "Two-step sign-in for administrators"));
+    if required {
+        content.push(note(
+            "ok",
+            "Required: every administrator signs in with a password and a code from an authenticator app.",
+        ));
+        content.push(note("hint", "Turning this off lets administrators sign in with a password alone. Keep it on unless your identity provider already enforces it."));
+        content.push(html::form_with(
+            "/console/settings",
+            &csrf_token,
+            &[("admin_mfa", "off")],
+            &[],
+            "Stop requiring it",
+        ));
+    } else {
+        content.push(note(
+            "error",
+            "Not required: administrators without an authenticator app sign in with a password alone.",
+        ));
+        content.push(html::form_with("/console/settings", &csrf_token, &[("admin_mfa", "on")], &[], "Require it"));
+    }
+    let viewer = viewer(&signed.account, &csrf_token);
+    let mut cookies: Vec<String> = set.into_iter().collect();
+    cookies.extend(signed.refreshed);
+    with_cookies(html_response(StatusCode::OK, page("Settings", Some(&viewer), content)), cookies)
+}
+
+#[derive(Deserialize)]
+struct SettingsForm {
+    #[serde(default)]
+    csrf: String,
+    admin_mfa: String,
+}
+
+async fn change_settings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SettingsForm>,
+) -> Response {
+    if !csrf_ok(&state, &headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let signed = match require_admin(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    if !signed.account.admin_roles.contains(&AdminRole::SuperAdmin) {
+        return html_response(
+            StatusCode::FORBIDDEN,
+            page("Settings", None, note("error", "Only super admins change settings.")),
+        );
+    }
+    let value = match form.admin_mfa.as_str() {
+        "on" => "true",
+        "off" => "false",
+        _ => return html_response(StatusCode::BAD_REQUEST, page("Settings", None, note("error", "Unknown value."))),
+    };
+    let saved = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::settings::set(&mut connection, store::settings::ADMIN_MFA, value).await
+    }
+    .await;
+    if let Err(error) = saved {
+        return failure(&error);
+    }
+    audit(
+        &state,
+        Some(&signed.account),
+        &signed.account.email,
+        "settings/admin-mfa",
+        true,
+        &format!("admin two-step sign-in required: {value}"),
+    );
+    redirect("/console/settings")
 }

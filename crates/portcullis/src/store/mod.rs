@@ -12,6 +12,7 @@
 //!   and first-run setup tokens.
 //! - [`oauth`]: OAuth clients, authorization codes and tokens.
 //! - [`audit`]: audit events (group-committed inserts, outcome updates, queries).
+//! - [`settings`]: settings admins change at run time.
 //! - [`replicas`]: which replicas are alive and where to reach them.
 
 pub mod accounts;
@@ -20,6 +21,7 @@ pub mod directory;
 pub mod oauth;
 pub mod registry;
 pub mod replicas;
+pub mod settings;
 
 use crate::config::StoreLocation;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -92,6 +94,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "oauth",
         sqlite: include_str!("migrations/0005_oauth.sqlite.sql"),
         postgres: include_str!("migrations/0005_oauth.postgres.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "settings",
+        sqlite: include_str!("migrations/0006_settings.sqlite.sql"),
+        postgres: include_str!("migrations/0006_settings.postgres.sql"),
     },
 ];
 

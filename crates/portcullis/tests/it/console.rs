@@ -314,3 +314,51 @@ async fn admins_see_a_person_and_the_groups_and_suspend_from_the_console() {
             .any(|event| event.method == "console/user.status" && event.principal == "it@example.com")
     );
 }
+
+/// Two-step sign-in for admins is on by default; a super admin can turn it off (audited), and
+/// then an admin without an authenticator signs in with the password alone.
+#[tokio::test]
+async fn the_super_admin_decides_whether_admins_need_a_second_step() {
+    let gw = TestGateway::start().await;
+    gw.apply("[[users]]\nemail = \"it@example.com\"\nroles = [\"it-admin\"]\n").await;
+    portcullis::cli::set_password(gw.store(), "it@example.com", "it's long passphrase").await.unwrap();
+    let sign_in = |gw: &TestGateway| {
+        let mut browser = Browser::new(gw);
+        async move {
+            let login = browser.get("/login").await;
+            let fields = [
+                ("csrf", login.csrf()),
+                ("email", "it@example.com".into()),
+                ("password", "it's long passphrase".into()),
+            ];
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            browser.post("/login", &fields).await.location().to_owned()
+        }
+    };
+    assert_eq!(sign_in(&gw).await, "/console/mfa", "admins must enrol first");
+    let mut root = signed_in_admin(&gw, "root@example.com", "super-admin").await;
+    let settings = root.get("/console/settings").await;
+    assert!(settings.body.contains("Required"), "{}", settings.body);
+    let off = root.post("/console/settings", &[("csrf", &settings.csrf()), ("admin_mfa", "off")]).await;
+    assert_eq!(off.location(), "/console/settings");
+    assert_eq!(sign_in(&gw).await, "/console", "a password alone now");
+    let key = gw.api_key("root@example.com").await;
+    let http = reqwest::Client::new();
+    let current: serde_json::Value =
+        http.get(gw.url("/api/v1/settings")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(current["admin_mfa_required"], false);
+    let on = http
+        .put(gw.url("/api/v1/settings"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"admin_mfa_required": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on.status(), 200);
+    assert_eq!(sign_in(&gw).await, "/console/mfa");
+    // Only super admins see or change settings.
+    let it_key = gw.api_key("it@example.com").await;
+    assert_eq!(http.get(gw.url("/api/v1/settings")).bearer_auth(&it_key).send().await.unwrap().status(), 403);
+    let events = gw.audit().await;
+    assert_eq!(events.iter().filter(|event| event.method == "settings/admin-mfa").count(), 2);
+}
