@@ -52,26 +52,9 @@ pub fn role_changes(
     removed: &[crate::registry::AdminRole],
     replica: &str,
 ) -> Vec<AuditEvent> {
-    let event = |method: &str, role: &crate::registry::AdminRole, reason: String| AuditEvent {
-        id: crate::crypto::new_id(),
-        ts: crate::store::now_ms(),
-        user_id: None,
-        principal: actor.to_owned(),
-        server: None,
-        method: method.to_owned(),
-        target: Some(format!("{email}: {}", role.as_str())),
-        sealed_arguments: None,
-        arguments_digest: None,
-        decision: "allow",
-        reason,
-        outcome: "ok".into(),
-        error: None,
-        latency_us: None,
-        client_name: None,
-        client_version: None,
-        ip: None,
-        correlation_id: crate::crypto::random_token(12),
-        replica: replica.to_owned(),
+    let event = |method: &str, role: &crate::registry::AdminRole, reason: String| {
+        let target = format!("{email}: {}", role.as_str());
+        AuditEvent::action(actor, None, method, Some(&target), true, &reason, replica)
     };
     let given =
         added.iter().map(|role| event("admin-role/assign", role, format!("{actor} gave {email} {}", role.as_str())));
@@ -79,6 +62,43 @@ pub fn role_changes(
         .iter()
         .map(|role| event("admin-role/remove", role, format!("{actor} took {} from {email}", role.as_str())));
     given.chain(taken).collect()
+}
+
+impl AuditEvent {
+    /// The event of an action that is not an MCP request (a sign-in, a setting, a SCIM
+    /// change): who (`principal`, and their user id when they are a user) did `method` to
+    /// `target`, allowed or not, and why.
+    pub fn action(
+        principal: &str,
+        user_id: Option<&str>,
+        method: &str,
+        target: Option<&str>,
+        allowed: bool,
+        reason: &str,
+        replica: &str,
+    ) -> AuditEvent {
+        AuditEvent {
+            id: crate::crypto::new_id(),
+            ts: crate::store::now_ms(),
+            user_id: user_id.map(str::to_owned),
+            principal: principal.to_owned(),
+            server: None,
+            method: method.to_owned(),
+            target: target.map(str::to_owned),
+            sealed_arguments: None,
+            arguments_digest: None,
+            decision: if allowed { "allow" } else { "deny" },
+            reason: reason.to_owned(),
+            outcome: if allowed { "ok" } else { "denied" }.to_owned(),
+            error: None,
+            latency_us: None,
+            client_name: None,
+            client_version: None,
+            ip: None,
+            correlation_id: crate::crypto::random_token(12),
+            replica: replica.to_owned(),
+        }
+    }
 }
 
 /// How a call that was recorded as `pending` ended.

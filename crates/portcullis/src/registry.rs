@@ -378,6 +378,19 @@ pub struct Person {
     pub last_login_at: Option<i64>,
 }
 
+impl Person {
+    /// Does the person match the filters admins use: status, a role (admin or job function)
+    /// and a group (case-insensitive)?
+    pub fn matches(&self, status: Option<Status>, role: Option<&str>, group: Option<&str>) -> bool {
+        status.is_none_or(|status| self.status == status)
+            && role.is_none_or(|role| {
+                AdminRole::held(self.admin, &self.admin_roles).iter().any(|held| held.as_str() == role)
+                    || self.roles.iter().any(|held| held.eq_ignore_ascii_case(role))
+            })
+            && group.is_none_or(|group| self.groups.iter().any(|(_, name)| name.eq_ignore_ascii_case(group)))
+    }
+}
+
 /// A group with its identity-provider identity and members (user id, email).
 #[derive(Debug, Clone, Serialize)]
 pub struct DirectoryGroup {

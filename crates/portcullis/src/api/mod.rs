@@ -274,19 +274,7 @@ async fn list_users(
     let people = store::directory::list_people(&mut connection).await?;
     let users: Vec<Value> = people
         .iter()
-        .filter(|person| status.is_none_or(|status| person.status == status))
-        .filter(|person| {
-            query.role.as_deref().is_none_or(|role| {
-                AdminRole::held(person.admin, &person.admin_roles).iter().any(|held| held.as_str() == role)
-                    || person.roles.iter().any(|held| held.eq_ignore_ascii_case(role))
-            })
-        })
-        .filter(|person| {
-            query
-                .group
-                .as_deref()
-                .is_none_or(|group| person.groups.iter().any(|(_, name)| name.eq_ignore_ascii_case(group)))
-        })
+        .filter(|person| person.matches(status, query.role.as_deref(), query.group.as_deref()))
         .map(person_json)
         .collect();
     Ok(Json(json!({ "users": users })))
@@ -619,27 +607,9 @@ async fn put_settings(
 }
 
 fn settings_event(actor: &str, value: &str, replica: &str) -> crate::audit::AuditEvent {
-    crate::audit::AuditEvent {
-        id: crate::crypto::new_id(),
-        ts: store::now_ms(),
-        user_id: None,
-        principal: actor.to_owned(),
-        server: None,
-        method: "settings/admin-mfa".into(),
-        target: Some(store::settings::ADMIN_MFA.into()),
-        sealed_arguments: None,
-        arguments_digest: None,
-        decision: "allow",
-        reason: format!("admin two-step sign-in required: {value}"),
-        outcome: "ok".into(),
-        error: None,
-        latency_us: None,
-        client_name: None,
-        client_version: None,
-        ip: None,
-        correlation_id: crate::crypto::random_token(12),
-        replica: replica.to_owned(),
-    }
+    let reason = format!("admin two-step sign-in required: {value}");
+    let target = Some(store::settings::ADMIN_MFA);
+    crate::audit::AuditEvent::action(actor, None, "settings/admin-mfa", target, true, &reason, replica)
 }
 
 /// `GET /scim-tokens`: the identity providers' tokens, without the tokens (IT admins).

@@ -11,6 +11,7 @@
 //! reused refresh token (or code) revokes every token of its family. Revocation: RFC 7009.
 
 use crate::app::AppState;
+use crate::audit::AuditEvent;
 use crate::auth::{ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX};
 use crate::config::Config;
 use crate::console::{self, html};
@@ -425,27 +426,10 @@ async fn authorize(State(state): State<AppState>, headers: HeaderMap, Form(param
 }
 
 fn audit(state: &AppState, user_id: &str, email: &str, method: &str, client: &str, resource: &str) {
-    state.audit.record(crate::audit::AuditEvent {
-        id: new_id(),
-        ts: now_ms(),
-        user_id: Some(user_id.to_owned()),
-        principal: email.to_owned(),
-        server: resource.strip_prefix("/mcp/").map(str::to_owned),
-        method: method.to_owned(),
-        target: Some(client.to_owned()),
-        sealed_arguments: None,
-        arguments_digest: None,
-        decision: "allow",
-        reason: format!("approved for {client}"),
-        outcome: "ok".into(),
-        error: None,
-        latency_us: None,
-        client_name: None,
-        client_version: None,
-        ip: None,
-        correlation_id: random_token(12),
-        replica: state.replica.to_string(),
-    });
+    let reason = format!("approved for {client}");
+    let mut event = AuditEvent::action(email, Some(user_id), method, Some(client), true, &reason, &state.replica);
+    event.server = resource.strip_prefix("/mcp/").map(str::to_owned);
+    state.audit.record(event);
 }
 
 #[derive(Debug, Default, Deserialize)]

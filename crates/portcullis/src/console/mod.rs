@@ -13,7 +13,7 @@ pub mod html;
 use crate::app::AppState;
 use crate::audit::AuditEvent;
 use crate::auth::{password, totp};
-use crate::crypto::{new_id, random_token, sha256_hex};
+use crate::crypto::{random_token, sha256_hex};
 use crate::registry::{AdminRole, Email, Status};
 use crate::store::{self, StoreError, accounts::Account, now_ms};
 use axum::Router;
@@ -285,27 +285,8 @@ async fn admin_mfa_required(state: &AppState) -> bool {
 }
 
 fn audit(state: &AppState, account: Option<&Account>, principal: &str, method: &str, allowed: bool, reason: &str) {
-    state.audit.record(AuditEvent {
-        id: new_id(),
-        ts: now_ms(),
-        user_id: account.map(|account| account.user_id.clone()),
-        principal: principal.to_owned(),
-        server: None,
-        method: method.to_owned(),
-        target: None,
-        sealed_arguments: None,
-        arguments_digest: None,
-        decision: if allowed { "allow" } else { "deny" },
-        reason: reason.to_owned(),
-        outcome: if allowed { "ok" } else { "denied" }.into(),
-        error: None,
-        latency_us: None,
-        client_name: None,
-        client_version: None,
-        ip: None,
-        correlation_id: random_token(12),
-        replica: state.replica.to_string(),
-    });
+    let user_id = account.map(|account| account.user_id.as_str());
+    state.audit.record(AuditEvent::action(principal, user_id, method, None, allowed, reason, &state.replica));
 }
 
 /// Minutes to wait before `email` may try again, if it must.
@@ -1116,18 +1097,13 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
     let wanted =
         |value: &Option<String>| value.as_deref().map(str::trim).filter(|value| !value.is_empty()).map(str::to_owned);
     let (status, role, group) = (wanted(&query.status), wanted(&query.role), wanted(&query.group));
+    let status_filter = status.as_deref().and_then(Status::parse);
+    if status.is_some() && status_filter.is_none() {
+        return html_response(StatusCode::BAD_REQUEST, page("Users", None, note("error", "Unknown status.")));
+    }
     let rows: Vec<Vec<Html>> = people
         .iter()
-        .filter(|person| status.as_deref().is_none_or(|status| person.status.as_str() == status))
-        .filter(|person| {
-            role.as_deref().is_none_or(|role| {
-                AdminRole::held(person.admin, &person.admin_roles).iter().any(|held| held.as_str() == role)
-                    || person.roles.iter().any(|held| held.eq_ignore_ascii_case(role))
-            })
-        })
-        .filter(|person| {
-            group.as_deref().is_none_or(|group| person.groups.iter().any(|(_, name)| name.eq_ignore_ascii_case(group)))
-        })
+        .filter(|person| person.matches(status_filter, role.as_deref(), group.as_deref()))
         .map(|person| {
             let roles: Vec<&str> =
                 AdminRole::held(person.admin, &person.admin_roles).iter().map(|role| role.as_str()).collect();

@@ -203,27 +203,7 @@ pub async fn revoke_token(store: &store::Store, actor: &str, id_or_name: &str) -
 }
 
 fn token_event(actor: &str, method: &str, name: &str) -> AuditEvent {
-    AuditEvent {
-        id: new_id(),
-        ts: now_ms(),
-        user_id: None,
-        principal: actor.to_owned(),
-        server: None,
-        method: method.to_owned(),
-        target: Some(name.to_owned()),
-        sealed_arguments: None,
-        arguments_digest: None,
-        decision: "allow",
-        reason: format!("SCIM token {name:?}"),
-        outcome: "ok".into(),
-        error: None,
-        latency_us: None,
-        client_name: None,
-        client_version: None,
-        ip: None,
-        correlation_id: random_token(12),
-        replica: String::new(),
-    }
+    AuditEvent::action(actor, None, method, Some(name), true, &format!("SCIM token {name:?}"), "")
 }
 
 /// Where resources live, for `meta.location`.
@@ -574,27 +554,10 @@ fn list_response(resources: Vec<Value>, query: &ListQuery) -> Result<Response, S
 
 /// Record a change made over SCIM in the audit log.
 fn audit(state: &AppState, client: &ScimClient, method: &str, target: &str, outcome: &str) {
-    state.audit.record(AuditEvent {
-        id: new_id(),
-        ts: now_ms(),
-        user_id: None,
-        principal: format!("scim:{}", client.0),
-        server: None,
-        method: method.to_owned(),
-        target: Some(target.to_owned()),
-        sealed_arguments: None,
-        arguments_digest: None,
-        decision: "allow",
-        reason: "SCIM token".into(),
-        outcome: outcome.to_owned(),
-        error: None,
-        latency_us: None,
-        client_name: None,
-        client_version: None,
-        ip: None,
-        correlation_id: random_token(12),
-        replica: state.replica.to_string(),
-    });
+    let principal = format!("scim:{}", client.0);
+    let mut event = AuditEvent::action(&principal, None, method, Some(target), true, "SCIM token", &state.replica);
+    event.outcome = outcome.to_owned();
+    state.audit.record(event);
 }
 
 async fn reload(state: &AppState) {

@@ -63,7 +63,8 @@ struct Migration {
     postgres: &'static str,
 }
 
-/// The schema's history. An empty script means the step has nothing to do on that backend.
+/// The schema's history. An empty script means the step has nothing to do on that backend;
+/// a step written in SQL both dialects accept has one file for both.
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -80,26 +81,26 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 3,
         name: "identity",
-        sqlite: include_str!("migrations/0003_identity.sqlite.sql"),
-        postgres: include_str!("migrations/0003_identity.postgres.sql"),
+        sqlite: include_str!("migrations/0003_identity.sql"),
+        postgres: include_str!("migrations/0003_identity.sql"),
     },
     Migration {
         version: 4,
         name: "accounts",
-        sqlite: include_str!("migrations/0004_accounts.sqlite.sql"),
-        postgres: include_str!("migrations/0004_accounts.postgres.sql"),
+        sqlite: include_str!("migrations/0004_accounts.sql"),
+        postgres: include_str!("migrations/0004_accounts.sql"),
     },
     Migration {
         version: 5,
         name: "oauth",
-        sqlite: include_str!("migrations/0005_oauth.sqlite.sql"),
-        postgres: include_str!("migrations/0005_oauth.postgres.sql"),
+        sqlite: include_str!("migrations/0005_oauth.sql"),
+        postgres: include_str!("migrations/0005_oauth.sql"),
     },
     Migration {
         version: 6,
         name: "settings",
-        sqlite: include_str!("migrations/0006_settings.sqlite.sql"),
-        postgres: include_str!("migrations/0006_settings.postgres.sql"),
+        sqlite: include_str!("migrations/0006_settings.sql"),
+        postgres: include_str!("migrations/0006_settings.sql"),
     },
 ];
 
