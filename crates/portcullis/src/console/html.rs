@@ -60,20 +60,8 @@ pub fn note(class: &'static str, content: &str) -> Html {
 
 /// A table with escaped header and cell texts.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Html {
-    let mut out = String::from("<table><thead><tr>");
-    for header in headers {
-        let _ = write!(out, "<th scope=\"col\">{}</th>", esc(header));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in rows {
-        out.push_str("<tr>");
-        for cell in row {
-            let _ = write!(out, "<td>{}</td>", esc(cell));
-        }
-        out.push_str("</tr>");
-    }
-    out.push_str("</tbody></table>");
-    Html(out)
+    let rows: Vec<Vec<Html>> = rows.iter().map(|row| row.iter().map(|text| cell(text)).collect()).collect();
+    rich_table(headers, &rows)
 }
 
 /// A link with an escaped address and label.

@@ -264,6 +264,15 @@ fn needs_second_factor(account: &Account, required_for_admins: bool) -> bool {
     (required_for_admins && !account.admin_roles.is_empty()) || account.totp_secret.is_some()
 }
 
+/// A page for the signed-in person, with the cookies it must carry (a new CSRF cookie, a
+/// refreshed session).
+fn respond(signed: Signed, csrf_token: &str, set: Option<String>, title: &str, content: Html) -> Response {
+    let viewer = viewer(&signed.account, csrf_token);
+    let mut cookies: Vec<String> = set.into_iter().collect();
+    cookies.extend(signed.refreshed);
+    with_cookies(html_response(StatusCode::OK, page(title, Some(&viewer), content)), cookies)
+}
+
 /// The navigation's view of who is signed in.
 pub fn viewer<'a>(account: &'a Account, csrf: &'a str) -> Viewer<'a> {
     Viewer {
@@ -961,10 +970,7 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
         "<form method=\"post\" action=\"/logout/everywhere\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Sign out on every device</button></form>",
         esc(&csrf_token)
     )));
-    let viewer = viewer(&signed.account, &csrf_token);
-    let mut cookies: Vec<String> = set.into_iter().collect();
-    cookies.extend(signed.refreshed);
-    with_cookies(html_response(StatusCode::OK, page("My servers", Some(&viewer), content)), cookies)
+    respond(signed, &csrf_token, set, "My servers", content)
 }
 
 /// The servers the user may connect to now, with their descriptions, by name.
@@ -1137,10 +1143,7 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
     )));
     content.push(note("hint", &format!("{} people", rows.len())));
     content.push(rich_table(&["Name", "Email", "Status", "Admin roles", "Groups", "Last sign-in (UTC)"], &rows));
-    let viewer = viewer(&signed.account, &csrf_token);
-    let mut cookies: Vec<String> = set.into_iter().collect();
-    cookies.extend(signed.refreshed);
-    with_cookies(html_response(StatusCode::OK, page("Users", Some(&viewer), content)), cookies)
+    respond(signed, &csrf_token, set, "Users", content)
 }
 
 /// The admin viewing an admin page, or the response that turns others away.
@@ -1329,10 +1332,7 @@ async fn groups(State(state): State<AppState>, headers: HeaderMap) -> Response {
     } else {
         content.push(rich_table(&["Group", "From", "Members", "Who"], &rows));
     }
-    let viewer = viewer(&signed.account, &csrf_token);
-    let mut cookies: Vec<String> = set.into_iter().collect();
-    cookies.extend(signed.refreshed);
-    with_cookies(html_response(StatusCode::OK, page("Groups", Some(&viewer), content)), cookies)
+    respond(signed, &csrf_token, set, "Groups", content)
 }
 
 /// Super admins: deployment settings.
@@ -1371,10 +1371,7 @@ async fn settings_page(State(state): State<AppState>, headers: HeaderMap) -> Res
         ));
         content.push(html::form_with("/console/settings", &csrf_token, &[("admin_mfa", "on")], &[], "Require it"));
     }
-    let viewer = viewer(&signed.account, &csrf_token);
-    let mut cookies: Vec<String> = set.into_iter().collect();
-    cookies.extend(signed.refreshed);
-    with_cookies(html_response(StatusCode::OK, page("Settings", Some(&viewer), content)), cookies)
+    respond(signed, &csrf_token, set, "Settings", content)
 }
 
 #[derive(Deserialize)]
