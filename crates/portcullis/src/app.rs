@@ -46,6 +46,8 @@ pub struct AppState {
     pub sign_in_failures: Arc<crate::edge::Counter>,
     /// OAuth client registrations per address.
     pub registrations: Arc<crate::edge::Counter>,
+    /// When API keys were last used (written in batches).
+    pub key_use: Arc<crate::auth::KeyUse>,
 }
 
 /// A built, bound gateway.
@@ -87,7 +89,9 @@ impl App {
             replica,
             sign_in_failures: Arc::new(crate::edge::Counter::new(5, std::time::Duration::from_secs(15 * 60))),
             registrations: Arc::new(crate::edge::Counter::new(20, std::time::Duration::from_secs(3600))),
+            key_use: Arc::default(),
         };
+        state.key_use.start(state.store.clone());
         // Other replicas reach this one at replica_url, or at the bound address when that is
         // a specific one (set replica_url when replicas run on different hosts).
         let replica_url = state.config.replica_url.clone().unwrap_or_else(|| {
@@ -117,6 +121,7 @@ impl App {
             .with_graceful_shutdown(shutdown)
             .await?;
         state.audit.flush().await;
+        state.key_use.flush(&state.store).await;
         state.upstreams.shutdown().await;
         state.store.close().await;
         Ok(())

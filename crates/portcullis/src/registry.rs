@@ -449,6 +449,8 @@ pub struct ApiKey {
     pub prefix: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// Up to a few seconds behind: uses are written in batches.
+    pub last_used_at: Option<i64>,
     #[serde(skip)]
     pub key_hash: String,
 }

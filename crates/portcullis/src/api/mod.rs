@@ -122,7 +122,7 @@ impl FromRequestParts<AppState> for ApiUser {
             .snapshot
             .current()
             .map_err(|_| ApiError::Internal(StoreError::Open("the policy snapshot is stale".into())))?;
-        match auth::authenticate(&snapshot, &parts.headers, None) {
+        match auth::authenticate(&snapshot, &parts.headers, None, &state.key_use) {
             Ok(Caller::User(user)) => Ok(ApiUser(user)),
             Ok(Caller::Anonymous) => {
                 Err(ApiError::Unauthorized("send an API key as \"Authorization: Bearer <key>\"".into()))

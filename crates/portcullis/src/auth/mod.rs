@@ -68,7 +68,12 @@ pub const REFRESH_TOKEN_PREFIX: &str = "pcr_";
 /// `resource` is the MCP endpoint path being called (`/mcp/{server}` or `/mcp`); OAuth access
 /// tokens are accepted only there, for the resource they were issued for, and never by the
 /// REST API (`None`).
-pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap, resource: Option<&str>) -> Result<Caller, AuthError> {
+pub fn authenticate(
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    resource: Option<&str>,
+    uses: &KeyUse,
+) -> Result<Caller, AuthError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(Caller::Anonymous);
     };
@@ -92,13 +97,64 @@ pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap, resource: Option<&
         }
         &access.user_id
     } else {
-        snapshot.api_keys.get(&hash).ok_or(AuthError::InvalidKey)?
+        let user_id = snapshot.api_keys.get(&hash).ok_or(AuthError::InvalidKey)?;
+        uses.note(hash);
+        user_id
     };
     let user = snapshot.users.get(user_id).ok_or(AuthError::InvalidKey)?;
     if user.status != crate::registry::Status::Active {
         return Err(AuthError::NotActive(user.status.as_str()));
     }
     Ok(Caller::User(user.clone()))
+}
+
+/// When API keys were used: noted on the request path without touching the store, written
+/// in batches every few seconds by [`KeyUse::start`] (and once more at shutdown).
+#[derive(Debug, Default)]
+pub struct KeyUse {
+    used: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl KeyUse {
+    fn note(&self, hash: String) {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(hash, crate::store::now_ms());
+        }
+    }
+
+    /// Write what was noted since the last write.
+    pub async fn flush(&self, store: &crate::store::Store) {
+        let uses: Vec<(String, i64)> = match self.used.lock() {
+            Ok(mut used) => used.drain().collect(),
+            Err(_) => return,
+        };
+        if uses.is_empty() {
+            return;
+        }
+        let written = async {
+            let mut transaction = store.begin_write().await?;
+            crate::store::registry::record_key_use(&mut transaction, &uses).await?;
+            transaction.commit().await?;
+            Ok::<_, crate::store::StoreError>(())
+        }
+        .await;
+        if let Err(error) = written {
+            // Only the "last used" column is behind; nothing that grants or denies.
+            tracing::warn!(%error, keys = uses.len(), "cannot record when API keys were last used");
+        }
+    }
+
+    /// Flush every five seconds until the last other handle is gone.
+    pub fn start(self: &std::sync::Arc<KeyUse>, store: crate::store::Store) {
+        let uses = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let Some(uses) = uses.upgrade() else { return };
+                uses.flush(&store).await;
+            }
+        });
+    }
 }
 
 /// A new API key: (the key to show once, its hash to store, a short prefix to recognise it).

@@ -919,7 +919,7 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
         content.push(note("hint", "You have no API keys."));
     } else {
         let mut rows = String::from(
-            "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Starts with</th><th scope=\"col\">Created</th><th scope=\"col\">State</th><th scope=\"col\"></th></tr></thead><tbody>",
+            "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Starts with</th><th scope=\"col\">Created</th><th scope=\"col\">Last used</th><th scope=\"col\">State</th><th scope=\"col\"></th></tr></thead><tbody>",
         );
         for key in mine {
             let action = if key.revoked_at.is_none() {
@@ -932,10 +932,11 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
                 String::new()
             };
             rows.push_str(&format!(
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
                 esc(&key.name),
                 esc(&key.prefix),
                 esc(&when(Some(key.created_at))),
+                esc(&when(key.last_used_at)),
                 if key.revoked_at.is_some() { "revoked" } else { "active" },
             ));
         }

@@ -252,7 +252,7 @@ fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap
         tracing::error!(%stale, "refusing data-plane traffic");
         plain_error(StatusCode::SERVICE_UNAVAILABLE, "the gateway cannot reach its policy store; try again shortly")
     })?;
-    let caller = match auth::authenticate(&snapshot, headers, Some(&resource_path(label))) {
+    let caller = match auth::authenticate(&snapshot, headers, Some(&resource_path(label)), &state.key_use) {
         Ok(caller) => caller,
         Err(error) => {
             state.metrics.request("auth", "unauthenticated");

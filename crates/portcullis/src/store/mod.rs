@@ -102,6 +102,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0006_settings.sql"),
         postgres: include_str!("migrations/0006_settings.sql"),
     },
+    Migration {
+        version: 7,
+        name: "api_key_use",
+        sqlite: include_str!("migrations/0007_api_key_use.sql"),
+        postgres: include_str!("migrations/0007_api_key_use.sql"),
+    },
 ];
 
 impl Store {

@@ -358,18 +358,33 @@ fn api_key_from_row(row: &AnyRow) -> Result<ApiKey, StoreError> {
         prefix: row.try_get("prefix")?,
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        last_used_at: row.try_get("last_used_at")?,
         key_hash: row.try_get("key_hash")?,
     })
 }
 
 pub async fn list_api_keys(connection: &mut AnyConnection) -> Result<Vec<ApiKey>, StoreError> {
     let rows = sqlx::query(
-        "SELECT k.id, k.user_id, u.email, k.name, k.prefix, k.created_at, k.revoked_at, k.key_hash \
+        "SELECT k.id, k.user_id, u.email, k.name, k.prefix, k.created_at, k.revoked_at, k.last_used_at, k.key_hash \
          FROM api_keys k JOIN users u ON u.id = k.user_id ORDER BY k.created_at",
     )
     .fetch_all(connection)
     .await?;
     rows.iter().map(api_key_from_row).collect()
+}
+
+/// Record when keys were last used: (key hash, time in ms), in one transaction.
+pub async fn record_key_use(connection: &mut AnyConnection, uses: &[(String, i64)]) -> Result<(), StoreError> {
+    for (hash, at) in uses {
+        sqlx::query(
+            "UPDATE api_keys SET last_used_at = $1 WHERE key_hash = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+        )
+        .bind(at)
+        .bind(hash)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Store a new key by its hash.

@@ -175,4 +175,15 @@ async fn a_person_shows_their_access_and_recent_activity() {
     assert_eq!(missing.status(), 404);
     let forbidden = http.get(gw.url("/api/v1/users/ann@example.com")).bearer_auth(&ann).send().await.unwrap();
     assert_eq!(forbidden.status(), 403);
+
+    // Keys show when they were last used (written in batches, off the request path).
+    let unused = gw.api_key("ann@example.com").await;
+    gw.state.key_use.flush(gw.store()).await;
+    let keys: Value =
+        http.get(gw.url("/api/v1/api-keys")).bearer_auth(&unused).send().await.unwrap().json().await.unwrap();
+    gw.state.key_use.flush(gw.store()).await;
+    let keys = keys["api_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys[0]["last_used_at"].is_i64(), "the key that made calls: {keys:?}");
+    assert!(keys[1]["last_used_at"].is_null(), "not used before this listing: {keys:?}");
 }
