@@ -83,12 +83,13 @@ pub async fn take_code(connection: &mut AnyConnection, hash: &str) -> Result<Opt
         expires_at: row.try_get("expires_at")?,
         used: row.try_get::<Option<i64>, _>("used_at")?.is_some(),
     };
-    sqlx::query("UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
+    let taken = sqlx::query("UPDATE oauth_codes SET used_at = $1 WHERE code_hash = $2 AND used_at IS NULL")
         .bind(now_ms())
         .bind(hash)
         .execute(&mut *connection)
         .await?;
-    Ok(Some(code))
+    // Two exchanges racing for one code: only the one whose update took it may use it.
+    Ok(Some(Code { used: code.used || taken.rows_affected() == 0, ..code }))
 }
 
 /// A token as stored.
