@@ -157,6 +157,20 @@ impl KeyUse {
     }
 }
 
+/// The hash of the bearer credential of a request, if it carries one (for long-lived streams,
+/// which must end when that very key or token is revoked).
+pub fn credential_hash(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| sha256_hex(token.trim().as_bytes()))
+}
+
+/// Is the credential with this hash still good in `snapshot`?
+pub fn credential_live(snapshot: &Snapshot, hash: &str) -> bool {
+    snapshot.api_keys.contains_key(hash)
+        || snapshot.oauth_tokens.get(hash).is_some_and(|access| access.expires_at > crate::store::now_ms())
+}
+
 /// A new API key: (the key to show once, its hash to store, a short prefix to recognise it).
 pub fn new_api_key() -> (String, String, String) {
     let key = format!("{API_KEY_PREFIX}{}", random_token(32));

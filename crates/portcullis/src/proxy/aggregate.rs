@@ -524,7 +524,7 @@ pub async fn get(
             }
         });
     }
-    sse_response(sse_body(None, revocable(&state, &identified.caller, None, receiver)))
+    sse_response(sse_body(None, revocable(&state, &headers, &identified.caller, None, receiver)))
 }
 
 /// `DELETE /mcp`: end every member session.

@@ -115,7 +115,7 @@ pub async fn open(
     };
     let guard = StreamGuard { state: state.clone(), id };
     // The guard lives as long as the body stream: dropping the body closes the session.
-    let receiver = guarded(revocable(&state, &exchange.caller, Some(&server), receiver), guard);
+    let receiver = guarded(revocable(&state, &headers, &exchange.caller, Some(&server), receiver), guard);
     sse_response(sse_body(Some(endpoint), receiver))
 }
 

@@ -899,9 +899,11 @@ async fn relay(
 /// Relay `receiver` while the caller may still use `server` (or, for the aggregate, `None`,
 /// while they may use Portcullis at all). A published snapshot that suspends, deactivates or
 /// deletes the user, or takes their access to the server away, ends the stream: revocation
-/// reaches live streams on every replica, not only the next call.
+/// reaches live streams on every replica, not only the next call; so does revoking the very
+/// API key or OAuth token the stream was opened with.
 fn revocable(
     state: &AppState,
+    headers: &HeaderMap,
     caller: &Caller,
     server: Option<&str>,
     mut receiver: mpsc::Receiver<Value>,
@@ -911,6 +913,7 @@ fn revocable(
     let snapshot = state.snapshot.clone();
     let caller = caller.clone();
     let server = server.map(str::to_owned);
+    let credential = auth::credential_hash(headers);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -927,7 +930,10 @@ fn revocable(
                     }
                     let allowed = snapshot
                         .current()
-                        .is_ok_and(|current| still_allowed(&current, &caller, server.as_deref()));
+                        .is_ok_and(|current| {
+                            still_allowed(&current, &caller, server.as_deref())
+                                && credential.as_deref().is_none_or(|hash| auth::credential_live(&current, hash))
+                        });
                     if !allowed {
                         tracing::info!(caller = caller.label(), server = ?server, "access revoked: ending the stream");
                         return;
@@ -1102,7 +1108,7 @@ pub async fn get(
         }
     };
     record_simple(&exchange, "(stream)", "allow", &decision.reason, "ok", Some(&session));
-    sse_response(sse_body(None, revocable(&state, &exchange.caller, Some(&server), listener)))
+    sse_response(sse_body(None, revocable(&state, &headers, &exchange.caller, Some(&server), listener)))
 }
 
 /// `DELETE /mcp/{server}`: end the session.

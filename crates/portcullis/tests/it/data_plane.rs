@@ -516,3 +516,44 @@ async fn stateless_clients_discover_and_call_without_a_session() {
     );
     gw.stop().await;
 }
+
+/// Revoking the API key an event stream was opened with ends that stream (not only the next
+/// call), while a stream opened with the user's other key stays.
+#[tokio::test]
+async fn revoking_a_key_ends_the_streams_opened_with_it() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    let (doomed, kept) = (gw.api_key("ann@example.com").await, gw.api_key("ann@example.com").await);
+    let open = |key: &str| {
+        let mut client = gw.client("demo", Some(key));
+        async move {
+            assert_eq!(client.initialize().await.status, 200);
+            let stream = client
+                .request_builder(reqwest::Method::GET)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(stream.status(), 200);
+            stream
+        }
+    };
+    let (doomed_stream, kept_stream) = (open(&doomed).await, open(&kept).await);
+    let http = reqwest::Client::new();
+    let keys: serde_json::Value =
+        http.get(gw.url("/api/v1/api-keys")).bearer_auth(&kept).send().await.unwrap().json().await.unwrap();
+    let id = keys["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| doomed.starts_with(key["prefix"].as_str().unwrap()))
+        .map(|key| key["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let revoked = http.delete(gw.url(&format!("/api/v1/api-keys/{id}"))).bearer_auth(&kept).send().await.unwrap();
+    assert_eq!(revoked.status(), 204);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), doomed_stream.bytes()).await;
+    assert!(ended.is_ok(), "the stream of the revoked key stayed open");
+    let mut kept_stream = kept_stream;
+    let still_open = tokio::time::timeout(std::time::Duration::from_millis(500), kept_stream.chunk()).await;
+    assert!(still_open.is_err(), "the other key's stream must stay open: {still_open:?}");
+}
