@@ -138,6 +138,11 @@ impl Counter {
     /// Count one event for `key`; false when that makes it go over the limit.
     pub fn hit(&self, key: &str) -> bool {
         let Ok(mut counts) = self.counts.lock() else { return false };
+        // Invented keys (emails, addresses) must not grow the table without bound.
+        if counts.len() >= 10_000 {
+            let window = self.window;
+            counts.retain(|_, (_, since)| since.elapsed() <= window);
+        }
         let entry = counts.entry(key.to_owned()).or_insert((0, std::time::Instant::now()));
         if entry.1.elapsed() > self.window {
             *entry = (0, std::time::Instant::now());

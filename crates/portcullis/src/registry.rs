@@ -314,6 +314,23 @@ impl AdminRole {
     }
 }
 
+/// May an admin holding `actor` roles suspend or reactivate someone holding `target` roles?
+/// Nobody changes their own status, and only a super admin acts on a super admin.
+pub fn may_change_status(
+    actor: &[AdminRole],
+    actor_id: &str,
+    target: &[AdminRole],
+    target_id: &str,
+) -> Result<(), Invalid> {
+    if actor_id == target_id {
+        return Err(Invalid("you cannot suspend or reactivate yourself".into()));
+    }
+    if target.contains(&AdminRole::SuperAdmin) && !actor.contains(&AdminRole::SuperAdmin) {
+        return Err(Invalid("only a super admin can suspend or reactivate a super admin".into()));
+    }
+    Ok(())
+}
+
 /// Whether a person may use Portcullis. Only `active` people authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -413,9 +413,14 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn set_status(state: &AppState, email: &str, status: Status) -> Result<Json<Value>, ApiError> {
+async fn set_status(state: &AppState, actor: &UserEntry, email: &str, status: Status) -> Result<Json<Value>, ApiError> {
     let email = Email::parse(email).map_err(|error| ApiError::BadRequest(error.0))?;
     let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    let target = store::accounts::by_email(&mut transaction, email.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no user with email {email}")))?;
+    crate::registry::may_change_status(&actor.admin_roles, &actor.id, &target.admin_roles, &target.user_id)
+        .map_err(|refusal| ApiError::Forbidden(refusal.0))?;
     let before = store::directory::set_status(&mut transaction, email.as_str(), status).await?;
     transaction.commit().await.map_err(StoreError::from)?;
     reload(state).await;
@@ -428,8 +433,8 @@ async fn suspend_user(
     admin: Admin,
     Path(email): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin.require(Power::SuspendPeople)?;
-    set_status(&state, &email, Status::Suspended).await
+    let actor = admin.require(Power::SuspendPeople)?;
+    set_status(&state, actor, &email, Status::Suspended).await
 }
 
 /// `POST /users/{email}/activate`: lift a suspension or deactivation.
@@ -438,8 +443,8 @@ async fn activate_user(
     admin: Admin,
     Path(email): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    admin.require(Power::SuspendPeople)?;
-    set_status(&state, &email, Status::Active).await
+    let actor = admin.require(Power::SuspendPeople)?;
+    set_status(&state, actor, &email, Status::Active).await
 }
 
 async fn list_groups(State(state): State<AppState>, _admin: Admin) -> Result<Json<Value>, ApiError> {

@@ -244,15 +244,22 @@ fn with_params(uri: &str, params: &[(&str, &str)]) -> String {
     format!("{uri}{separator}{}", query.join("&"))
 }
 
-async fn check(state: &AppState, headers: &HeaderMap, params: &AuthorizeParams) -> Result<Checked, Refusal> {
-    let base = base_url(&state.config, headers);
+/// The registered client and the redirect URI the request may use; anything wrong here is
+/// shown as a page (never a redirect to an address that is not the client's).
+async fn client_and_redirect(
+    state: &AppState,
+    params: &AuthorizeParams,
+) -> Result<(store::oauth::Client, String), Refusal> {
     let client_id = params.client_id.as_deref().unwrap_or_default();
     let client = async {
         let mut connection = state.store.pool.acquire().await?;
         store::oauth::client(&mut connection, client_id).await
     }
     .await
-    .map_err(|error: StoreError| Refusal::Page(format!("the store failed ({error}); try again")))?
+    .map_err(|error: StoreError| {
+        tracing::error!(%error, "cannot read an OAuth client");
+        Refusal::Page("the store failed; try again".into())
+    })?
     .ok_or_else(|| Refusal::Page(format!("no application is registered as {client_id:?}")))?;
     let redirect_uri = match params.redirect_uri.as_deref() {
         Some(uri) if client.redirect_uris.iter().any(|registered| registered == uri) => uri.to_owned(),
@@ -262,6 +269,12 @@ async fn check(state: &AppState, headers: &HeaderMap, params: &AuthorizeParams) 
         }
         None => return Err(Refusal::Page("the request names no redirect_uri".into())),
     };
+    Ok((client, redirect_uri))
+}
+
+async fn check(state: &AppState, headers: &HeaderMap, params: &AuthorizeParams) -> Result<Checked, Refusal> {
+    let base = base_url(&state.config, headers);
+    let (client, redirect_uri) = client_and_redirect(state, params).await?;
     let refuse = |error: &str, description: &str| {
         let mut query = vec![("error", error), ("error_description", description), ("iss", base.as_str())];
         if let Some(state) = params.state.as_deref() {
@@ -317,10 +330,11 @@ async fn authorize_page(
     Query(params): Query<AuthorizeParams>,
     uri: axum::http::Uri,
 ) -> Response {
-    let checked = match check(&state, &headers, &params).await {
-        Ok(checked) => checked,
-        Err(refusal) => return refusal_response(refusal),
-    };
+    // Anyone may register a client, so errors go back to its redirect URI only once a person
+    // signed in: before that, a link to this endpoint must not bounce a browser elsewhere.
+    if let Err(refusal) = client_and_redirect(&state, &params).await {
+        return refusal_response(refusal);
+    }
     let account = match console::signed_in_account(&state, &headers).await {
         Ok(Some(account)) => account,
         Ok(None) => {
@@ -332,6 +346,10 @@ async fn authorize_page(
             tracing::error!(%error, "cannot read the console session");
             return refusal_response(Refusal::Page("the store failed; try again".into()));
         }
+    };
+    let checked = match check(&state, &headers, &params).await {
+        Ok(checked) => checked,
+        Err(refusal) => return refusal_response(refusal),
     };
     let (csrf, cookie) = console::csrf_for(&state, &headers);
     let target = if checked.resource == "/mcp" {

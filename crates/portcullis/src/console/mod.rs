@@ -150,16 +150,29 @@ fn clear_cookie(name: &str, path: &str) -> String {
 /// The browser's CSRF token: (token for forms, a cookie to set when the browser has none).
 fn csrf(state: &AppState, headers: &HeaderMap) -> (String, Option<String>) {
     match cookie(headers, CSRF_COOKIE) {
-        Some(nonce) => (state.keys.csrf_token(nonce), None),
+        Some(nonce) => (state.keys.csrf_token(&csrf_binding(state, headers, nonce)), None),
         None => {
             let nonce = random_token(16);
-            (state.keys.csrf_token(&nonce), Some(set_cookie(state, CSRF_COOKIE, &nonce, "/", "Strict", ABSOLUTE)))
+            let token = state.keys.csrf_token(&csrf_binding(state, headers, &nonce));
+            (token, Some(set_cookie(state, CSRF_COOKIE, &nonce, "/", "Strict", ABSOLUTE)))
         }
     }
 }
 
 fn csrf_ok(state: &AppState, headers: &HeaderMap, token: &str) -> bool {
-    cookie(headers, CSRF_COOKIE).is_some_and(|nonce| state.keys.csrf_valid(nonce, token))
+    cookie(headers, CSRF_COOKIE).is_some_and(|nonce| state.keys.csrf_valid(&csrf_binding(state, headers, nonce), token))
+}
+
+/// What a CSRF token signs: the browser's nonce and, once signed in, the session (so a nonce
+/// planted in the browser by someone else does not make a valid token for the person's forms).
+fn csrf_binding(state: &AppState, headers: &HeaderMap, nonce: &str) -> String {
+    let session = cookie(headers, SESSION_COOKIE)
+        .and_then(|value| state.keys.console.open_text(value, b"console-session").ok())
+        .and_then(|bytes| serde_json::from_slice::<Session>(&bytes).ok());
+    match session {
+        Some(session) => format!("{nonce}|{}|{}", session.u, session.i),
+        None => nonce.to_owned(),
+    }
 }
 
 fn csrf_refusal() -> Response {
@@ -235,7 +248,9 @@ pub async fn signed_in_account(state: &AppState, headers: &HeaderMap) -> Result<
 /// Where to go after signing in: only an OAuth authorization request of this gateway (a
 /// relative path), never anywhere else.
 fn safe_next(next: Option<&str>) -> Option<&str> {
-    next.filter(|next| next.starts_with("/oauth/authorize?") && !next.contains("//") && !next.contains('\\'))
+    next.filter(|next| {
+        next.starts_with("/oauth/authorize?") && !next.contains('\\') && !next.chars().any(char::is_control)
+    })
 }
 
 /// The signed-in person who completed sign-in, or the response that sends them where they
@@ -246,6 +261,10 @@ async fn require(state: &AppState, headers: &HeaderMap) -> Result<Signed, Respon
     if !signed.session.m {
         let to = if signed.account.totp_secret.is_some() { "/login/mfa" } else { "/console/mfa" };
         return Err(redirect(to));
+    }
+    // Made an admin (or the requirement turned on) after signing in with a password alone.
+    if signed.account.totp_secret.is_none() && signed.admin() && admin_mfa_required(state).await {
+        return Err(redirect("/console/mfa"));
     }
     Ok(signed)
 }
@@ -296,6 +315,11 @@ async fn admin_mfa_required(state: &AppState) -> bool {
 fn audit(state: &AppState, account: Option<&Account>, principal: &str, method: &str, allowed: bool, reason: &str) {
     let user_id = account.map(|account| account.user_id.as_str());
     state.audit.record(AuditEvent::action(principal, user_id, method, None, allowed, reason, &state.replica));
+}
+
+/// The failure counter of the second step, apart from the password's.
+fn second_step_key(email: &str) -> String {
+    format!("second-step:{email}")
 }
 
 /// Minutes to wait before `email` may try again, if it must.
@@ -374,7 +398,11 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
     };
     // Verify against a decoy when there is no password, so timing says nothing.
     let stored = account.as_ref().and_then(|account| account.password_hash.clone());
-    let matches = password::verify(&form.password, stored.as_deref().unwrap_or(password::decoy())) && stored.is_some();
+    // Hashing is deliberately slow: off the async workers, so sign-ins never stall the data plane.
+    let typed = form.password.clone();
+    let against = stored.clone().unwrap_or_else(|| password::decoy().to_owned());
+    let verified = tokio::task::spawn_blocking(move || password::verify(&typed, &against)).await.unwrap_or(false);
+    let matches = verified && stored.is_some();
     let account = match account {
         Some(account) if matches && account.status == Status::Active => account,
         found => {
@@ -388,9 +416,14 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
             return html_response(StatusCode::UNAUTHORIZED, login_form(&token, &email, next, Some(message)));
         }
     };
-    state.sign_in_failures.clear(&email);
+
     let now = unix_now();
     let second = needs_second_factor(&account, admin_mfa_required(&state).await);
+    // Failures are forgiven only when sign-in is complete: a right password must not reset
+    // the count of wrong codes that follow it.
+    if !second {
+        state.sign_in_failures.clear(&email);
+    }
     let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: !second };
     if !second {
         finish_sign_in(&state, &account).await;
@@ -476,7 +509,7 @@ async fn second_factor(State(state): State<AppState>, headers: HeaderMap, Form(f
         Err(error) => return failure(&error),
     };
     let account = &signed.account;
-    if let Some(minutes) = locked_out(&state, &account.email) {
+    if let Some(minutes) = locked_out(&state, &second_step_key(&account.email)) {
         let (token, _) = csrf(&state, &headers);
         let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
         let body = second_factor_form(&token, &account.email, safe_next(form.next.as_deref()), Some(&message));
@@ -487,7 +520,7 @@ async fn second_factor(State(state): State<AppState>, headers: HeaderMap, Form(f
         Err(error) => return failure(&error),
     };
     if !accepted {
-        state.sign_in_failures.hit(&account.email);
+        state.sign_in_failures.hit(&second_step_key(&account.email));
         audit(&state, Some(account), &account.email, "console/login.second-factor", false, "wrong or reused code");
         let (token, _) = csrf(&state, &headers);
         let message = "That code is not right (or was used already). Try the next one.";
@@ -495,6 +528,7 @@ async fn second_factor(State(state): State<AppState>, headers: HeaderMap, Form(f
         return html_response(StatusCode::UNAUTHORIZED, body);
     }
     state.sign_in_failures.clear(&account.email);
+    state.sign_in_failures.clear(&second_step_key(&account.email));
     finish_sign_in(&state, account).await;
     let session = Session { m: true, s: unix_now(), ..signed.session };
     let to = safe_next(form.next.as_deref()).unwrap_or("/console");
@@ -680,7 +714,21 @@ async fn setup(
     if let Err(error) = password::check(&form.password, email.as_str()) {
         return again(&error.0);
     }
-    let hash = password::hash(&form.password);
+    // Check the link before spending a password hash on the request.
+    let link_valid = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::accounts::setup_token_valid(&mut connection, &sha256_hex(token.as_bytes())).await
+    }
+    .await;
+    match link_valid {
+        Ok(true) => {}
+        Ok(false) => return setup_refusal(),
+        Err(error) => return failure(&error),
+    }
+    let typed = form.password.clone();
+    let Ok(hash) = tokio::task::spawn_blocking(move || password::hash(&typed)).await else {
+        return failure(&StoreError::Open("password hashing failed".into()));
+    };
     let created = async {
         let mut transaction = state.store.begin_write().await?;
         if !store::accounts::use_setup_token(&mut transaction, &sha256_hex(token.as_bytes())).await? {
@@ -824,13 +872,17 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
     let stored = async {
         let mut transaction = state.store.begin_write().await?;
         store::accounts::set_totp(&mut transaction, &signed.account.user_id, &sealed, step, &hashes).await?;
+        let account = store::accounts::by_id(&mut transaction, &signed.account.user_id).await?;
         transaction.commit().await?;
-        Ok::<_, StoreError>(())
+        Ok::<_, StoreError>(account)
     }
     .await;
-    if let Err(error) = stored {
-        return failure(&error);
-    }
+    // Every other session ended; this one continues under the new epoch.
+    let epoch = match stored {
+        Ok(Some(account)) => account.session_epoch,
+        Ok(None) => return redirect("/login"),
+        Err(error) => return failure(&error),
+    };
     audit(
         &state,
         Some(&signed.account),
@@ -854,7 +906,7 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
     }
     list.push_str("</ul><p><a href=\"/console\">Continue to the console</a></p>");
     content.push(Html::trusted(list));
-    let session = Session { m: true, s: unix_now(), ..signed.session };
+    let session = Session { m: true, s: unix_now(), e: epoch, ..signed.session };
     let body = page("Recovery codes", Some(&viewer), content);
     with_cookies(
         html_response(StatusCode::OK, body),
@@ -1279,6 +1331,30 @@ async fn set_user_status(
             );
         }
     };
+    let target = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::accounts::by_email(&mut connection, &email).await
+    }
+    .await;
+    let target = match target {
+        Ok(Some(target)) => target,
+        Ok(None) => {
+            return html_response(
+                StatusCode::NOT_FOUND,
+                page("Not done", None, note("error", "Nobody has that email.")),
+            );
+        }
+        Err(error) => return failure(&error),
+    };
+    let allowed = crate::registry::may_change_status(
+        &signed.account.admin_roles,
+        &signed.account.user_id,
+        &target.admin_roles,
+        &target.user_id,
+    );
+    if let Err(refusal) = allowed {
+        return html_response(StatusCode::FORBIDDEN, page("Not allowed", None, note("error", &refusal.0)));
+    }
     if let Err(error) = crate::cli::set_user_status(&state.store, &email, status).await {
         return html_response(StatusCode::NOT_FOUND, page("Not done", None, note("error", &error.to_string())));
     }

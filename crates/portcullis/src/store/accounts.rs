@@ -55,12 +55,15 @@ pub async fn by_id(connection: &mut AnyConnection, user_id: &str) -> Result<Opti
 }
 
 pub async fn set_password(connection: &mut AnyConnection, user_id: &str, hash: &str) -> Result<(), StoreError> {
-    let result = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
-        .bind(hash)
-        .bind(now_ms())
-        .bind(user_id)
-        .execute(&mut *connection)
-        .await?;
+    // A new password ends every console session of the person.
+    let result = sqlx::query(
+        "UPDATE users SET password_hash = $1, updated_at = $2, session_epoch = session_epoch + 1 WHERE id = $3",
+    )
+    .bind(hash)
+    .bind(now_ms())
+    .bind(user_id)
+    .execute(&mut *connection)
+    .await?;
     if result.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("no user with id {user_id:?}")));
     }
@@ -76,13 +79,17 @@ pub async fn set_totp(
     step: u64,
     recovery_hashes: &[String],
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET totp_secret = $1, totp_last_step = $2, updated_at = $3 WHERE id = $4")
-        .bind(sealed_secret)
-        .bind(step as i64)
-        .bind(now_ms())
-        .bind(user_id)
-        .execute(&mut *connection)
-        .await?;
+    // A new second factor ends every other console session of the person.
+    sqlx::query(
+        "UPDATE users SET totp_secret = $1, totp_last_step = $2, updated_at = $3, session_epoch = session_epoch + 1 \
+         WHERE id = $4",
+    )
+    .bind(sealed_secret)
+    .bind(step as i64)
+    .bind(now_ms())
+    .bind(user_id)
+    .execute(&mut *connection)
+    .await?;
     sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(user_id).execute(&mut *connection).await?;
     for hash in recovery_hashes {
         sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")

@@ -272,26 +272,37 @@ async fn bad_authorization_requests_are_refused_the_standard_way() {
     let page = ask(format!("response_type=code&client_id={client_id}&redirect_uri={}&code_challenge=x&code_challenge_method=S256&resource={resource}", encode("http://127.0.0.1:9/evil"))).await;
     assert_eq!(page.status(), 400);
     assert!(page.headers().get("location").is_none());
-    // Without PKCE, or with plain: an error at the client's redirect URI.
+    // Before anyone signs in, a bad request never bounces the browser to the client (anyone
+    // may register one): it goes to the sign-in page.
+    let unsigned = ask(format!("response_type=code&client_id={client_id}&state=s&resource={resource}")).await;
+    assert!(unsigned.headers()["location"].to_str().unwrap().starts_with("/login?next="));
+    // Signed in: without PKCE, or with plain, the error goes to the client's redirect URI.
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let mut browser = Browser::new(&gw);
+    let login = browser.get("/login").await;
+    browser
+        .post("/login", &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "ann's long passphrase")])
+        .await;
     for query in [
         format!("response_type=code&client_id={client_id}&state=s&resource={resource}"),
         format!(
             "response_type=code&client_id={client_id}&state=s&code_challenge=x&code_challenge_method=plain&resource={resource}"
         ),
     ] {
-        let refused = ask(query).await;
-        assert_eq!(refused.status(), 303);
-        let location = refused.headers()["location"].to_str().unwrap().to_owned();
+        let refused = browser.get(&format!("/oauth/authorize?{query}")).await;
+        assert_eq!(refused.status, 303);
+        let location = refused.location().to_owned();
         assert!(location.starts_with("http://127.0.0.1:9/cb?error=invalid_request"), "{location}");
         assert!(location.contains("state=s"), "{location}");
     }
     // A resource that is not one of ours.
-    let refused = ask(format!(
-        "response_type=code&client_id={client_id}&code_challenge=x&code_challenge_method=S256&resource={}",
-        encode("https://elsewhere.example.com/mcp")
-    ))
-    .await;
-    assert!(refused.headers()["location"].to_str().unwrap().contains("error=invalid_target"));
+    let elsewhere = encode("https://elsewhere.example.com/mcp");
+    let refused = browser
+        .get(&format!(
+            "/oauth/authorize?response_type=code&client_id={client_id}&code_challenge=x&code_challenge_method=S256&resource={elsewhere}"
+        ))
+        .await;
+    assert!(refused.location().contains("error=invalid_target"), "{}", refused.location());
     // An unknown client.
     let unknown = ask(format!(
         "response_type=code&client_id=pcl_nobody&code_challenge=x&code_challenge_method=S256&resource={resource}"

@@ -82,7 +82,10 @@ async fn admin_roles_have_distinct_powers_and_changes_are_audited() {
     assert_eq!(api.call(&numbers, Method::POST, "/users/ann@example.com/suspend", None).await.0, 403);
     assert_eq!(api.call(&it, Method::GET, "/audit?user=ann@example.com", None).await.0, 403);
     assert_eq!(api.call(&ann, Method::GET, "/users", None).await.0, 403);
-    // IT and security admins can suspend; only super admins give admin roles.
+    // IT and security admins can suspend; only super admins give admin roles, or act on a
+    // super admin; nobody suspends themselves.
+    assert_eq!(api.call(&it, Method::POST, "/users/root@example.com/suspend", None).await.0, 403);
+    assert_eq!(api.call(&it, Method::POST, "/users/it@example.com/suspend", None).await.0, 403);
     assert_eq!(api.call(&it, Method::POST, "/users/ann@example.com/suspend", None).await.0, 200);
     let promote = json!({"roles": ["security-admin"], "groups": ["ops"]});
     assert_eq!(api.call(&it, Method::PUT, "/users/ann@example.com", Some(promote.clone())).await.0, 403);
