@@ -44,6 +44,8 @@ pub struct AppState {
     pub replica: Arc<str>,
     /// Failed console sign-ins per email.
     pub sign_in_failures: Arc<crate::edge::Counter>,
+    /// Failed console sign-ins per client address.
+    pub sign_in_addresses: Arc<crate::edge::Counter>,
     /// OAuth client registrations per address.
     pub registrations: Arc<crate::edge::Counter>,
     /// When API keys were last used (written in batches).
@@ -88,6 +90,7 @@ impl App {
             snapshot,
             replica,
             sign_in_failures: Arc::new(crate::edge::Counter::new(5, std::time::Duration::from_secs(15 * 60))),
+            sign_in_addresses: Arc::new(crate::edge::Counter::new(50, std::time::Duration::from_secs(15 * 60))),
             registrations: Arc::new(crate::edge::Counter::new(20, std::time::Duration::from_secs(3600))),
             key_use: Arc::default(),
         };

@@ -375,13 +375,25 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     if !csrf_ok(&state, &headers, &form.csrf) {
         return csrf_refusal();
     }
     let (token, _) = csrf(&state, &headers);
     let email = form.email.trim().to_lowercase();
     let next = safe_next(form.next.as_deref());
+    // One address trying many emails is limited too (each email alone allows only five).
+    let address = crate::edge::client_ip(peer, &headers, &state.config.trusted_proxies).to_string();
+    if state.sign_in_addresses.blocked(&address).is_some() {
+        audit(&state, None, &email, "console/login", false, "too many failed attempts from this address");
+        let message = "Too many failed attempts from your network. Wait 15 minutes and try again.";
+        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&token, &email, next, Some(message)));
+    }
     if let Some(minutes) = locked_out(&state, &email) {
         audit(&state, None, &email, "console/login", false, "too many failed attempts");
         let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
@@ -407,6 +419,7 @@ async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
         Some(account) if matches && account.status == Status::Active => account,
         found => {
             state.sign_in_failures.hit(&email);
+            state.sign_in_addresses.hit(&address);
             let reason = match &found {
                 Some(account) if matches => format!("the account is {}", account.status.as_str()),
                 _ => "wrong email or password".to_owned(),

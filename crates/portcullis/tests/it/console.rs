@@ -252,6 +252,25 @@ async fn employees_sign_in_with_a_password_see_their_servers_and_are_locked_out_
         .await
         .unwrap();
     assert_eq!(browser.get("/console").await.location(), "/login");
+
+    // One address guessing across many emails is stopped too: 50 failures in all (the five
+    // above came from the same address).
+    let mut sprayer = Browser::new(&gw);
+    let login = sprayer.get("/login").await;
+    let mut statuses = Vec::new();
+    for index in 0..45 {
+        let email = format!("guess{index}@example.com");
+        let page = sprayer
+            .post("/login", &[("csrf", &login.csrf()), ("email", &email), ("password", "wrong guess, long")])
+            .await;
+        statuses.push(page.status);
+    }
+    assert!(statuses.iter().all(|status| *status == 401), "{statuses:?}");
+    let blocked = sprayer
+        .post("/login", &[("csrf", &login.csrf()), ("email", "new@example.com"), ("password", "anything at all")])
+        .await;
+    assert_eq!(blocked.status, 429);
+    assert!(blocked.body.contains("from your network"), "{}", blocked.body);
 }
 
 /// A signed-in browser for an admin of `role` (two-step sign-in set up directly in the store).
