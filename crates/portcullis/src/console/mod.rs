@@ -797,9 +797,7 @@ async fn enrol_page(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .await
         .unwrap_or(0);
         let content = note("ok", &format!("Two-step sign-in is on. {left} recovery codes are left."));
-        let mut cookies: Vec<String> = set.into_iter().collect();
-        cookies.extend(signed.refreshed);
-        return with_cookies(html_response(StatusCode::OK, page("Two-step sign-in", Some(&viewer), content)), cookies);
+        return respond(signed, &csrf_token, set, "Two-step sign-in", content);
     }
     let secret = totp::Secret::generate();
     let enrolment = Enrolment { u: signed.account.user_id.clone(), k: secret.to_base32() };
@@ -1300,11 +1298,8 @@ async fn user_detail(State(state): State<AppState>, headers: HeaderMap, Path(ema
     } else {
         content.push(table(&["Time (UTC)", "Server", "Request", "Tool or resource", "Decision", "Outcome"], &rows));
     }
-    let viewer = viewer(&signed.account, &csrf_token);
     let title = if person.name.is_empty() { person.email.clone() } else { person.name.clone() };
-    let mut cookies: Vec<String> = set.into_iter().collect();
-    cookies.extend(signed.refreshed);
-    with_cookies(html_response(StatusCode::OK, page(&title, Some(&viewer), content)), cookies)
+    respond(signed, &csrf_token, set, &title, content)
 }
 
 #[derive(Deserialize)]
