@@ -14,6 +14,7 @@ const NPM_PEERS: &[&str] = &[
     "@modelcontextprotocol/server-everything@2026.8.31",
     "@modelcontextprotocol/sdk@1",
     "@modelcontextprotocol/conformance@0.1.13",
+    "oidc-provider@9.13.3",
 ];
 const PYPI_PEERS: &[&str] = &["mcp>=2.3,<3"];
 /// The SCIM compliance tester, in a virtualenv of its own (`venv-scim`).

@@ -50,6 +50,8 @@ pub struct AppState {
     pub registrations: Arc<crate::edge::Counter>,
     /// When API keys were last used (written in batches).
     pub key_use: Arc<crate::auth::KeyUse>,
+    /// Single sign-on through an OpenID Connect provider, when configured.
+    pub sso: Option<Arc<crate::auth::oidc::Sso>>,
 }
 
 /// A built, bound gateway.
@@ -76,6 +78,7 @@ impl App {
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
         let address = listener.local_addr()?;
+        let sso = config.oidc.clone().map(|oidc| Arc::new(crate::auth::oidc::Sso::new(oidc)));
         let state = AppState {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
             upstreams: Upstreams::new(replica.to_string(), config.child_home.clone()),
@@ -93,6 +96,7 @@ impl App {
             sign_in_addresses: Arc::new(crate::edge::Counter::new(50, std::time::Duration::from_secs(15 * 60))),
             registrations: Arc::new(crate::edge::Counter::new(20, std::time::Duration::from_secs(3600))),
             key_use: Arc::default(),
+            sso,
         };
         state.key_use.start(state.store.clone());
         // Other replicas reach this one at replica_url, or at the bound address when that is

@@ -115,18 +115,7 @@ pub struct Options {
 
 /// Resolve a secret reference: `env:VAR`, `file:PATH`, or the literal value.
 fn resolve_secret(value: &str, what: &str) -> Result<String, ApplyError> {
-    if let Some(variable) = value.strip_prefix("env:") {
-        return crate::config::secret_from_environment(variable).ok_or_else(|| {
-            ApplyError::Invalid(format!("{what} refers to environment variable {variable}, which is not set"))
-        });
-    }
-    if let Some(path) = value.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            ApplyError::Invalid(format!("{what} refers to file {path}, which cannot be read: {error}"))
-        })?;
-        return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
-    }
-    Ok(value.to_owned())
+    crate::config::resolve_secret_reference(value).map_err(|problem| ApplyError::Invalid(format!("{what} {problem}")))
 }
 
 fn server_spec(document: &ServerDocument) -> Result<ServerSpec, ApplyError> {

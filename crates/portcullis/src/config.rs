@@ -42,7 +42,39 @@ const SETTINGS: &[Setting] = &[
         key: "oauth_redirect_schemes",
         help: "comma-separated private-use URI schemes MCP clients may register as OAuth redirects, e.g. cursor,vscode (default: any)",
     },
+    // Single sign-on with an OpenID Connect provider: the `[oidc]` table of the config file
+    // (`issuer` there is `oidc_issuer` here, `PORTCULLIS_OIDC_ISSUER` in the environment).
+    Setting { key: "oidc_issuer", help: "[oidc] issuer: the OpenID Connect provider's issuer URL (turns on SSO)" },
+    Setting { key: "oidc_client_id", help: "[oidc] client_id registered at the provider" },
+    Setting {
+        key: "oidc_client_secret",
+        help: "[oidc] client_secret: inline, env:VAR or file:PATH (none for a public client)",
+    },
+    Setting { key: "oidc_scopes", help: "[oidc] scopes to ask for (default: openid,email,profile)" },
+    Setting {
+        key: "oidc_label",
+        help: "[oidc] the sign-in button's name for the provider, e.g. Okta (default: single sign-on)",
+    },
+    Setting { key: "oidc_jit", help: "[oidc] create people on their first sign-in (default: true)" },
+    Setting {
+        key: "oidc_allowed_domains",
+        help: "[oidc] email domains that may sign in, e.g. example.com (default: any)",
+    },
+    Setting {
+        key: "oidc_accept_idp_mfa",
+        help: "[oidc] an ID token whose amr shows MFA counts as the admin second step (default: true)",
+    },
+    Setting { key: "oidc_email_claim", help: "[oidc] claim holding the email (default: email)" },
+    Setting { key: "oidc_name_claim", help: "[oidc] claim holding the display name (default: name)" },
+    Setting { key: "oidc_groups_claim", help: "[oidc] claim holding group names (default: groups)" },
+    Setting { key: "oidc_roles_claim", help: "[oidc] claim holding roles / job functions (default: roles)" },
+    Setting { key: "oidc_department_claim", help: "[oidc] claim holding the department (default: department)" },
+    Setting { key: "oidc_title_claim", help: "[oidc] claim holding the job title (default: title)" },
+    Setting { key: "oidc_team_claim", help: "[oidc] claim holding the team (default: team)" },
 ];
+
+/// Keys of the `[oidc]` table, each the setting `oidc_<key>`.
+const TABLES: &[&str] = &["oidc"];
 
 /// A configuration problem, always with the fix in the message.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +127,51 @@ pub struct Config {
     pub child_home: String,
     /// Threads of the async runtime; `None` means one per CPU core.
     pub worker_threads: Option<usize>,
+    /// Single sign-on, when an OpenID Connect provider is configured.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// Sign-in through an OpenID Connect provider.
+#[derive(Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    /// Empty for a public client (PKCE alone).
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    pub label: String,
+    /// Create a person on their first sign-in; otherwise only people already known may sign in.
+    pub jit: bool,
+    /// Lower-case email domains allowed to sign in; empty means any.
+    pub allowed_domains: Vec<String>,
+    /// An ID token whose `amr` shows a second factor satisfies the admin second step.
+    pub accept_idp_mfa: bool,
+    pub claims: ClaimNames,
+}
+
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .field("scopes", &self.scopes)
+            .field("jit", &self.jit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which ID token / userinfo claims carry what.
+#[derive(Debug, Clone)]
+pub struct ClaimNames {
+    pub email: String,
+    pub name: String,
+    pub groups: String,
+    pub roles: String,
+    pub department: String,
+    pub title: String,
+    pub team: String,
 }
 
 /// The value of an environment variable named by an `env:VAR` secret reference.
@@ -225,11 +302,20 @@ fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
     let table: toml::Table = text.parse().map_err(|error: toml::de::Error| file_error(error.to_string()))?;
     let source_name = format!("config file {}", path.display());
     let mut settings = RawSettings::new();
+    let mut entries: Vec<(String, toml::Value)> = Vec::new();
     for (key, value) in table {
+        match value {
+            toml::Value::Table(inner) if TABLES.contains(&key.as_str()) => {
+                entries.extend(inner.into_iter().map(|(inner_key, value)| (format!("{key}_{inner_key}"), value)));
+            }
+            value => entries.push((key, value)),
+        }
+    }
+    for (key, value) in entries {
         let known = known_key(&key).ok_or_else(|| ConfigError::Unknown {
             source_name: source_name.clone(),
-            suggestion: suggest(&key, str::to_owned),
-            key: key.clone(),
+            suggestion: suggest(&key, file_key),
+            key: file_key(&key),
         })?;
         if known == "secret_key" {
             return Err(file_error(
@@ -257,6 +343,14 @@ fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
         settings.insert(known, text);
     }
     Ok(settings)
+}
+
+/// How a setting is written in the config file: `oidc_issuer` is `issuer` in `[oidc]`.
+fn file_key(key: &str) -> String {
+    TABLES
+        .iter()
+        .find_map(|table| key.strip_prefix(table).and_then(|rest| rest.strip_prefix('_')).map(|rest| (table, rest)))
+        .map_or_else(|| key.to_owned(), |(table, rest)| format!("[{table}] {rest}"))
 }
 
 fn known_key(key: &str) -> Option<&'static str> {
@@ -313,7 +407,7 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
     let get = |key: &'static str| merged.get(key);
     let invalid = |key: &'static str, problem: &str| {
         let (source_name, value) = merged.get(key).cloned().unwrap_or_default();
-        let shown = if key == "secret_key" { "***".to_owned() } else { value };
+        let shown = if matches!(key, "secret_key" | "oidc_client_secret") { "***".to_owned() } else { value };
         ConfigError::Invalid { source_name, key, value: shown, problem: problem.to_owned() }
     };
     let parse_number = |key: &'static str, default: u64| -> Result<u64, ConfigError> {
@@ -410,6 +504,7 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         threads => Some(threads as usize),
     };
     let replica_url = get("replica_url").map(|(_, value)| value.trim_end_matches('/').to_owned());
+    let oidc = oidc_config(&get, &invalid)?;
     Ok(Config {
         listen,
         store,
@@ -428,7 +523,106 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         replica_url,
         child_home: "/tmp".to_owned(),
         worker_threads,
+        oidc,
     })
+}
+
+/// The `[oidc]` settings, validated; `None` when no issuer is set.
+fn oidc_config<'a>(
+    get: &impl Fn(&'static str) -> Option<&'a (String, String)>,
+    invalid: &impl Fn(&'static str, &str) -> ConfigError,
+) -> Result<Option<OidcConfig>, ConfigError> {
+    let text = |key: &'static str| get(key).map(|(_, value)| value.trim().to_owned()).filter(|value| !value.is_empty());
+    let flag = |key: &'static str, default: bool| match text(key).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(invalid(key, "expected true or false")),
+    };
+    let Some(issuer) = text("oidc_issuer") else {
+        if let Some(key) =
+            SETTINGS.iter().map(|setting| setting.key).find(|key| key.starts_with("oidc_") && get(key).is_some())
+        {
+            return Err(invalid(key, "single sign-on needs the provider's issuer too: add issuer to [oidc]"));
+        }
+        return Ok(None);
+    };
+    let issuer = issuer.trim_end_matches('/').to_owned();
+    if !is_secure_or_loopback(&issuer) {
+        return Err(invalid(
+            "oidc_issuer",
+            "expected the provider's https:// issuer URL (http:// only for 127.0.0.1 or localhost, in tests)",
+        ));
+    }
+    let client_id = text("oidc_client_id").ok_or_else(|| {
+        invalid("oidc_issuer", "[oidc] needs client_id, the client registered for Portcullis at the provider")
+    })?;
+    let client_secret = match text("oidc_client_secret") {
+        None => String::new(),
+        Some(reference) => {
+            resolve_secret_reference(&reference).map_err(|problem| invalid("oidc_client_secret", &problem))?
+        }
+    };
+    let scopes: Vec<String> = match text("oidc_scopes") {
+        None => vec!["openid".into(), "email".into(), "profile".into()],
+        Some(value) => {
+            value.split([',', ' ']).map(str::trim).filter(|scope| !scope.is_empty()).map(str::to_owned).collect()
+        }
+    };
+    if !scopes.iter().any(|scope| scope == "openid") {
+        return Err(invalid("oidc_scopes", "the scopes must include openid"));
+    }
+    let allowed_domains = text("oidc_allowed_domains")
+        .map(|value| split_list(&value).map(|domain| domain.trim_start_matches('@').to_ascii_lowercase()).collect())
+        .unwrap_or_default();
+    let claim = |key: &'static str, default: &str| text(key).unwrap_or_else(|| default.to_owned());
+    Ok(Some(OidcConfig {
+        label: text("oidc_label").unwrap_or_else(|| "single sign-on".to_owned()),
+        jit: flag("oidc_jit", true)?,
+        accept_idp_mfa: flag("oidc_accept_idp_mfa", true)?,
+        issuer,
+        client_id,
+        client_secret,
+        scopes,
+        allowed_domains,
+        claims: ClaimNames {
+            email: claim("oidc_email_claim", "email"),
+            name: claim("oidc_name_claim", "name"),
+            groups: claim("oidc_groups_claim", "groups"),
+            roles: claim("oidc_roles_claim", "roles"),
+            department: claim("oidc_department_claim", "department"),
+            title: claim("oidc_title_claim", "title"),
+            team: claim("oidc_team_claim", "team"),
+        },
+    }))
+}
+
+/// An https URL, or http to a loopback host (for tests and local providers).
+pub fn is_secure_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return host_of_url(url).is_some();
+    }
+    let Some(authority) = url.strip_prefix("http://").and_then(|_| host_of_url(url)) else { return false };
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Resolve a secret reference: `env:VAR`, `file:PATH`, or the literal value. The error says
+/// which variable or file is missing, never the secret.
+pub fn resolve_secret_reference(value: &str) -> Result<String, String> {
+    if let Some(variable) = value.strip_prefix("env:") {
+        return secret_from_environment(variable)
+            .ok_or_else(|| format!("refers to environment variable {variable}, which is not set"));
+    }
+    if let Some(path) = value.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("refers to file {path}, which cannot be read: {error}"))?;
+        return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    Ok(value.to_owned())
 }
 
 fn split_list(value: &str) -> impl Iterator<Item = &str> {
@@ -515,6 +709,60 @@ mod tests {
         let settings = read_file(&path).unwrap();
         assert_eq!(settings["trusted_proxies"], "10.0.0.0/8,192.168.0.0/16");
         assert_eq!(settings["max_body_bytes"], "2048");
+        std::fs::write(&path, "[oidc]\nissuer = \"https://idp.example\"\nclient_idd = \"x\"\n").unwrap();
+        let error = read_file(&path).unwrap_err().to_string();
+        assert!(error.contains("unknown setting \"[oidc] client_idd\"; did you mean \"[oidc] client_id\"?"), "{error}");
+        let secret_file = directory.join("oidc-secret");
+        std::fs::write(&secret_file, "s3cret\n").unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "[oidc]\nissuer = \"https://idp.example/\"\nclient_id = \"portcullis\"\nclient_secret = \"file:{}\"\n\
+                 scopes = [\"openid\", \"email\", \"groups\"]\njit = false\nallowed_domains = \"@Example.com\"\n",
+                secret_file.display()
+            ),
+        )
+        .unwrap();
+        let config = resolve(&[("file", read_file(&path).unwrap())]).unwrap();
+        let oidc = config.oidc.unwrap();
+        assert_eq!(oidc.issuer, "https://idp.example");
+        assert_eq!(oidc.client_secret, "s3cret");
+        assert_eq!(oidc.scopes, ["openid", "email", "groups"]);
+        assert!(!oidc.jit && oidc.accept_idp_mfa);
+        assert_eq!(oidc.allowed_domains, ["example.com"]);
+        assert!(!format!("{oidc:?}").contains("s3cret"));
         std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn single_sign_on_settings_are_checked() {
+        check(
+            &[("oidc_issuer", "http://idp.example"), ("oidc_client_id", "x")],
+            r#"test: oidc_issuer = "http://idp.example" is not valid: expected the provider's https:// issuer URL (http:// only for 127.0.0.1 or localhost, in tests)"#,
+        );
+        check(
+            &[("oidc_issuer", "https://idp.example")],
+            r#"test: oidc_issuer = "https://idp.example" is not valid: [oidc] needs client_id, the client registered for Portcullis at the provider"#,
+        );
+        check(
+            &[("oidc_client_secret", "hunter2")],
+            r#"test: oidc_client_secret = "***" is not valid: single sign-on needs the provider's issuer too: add issuer to [oidc]"#,
+        );
+        check(
+            &[("oidc_issuer", "http://127.0.0.1:4444"), ("oidc_client_id", "x"), ("oidc_scopes", "email")],
+            r#"test: oidc_scopes = "email" is not valid: the scopes must include openid"#,
+        );
+        check(
+            &[("oidc_issuer", "http://localhost:4444"), ("oidc_client_id", "x"), ("oidc_jit", "yes")],
+            r#"test: oidc_jit = "yes" is not valid: expected true or false"#,
+        );
+        check(
+            &[
+                ("oidc_issuer", "http://[::1]:4444"),
+                ("oidc_client_id", "x"),
+                ("oidc_client_secret", "env:NO_SUCH_VARIABLE_X"),
+            ],
+            r#"test: oidc_client_secret = "***" is not valid: refers to environment variable NO_SUCH_VARIABLE_X, which is not set"#,
+        );
     }
 }

@@ -363,7 +363,7 @@ impl Status {
 
 /// A person with everything the directory knows: what the identity provider pushed (SCIM),
 /// what admins set, and where the record came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Person {
     pub id: String,
     pub email: String,
@@ -396,6 +396,32 @@ pub struct Person {
 }
 
 impl Person {
+    /// A new active person with only an email (also their user name), from `source`.
+    pub fn new(id: String, email: &str, source: &str) -> Person {
+        let now = crate::store::now_ms();
+        Person {
+            id,
+            email: email.to_owned(),
+            user_name: email.to_owned(),
+            name: String::new(),
+            external_id: None,
+            status: Status::Active,
+            department: String::new(),
+            title: String::new(),
+            team: String::new(),
+            admin: false,
+            admin_roles: Vec::new(),
+            roles: Vec::new(),
+            attributes: serde_json::Map::new(),
+            scim: serde_json::Map::new(),
+            source: source.to_owned(),
+            groups: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        }
+    }
+
     /// Does the person match the filters admins use: status, a role (admin or job function)
     /// and a group (case-insensitive)?
     pub fn matches(&self, status: Option<Status>, role: Option<&str>, group: Option<&str>) -> bool {

@@ -2,7 +2,9 @@
 //! `Authorization: Bearer <key>`; a missing key is the anonymous principal (served only by
 //! public servers). [`password`] and [`totp`] are the primitives of local accounts.
 
+pub mod jws;
 pub mod oauth;
+pub mod oidc;
 pub mod password;
 pub mod totp;
 

@@ -69,6 +69,12 @@ pub fn link(href: &str, label: &str) -> Html {
     Html(format!("<a href=\"{}\">{}</a>", esc(href), esc(label)))
 }
 
+/// A link that looks like a button (an action that is a plain GET, such as leaving for the
+/// identity provider).
+pub fn button_link(href: &str, label: &str) -> Html {
+    Html(format!("<p><a class=\"button\" href=\"{}\">{}</a></p>", esc(href), esc(label)))
+}
+
 /// Escaped text as a table cell's content.
 pub fn cell(content: &str) -> Html {
     Html(esc(content))

@@ -9,6 +9,7 @@
 //! first super admin.
 
 pub mod html;
+mod sso;
 
 use crate::app::AppState;
 use crate::audit::AuditEvent;
@@ -45,6 +46,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/style.css", get(style))
         .route("/login", get(login_page).post(login))
         .route("/login/mfa", get(second_factor_page).post(second_factor))
+        .route("/auth/oidc/login", get(sso::start))
+        .route("/auth/oidc/callback", get(sso::callback))
         .route("/logout", post(logout))
         .route("/logout/everywhere", post(logout_everywhere))
         .route("/setup", get(setup_page).post(setup))
@@ -197,6 +200,9 @@ struct Session {
     s: u64,
     /// The second factor is done (or not needed).
     m: bool,
+    /// The identity provider proved a second factor at sign-in (single sign-on).
+    #[serde(default)]
+    p: bool,
 }
 
 fn session_cookie(state: &AppState, session: &Session) -> String {
@@ -263,7 +269,7 @@ async fn require(state: &AppState, headers: &HeaderMap) -> Result<Signed, Respon
         return Err(redirect(to));
     }
     // Made an admin (or the requirement turned on) after signing in with a password alone.
-    if signed.account.totp_secret.is_none() && signed.admin() && admin_mfa_required(state).await {
+    if signed.account.totp_secret.is_none() && !signed.session.p && signed.admin() && admin_mfa_required(state).await {
         return Err(redirect("/console/mfa"));
     }
     Ok(signed)
@@ -327,13 +333,21 @@ fn locked_out(state: &AppState, email: &str) -> Option<u64> {
     state.sign_in_failures.blocked(email).map(|left| left.as_secs().div_ceil(60).max(1))
 }
 
-fn login_form(csrf: &str, email: &str, next: Option<&str>, message: Option<&str>) -> String {
+fn login_form(state: &AppState, csrf: &str, email: &str, next: Option<&str>, message: Option<&str>) -> String {
     let mut content = Html::new();
     if let Some(message) = message {
         content.push(note("error", message));
     }
     if next.is_some() {
         content.push(note("hint", "An application asks to use Portcullis for you. Sign in to review its request."));
+    }
+    if let Some(sso) = &state.sso {
+        let href = match next {
+            Some(next) => format!("/auth/oidc/login?next={}", url_encode(next)),
+            None => "/auth/oidc/login".to_owned(),
+        };
+        content.push(html::button_link(&href, &format!("Sign in with {}", sso.config.label)));
+        content.push(note("hint", "Or, with a Portcullis password:"));
     }
     let hidden: Vec<(&str, &str)> = next.map(|next| ("next", next)).into_iter().collect();
     content.push(html::form_with(
@@ -363,7 +377,7 @@ struct NextQuery {
 async fn login_page(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<NextQuery>) -> Response {
     let (token, set) = csrf(&state, &headers);
     let next = safe_next(query.next.as_deref());
-    with_cookies(html_response(StatusCode::OK, login_form(&token, "", next, None)), set.into_iter().collect())
+    with_cookies(html_response(StatusCode::OK, login_form(&state, &token, "", next, None)), set.into_iter().collect())
 }
 
 #[derive(Deserialize)]
@@ -392,12 +406,12 @@ async fn login(
     if state.sign_in_addresses.blocked(&address).is_some() {
         audit(&state, None, &email, "console/login", false, "too many failed attempts from this address");
         let message = "Too many failed attempts from your network. Wait 15 minutes and try again.";
-        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&token, &email, next, Some(message)));
+        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&state, &token, &email, next, Some(message)));
     }
     if let Some(minutes) = locked_out(&state, &email) {
         audit(&state, None, &email, "console/login", false, "too many failed attempts");
         let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
-        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&token, &email, next, Some(&message)));
+        return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&state, &token, &email, next, Some(&message)));
     }
     let account = match async {
         let mut connection = state.store.pool.acquire().await?;
@@ -426,20 +440,29 @@ async fn login(
             };
             audit(&state, found.as_ref(), &email, "console/login", false, &reason);
             let message = "The email or password is not right, or the account cannot sign in.";
-            return html_response(StatusCode::UNAUTHORIZED, login_form(&token, &email, next, Some(message)));
+            return html_response(StatusCode::UNAUTHORIZED, login_form(&state, &token, &email, next, Some(message)));
         }
     };
 
-    let now = unix_now();
-    let second = needs_second_factor(&account, admin_mfa_required(&state).await);
+    let (complete, response) = begin_session(&state, &account, false, next).await;
     // Failures are forgiven only when sign-in is complete: a right password must not reset
     // the count of wrong codes that follow it.
-    if !second {
+    if complete {
         state.sign_in_failures.clear(&email);
     }
-    let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: !second };
+    response
+}
+
+/// Start a console session for `account` after its first step (a password, or the identity
+/// provider). `second_done` when the provider proved a second factor. Returns whether sign-in
+/// is complete, and the redirect: onwards, or to the second step or enrolment.
+async fn begin_session(state: &AppState, account: &Account, second_done: bool, next: Option<&str>) -> (bool, Response) {
+    let now = unix_now();
+    let second = !second_done && needs_second_factor(account, admin_mfa_required(state).await);
+    let session =
+        Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: !second, p: second_done };
     if !second {
-        finish_sign_in(&state, &account).await;
+        finish_sign_in(state, account).await;
     }
     let to = match (second, account.totp_secret.is_some()) {
         (false, _) => next.unwrap_or("/console").to_owned(),
@@ -449,7 +472,7 @@ async fn login(
         },
         (true, false) => "/console/mfa".to_owned(),
     };
-    with_cookies(redirect(&to), vec![session_cookie(&state, &session)])
+    (!second, with_cookies(redirect(&to), vec![session_cookie(state, &session)]))
 }
 
 async fn finish_sign_in(state: &AppState, account: &Account) {
@@ -462,7 +485,7 @@ async fn finish_sign_in(state: &AppState, account: &Account) {
 }
 
 /// Percent-encode for a query value.
-pub(crate) fn url_encode(text: &str) -> String {
+pub fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
@@ -767,7 +790,7 @@ async fn setup(
         tracing::warn!(%error, "snapshot reload after setup failed; the refresher will retry");
     }
     let now = unix_now();
-    let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: false };
+    let session = Session { u: account.user_id.clone(), e: account.session_epoch, i: now, s: now, m: false, p: false };
     with_cookies(redirect("/console/mfa"), vec![session_cookie(&state, &session)])
 }
 
@@ -926,13 +949,7 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
 }
 
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    match &state.config.public_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => {
-            let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("localhost");
-            format!("http://{host}")
-        }
-    }
+    crate::auth::oauth::base_url(&state.config, headers)
 }
 
 fn when(ms: Option<i64>) -> String {
@@ -1456,6 +1473,33 @@ async fn settings_page(State(state): State<AppState>, headers: HeaderMap) -> Res
         ));
         content.push(html::form_with("/console/settings", &csrf_token, &[("admin_mfa", "on")], &[], "Require it"));
     }
+    content.push(text("h2", "Single sign-on"));
+    match &state.sso {
+        None => content.push(note(
+            "hint",
+            "Not set up: people sign in with Portcullis passwords. Add an [oidc] table to the config file to sign in through your identity provider.",
+        )),
+        Some(sso) => {
+            let oidc = &sso.config;
+            let yes_no = |flag: bool| if flag { "yes" } else { "no" }.to_owned();
+            content.push(facts(&[
+                ("Provider", oidc.label.clone()),
+                ("Issuer", oidc.issuer.clone()),
+                ("Client", oidc.client_id.clone()),
+                ("Redirect URI to register", sso::redirect_uri(&state, &headers)),
+                ("Scopes", oidc.scopes.join(" ")),
+                ("Create people on first sign-in", yes_no(oidc.jit)),
+                (
+                    "Email domains",
+                    if oidc.allowed_domains.is_empty() { "any".to_owned() } else { oidc.allowed_domains.join(", ") },
+                ),
+                ("Provider's MFA counts as the second step", yes_no(oidc.accept_idp_mfa)),
+                ("Groups claim", oidc.claims.groups.clone()),
+                ("Roles claim", oidc.claims.roles.clone()),
+            ]))
+        }
+    };
+    content.push(note("hint", "Single sign-on is set in the config file, so every replica signs in the same way."));
     respond(signed, &csrf_token, set, "Settings", content)
 }
 

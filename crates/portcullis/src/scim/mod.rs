@@ -653,28 +653,7 @@ async fn create_user(
     bytes: Bytes,
 ) -> Result<Response, ScimError> {
     let resource = body(&bytes)?;
-    let now = now_ms();
-    let mut person = Person {
-        id: new_id(),
-        email: String::new(),
-        user_name: String::new(),
-        name: String::new(),
-        external_id: None,
-        status: Status::Active,
-        department: String::new(),
-        title: String::new(),
-        team: String::new(),
-        admin: false,
-        admin_roles: Vec::new(),
-        roles: Vec::new(),
-        attributes: Map::new(),
-        scim: Map::new(),
-        source: "scim".into(),
-        groups: Vec::new(),
-        created_at: now,
-        updated_at: now,
-        last_login_at: None,
-    };
+    let mut person = Person::new(new_id(), "", "scim");
     apply_user(&mut person, &resource)?;
     let mut connection = state.store.begin_write().await?;
     store::directory::insert_person(&mut connection, &person).await?;

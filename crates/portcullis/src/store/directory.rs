@@ -88,6 +88,111 @@ pub async fn get_person(connection: &mut AnyConnection, id: &str) -> Result<Opti
     person_from_row(&row, groups).map(Some)
 }
 
+/// The person linked to an identity at the OpenID Connect provider (`"{issuer} {subject}"`).
+pub async fn person_by_oidc_link(connection: &mut AnyConnection, link: &str) -> Result<Option<Person>, StoreError> {
+    let id = sqlx::query("SELECT id FROM users WHERE oidc_identity = $1")
+        .bind(link)
+        .fetch_optional(&mut *connection)
+        .await?;
+    match id {
+        Some(row) => get_person(connection, &row.get::<String, _>(0)).await,
+        None => Ok(None),
+    }
+}
+
+/// The person with this email (case-insensitively).
+pub async fn person_by_email(connection: &mut AnyConnection, email: &str) -> Result<Option<Person>, StoreError> {
+    let id = sqlx::query("SELECT id FROM users WHERE lower(email) = $1")
+        .bind(email.to_lowercase())
+        .fetch_optional(&mut *connection)
+        .await?;
+    match id {
+        Some(row) => get_person(connection, &row.get::<String, _>(0)).await,
+        None => Ok(None),
+    }
+}
+
+/// The provider identity a person is linked to, if any.
+pub async fn oidc_link(connection: &mut AnyConnection, id: &str) -> Result<Option<String>, StoreError> {
+    let row =
+        sqlx::query("SELECT oidc_identity FROM users WHERE id = $1").bind(id).fetch_optional(&mut *connection).await?;
+    Ok(row.and_then(|row| row.get::<Option<String>, _>(0)))
+}
+
+/// Link a person to an identity at the provider.
+pub async fn set_oidc_link(connection: &mut AnyConnection, id: &str, link: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET oidc_identity = $1 WHERE id = $2")
+        .bind(link)
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// Make a person's memberships follow the groups their identity provider claims at sign-in:
+/// join every claimed group (matched by name case-insensitively; created, source `oidc`, when
+/// missing) and leave the groups created that way that are no longer claimed. Groups that
+/// SCIM or admins manage are never left because a claim omits them.
+pub async fn follow_claimed_groups(
+    connection: &mut AnyConnection,
+    user_id: &str,
+    claimed: &[String],
+) -> Result<(), StoreError> {
+    let groups = sqlx::query("SELECT id, name, source FROM groups").fetch_all(&mut *connection).await?;
+    let current: Vec<String> = sqlx::query("SELECT group_id FROM group_members WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_all(&mut *connection)
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut changed = false;
+    for name in claimed {
+        let existing = groups.iter().find(|row| row.get::<String, _>(1).eq_ignore_ascii_case(name));
+        let group_id = match existing {
+            Some(row) => row.get::<String, _>(0),
+            None => {
+                let id = crate::crypto::new_id();
+                let now = now_ms();
+                sqlx::query(
+                    "INSERT INTO groups (id, name, external_id, source, created_at, updated_at)                      VALUES ($1, $2, NULL, 'oidc', $3, $4)",
+                )
+                .bind(&id)
+                .bind(name)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *connection)
+                .await?;
+                id
+            }
+        };
+        if !current.contains(&group_id) {
+            sqlx::query("INSERT INTO group_members (group_id, user_id) VALUES ($1, $2)")
+                .bind(&group_id)
+                .bind(user_id)
+                .execute(&mut *connection)
+                .await?;
+            changed = true;
+        }
+    }
+    for row in &groups {
+        let (id, name, source): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let still_claimed = claimed.iter().any(|claimed| claimed.eq_ignore_ascii_case(&name));
+        if source == "oidc" && current.contains(&id) && !still_claimed {
+            sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2")
+                .bind(&id)
+                .bind(user_id)
+                .execute(&mut *connection)
+                .await?;
+            changed = true;
+        }
+    }
+    if changed {
+        bump_revision(connection).await?;
+    }
+    Ok(())
+}
+
 /// Refuse a person whose email or user name (case-insensitively) belongs to someone else.
 async fn check_unique(connection: &mut AnyConnection, person: &Person) -> Result<(), StoreError> {
     let clash = sqlx::query("SELECT email FROM users WHERE id <> $1 AND (lower(email) = $2 OR lower(user_name) = $3)")

@@ -108,6 +108,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0007_api_key_use.sql"),
         postgres: include_str!("migrations/0007_api_key_use.sql"),
     },
+    Migration {
+        version: 8,
+        name: "oidc",
+        sqlite: include_str!("migrations/0008_oidc.sql"),
+        postgres: include_str!("migrations/0008_oidc.sql"),
+    },
 ];
 
 impl Store {

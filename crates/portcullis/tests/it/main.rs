@@ -13,4 +13,5 @@ mod peers;
 mod people;
 mod replicas;
 mod scim;
+mod sso;
 mod store_suite;
