@@ -52,6 +52,8 @@ pub struct AppState {
     pub key_use: Arc<crate::auth::KeyUse>,
     /// Single sign-on through an OpenID Connect provider, when configured.
     pub sso: Option<Arc<crate::auth::oidc::Sso>>,
+    /// Client ID Metadata Documents fetched for OAuth clients that identify by URL.
+    pub client_documents: Arc<crate::auth::cimd::Documents>,
 }
 
 /// A built, bound gateway.
@@ -78,10 +80,15 @@ impl App {
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
         let address = listener.local_addr()?;
-        let sso = config.oidc.clone().map(|oidc| Arc::new(crate::auth::oidc::Sso::new(oidc)));
+        let sso = config.oidc.clone().map(|oidc| Arc::new(crate::auth::oidc::Sso::new(oidc, &config.extra_roots)));
+        let client_documents = Arc::new(crate::auth::cimd::Documents::new(
+            config.oauth_client_metadata_networks.clone(),
+            config.extra_roots.clone(),
+            config.oauth_redirect_schemes.clone(),
+        ));
         let state = AppState {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
-            upstreams: Upstreams::new(replica.to_string(), config.child_home.clone()),
+            upstreams: Upstreams::new(replica.to_string(), config.child_home.clone(), &config.extra_roots),
             audit: AuditLog::start(store.clone(), &config.store, keys.clone()),
             metrics: Metrics::default(),
             legacy: Default::default(),
@@ -97,6 +104,7 @@ impl App {
             registrations: Arc::new(crate::edge::Counter::new(20, std::time::Duration::from_secs(3600))),
             key_use: Arc::default(),
             sso,
+            client_documents,
         };
         state.key_use.start(state.store.clone());
         // Other replicas reach this one at replica_url, or at the bound address when that is

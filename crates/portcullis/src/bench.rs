@@ -259,7 +259,7 @@ pub async fn bind_pass_through(
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
-    let client = crate::upstream::http::HttpUpstream::new().client();
+    let client = crate::upstream::http::HttpUpstream::new(&[]).client();
     let forward = move |headers: HeaderMap, body: bytes::Bytes| {
         let request = client.post(&upstream);
         async move {

@@ -42,6 +42,18 @@ const SETTINGS: &[Setting] = &[
         key: "oauth_redirect_schemes",
         help: "comma-separated private-use URI schemes MCP clients may register as OAuth redirects, e.g. cursor,vscode (default: any)",
     },
+    Setting {
+        key: "oauth_client_metadata_documents",
+        help: "accept https:// client_id URLs (Client ID Metadata Documents) and fetch them (default: true)",
+    },
+    Setting {
+        key: "oauth_client_metadata_networks",
+        help: "comma-separated CIDRs from which client metadata documents may be fetched although private",
+    },
+    Setting {
+        key: "ca_file",
+        help: "PEM file of extra certificate authorities trusted for outbound TLS (upstreams, the OIDC provider, client documents)",
+    },
     // Single sign-on with an OpenID Connect provider: the `[oidc]` table of the config file
     // (`issuer` there is `oidc_issuer` here, `PORTCULLIS_OIDC_ISSUER` in the environment).
     Setting { key: "oidc_issuer", help: "[oidc] issuer: the OpenID Connect provider's issuer URL (turns on SSO)" },
@@ -117,6 +129,12 @@ pub struct Config {
     /// Private-use redirect URI schemes OAuth clients may register; empty means any
     /// (https and loopback http are always allowed; javascript:, data: and file: never).
     pub oauth_redirect_schemes: Vec<String>,
+    /// Clients may identify themselves with an `https://` client_id URL (its metadata document).
+    pub oauth_client_metadata_documents: bool,
+    /// Private networks client metadata documents may be fetched from.
+    pub oauth_client_metadata_networks: Vec<IpNet>,
+    /// Extra certificate authorities for outbound TLS, from `ca_file`.
+    pub extra_roots: Vec<reqwest::Certificate>,
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub snapshot_max_age: Duration,
@@ -172,6 +190,14 @@ pub struct ClaimNames {
     pub department: String,
     pub title: String,
     pub team: String,
+}
+
+/// `builder`, also trusting `roots`.
+pub fn trusting(mut builder: reqwest::ClientBuilder, roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder
 }
 
 /// The value of an environment variable named by an `env:VAR` secret reference.
@@ -454,16 +480,19 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
             Some(trimmed.to_owned())
         }
     };
-    let trusted_proxies = match get("trusted_proxies") {
-        None => Vec::new(),
-        Some((_, value)) => split_list(value)
-            .map(|item| {
-                item.parse::<IpNet>()
-                    .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| invalid("trusted_proxies", &format!("\"{item}\" is not a CIDR such as 10.0.0.0/8")))
-            })
-            .collect::<Result<_, _>>()?,
+    let cidr_list = |key: &'static str| -> Result<Vec<IpNet>, ConfigError> {
+        match get(key) {
+            None => Ok(Vec::new()),
+            Some((_, value)) => split_list(value)
+                .map(|item| {
+                    item.parse::<IpNet>()
+                        .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|_| invalid(key, &format!("\"{item}\" is not a CIDR such as 10.0.0.0/8")))
+                })
+                .collect(),
+        }
     };
+    let trusted_proxies = cidr_list("trusted_proxies")?;
     let allowed_hosts =
         get("allowed_hosts").map(|(_, value)| split_list(value).map(str::to_owned).collect()).unwrap_or_default();
     let oauth_redirect_schemes: Vec<String> = get("oauth_redirect_schemes")
@@ -480,6 +509,24 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
             &format!("{bad:?} is not a private-use URI scheme (list names like cursor,vscode without \"://\")"),
         ));
     }
+    let oauth_client_metadata_documents = match get("oauth_client_metadata_documents").map(|(_, value)| value.trim()) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(invalid("oauth_client_metadata_documents", "expected true or false")),
+    };
+    let oauth_client_metadata_networks = cidr_list("oauth_client_metadata_networks")?;
+    let extra_roots = match get("ca_file") {
+        None => Vec::new(),
+        Some((_, path)) => {
+            let pem = std::fs::read(path).map_err(|error| invalid("ca_file", &format!("cannot read it ({error})")))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|error| invalid("ca_file", &format!("it is not a PEM certificate bundle ({error})")))?;
+            if roots.is_empty() {
+                return Err(invalid("ca_file", "it holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+            }
+            roots
+        }
+    };
     let max_body_bytes = parse_number("max_body_bytes", 4 * 1024 * 1024)?;
     if max_body_bytes < 1024 {
         return Err(invalid("max_body_bytes", "must be at least 1024"));
@@ -515,6 +562,9 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         trusted_proxies,
         allowed_hosts,
         oauth_redirect_schemes,
+        oauth_client_metadata_documents,
+        oauth_client_metadata_networks,
+        extra_roots,
         max_body_bytes: max_body_bytes as usize,
         upstream_timeout: Duration::from_secs(upstream_timeout_secs),
         snapshot_max_age: Duration::from_secs(snapshot_max_age_secs),
@@ -732,6 +782,26 @@ mod tests {
         assert_eq!(oidc.allowed_domains, ["example.com"]);
         assert!(!format!("{oidc:?}").contains("s3cret"));
         std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn outbound_trust_and_client_document_settings_are_checked() {
+        check(
+            &[("ca_file", "/no/such/ca.pem")],
+            r#"test: ca_file = "/no/such/ca.pem" is not valid: cannot read it (No such file or directory (os error 2))"#,
+        );
+        check(
+            &[("ca_file", "/dev/null")],
+            r#"test: ca_file = "/dev/null" is not valid: it holds no PEM certificate (-----BEGIN CERTIFICATE-----)"#,
+        );
+        check(
+            &[("oauth_client_metadata_networks", "10.0.0.0/8, intranet")],
+            r#"test: oauth_client_metadata_networks = "10.0.0.0/8, intranet" is not valid: "intranet" is not a CIDR such as 10.0.0.0/8"#,
+        );
+        check(
+            &[("oauth_client_metadata_documents", "no")],
+            r#"test: oauth_client_metadata_documents = "no" is not valid: expected true or false"#,
+        );
     }
 
     #[test]

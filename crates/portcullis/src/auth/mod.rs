@@ -2,6 +2,7 @@
 //! `Authorization: Bearer <key>`; a missing key is the anonymous principal (served only by
 //! public servers). [`password`] and [`totp`] are the primitives of local accounts.
 
+pub mod cimd;
 pub mod jws;
 pub mod oauth;
 pub mod oidc;

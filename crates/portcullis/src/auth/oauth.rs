@@ -3,7 +3,8 @@
 //! Discovery: RFC 9728 protected-resource metadata for every MCP endpoint (and the
 //! `resource_metadata` of every 401), RFC 8414 metadata (and the OpenID discovery alias).
 //! Clients register themselves (RFC 7591; redirect URIs: https, loopback http, or a native
-//! app's private-use scheme — never `javascript:`, `data:` or `file:`), then run the
+//! app's private-use scheme — never `javascript:`, `data:` or `file:`) or identify by the URL
+//! of their metadata document ([`cimd`]), then run the
 //! authorization-code flow with PKCE S256 only: the person signs in to the console, sees which
 //! client asks for which server, and approves. Codes are single use and live one minute; the
 //! response carries `iss` (RFC 9207). Access tokens are bound to the one endpoint they were
@@ -12,7 +13,7 @@
 
 use crate::app::AppState;
 use crate::audit::AuditEvent;
-use crate::auth::{ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX};
+use crate::auth::{ACCESS_TOKEN_PREFIX, REFRESH_TOKEN_PREFIX, cimd};
 use crate::config::Config;
 use crate::console::{self, html};
 use crate::crypto::{new_id, random_token, sha256_hex};
@@ -111,6 +112,7 @@ async fn server_metadata(State(state): State<AppState>, headers: HeaderMap) -> R
         "revocation_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": ["mcp"],
         "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": state.config.oauth_client_metadata_documents,
     }))
     .into_response()
 }
@@ -251,16 +253,7 @@ async fn client_and_redirect(
     params: &AuthorizeParams,
 ) -> Result<(store::oauth::Client, String), Refusal> {
     let client_id = params.client_id.as_deref().unwrap_or_default();
-    let client = async {
-        let mut connection = state.store.pool.acquire().await?;
-        store::oauth::client(&mut connection, client_id).await
-    }
-    .await
-    .map_err(|error: StoreError| {
-        tracing::error!(%error, "cannot read an OAuth client");
-        Refusal::Page("the store failed; try again".into())
-    })?
-    .ok_or_else(|| Refusal::Page(format!("no application is registered as {client_id:?}")))?;
+    let client = find_client(state, client_id).await?;
     let redirect_uri = match params.redirect_uri.as_deref() {
         Some(uri) if client.redirect_uris.iter().any(|registered| registered == uri) => uri.to_owned(),
         None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
@@ -270,6 +263,31 @@ async fn client_and_redirect(
         None => return Err(Refusal::Page("the request names no redirect_uri".into())),
     };
     Ok((client, redirect_uri))
+}
+
+/// A client registered here, or one described by the metadata document at its `client_id` URL.
+async fn find_client(state: &AppState, client_id: &str) -> Result<store::oauth::Client, Refusal> {
+    if cimd::is_document_url(client_id) {
+        if !state.config.oauth_client_metadata_documents {
+            return Err(Refusal::Page(
+                "this gateway does not accept client metadata documents; the application must register (dynamic client registration)".into(),
+            ));
+        }
+        return state.client_documents.client(client_id).await.map_err(|problem| {
+            tracing::info!(client_id, %problem, "a client metadata document was refused");
+            Refusal::Page(format!("the application's client metadata document ({client_id}) cannot be used: {problem}"))
+        });
+    }
+    let found = async {
+        let mut connection = state.store.pool.acquire().await?;
+        store::oauth::client(&mut connection, client_id).await
+    }
+    .await
+    .map_err(|error: StoreError| {
+        tracing::error!(%error, "cannot read an OAuth client");
+        Refusal::Page("the store failed; try again".into())
+    })?;
+    found.ok_or_else(|| Refusal::Page(format!("no application is registered as {client_id:?}")))
 }
 
 async fn check(state: &AppState, headers: &HeaderMap, params: &AuthorizeParams) -> Result<Checked, Refusal> {
@@ -309,7 +327,8 @@ fn refusal_response(refusal: Refusal) -> Response {
     match refusal {
         Refusal::Page(message) => {
             let body = html::page("This request cannot go ahead", None, html::note("error", &message));
-            (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+            let page = (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body);
+            console::secure_page(page.into_response())
         }
         Refusal::Redirect(location) => redirect_to(&location),
     }
@@ -331,8 +350,15 @@ async fn authorize_page(
     uri: axum::http::Uri,
 ) -> Response {
     // Anyone may register a client, so errors go back to its redirect URI only once a person
-    // signed in: before that, a link to this endpoint must not bounce a browser elsewhere.
-    if let Err(refusal) = client_and_redirect(&state, &params).await {
+    // signed in: before that, a link to this endpoint must not bounce a browser elsewhere. A
+    // client metadata document is fetched only for a signed-in person (no anonymous fetches).
+    let client_id = params.client_id.as_deref().unwrap_or_default();
+    let early = if cimd::is_document_url(client_id) {
+        cimd::check_document_url(client_id).map(|_| ()).map_err(Refusal::Page)
+    } else {
+        client_and_redirect(&state, &params).await.map(|_| ())
+    };
+    if let Err(refusal) = early {
         return refusal_response(refusal);
     }
     let account = match console::signed_in_account(&state, &headers).await {
@@ -361,11 +387,13 @@ async fn authorize_page(
         .ok()
         .map(|url| format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default()))
         .unwrap_or_default();
+    // A metadata document's name is the client's own claim; its address is what is proven.
+    let who = match reqwest::Url::parse(&checked.client.id).ok().filter(|_| cimd::is_document_url(&checked.client.id)) {
+        Some(url) => format!("{} (from {})", checked.client.name, url.host_str().unwrap_or_default()),
+        None => checked.client.name.clone(),
+    };
     let mut content = html::Html::new();
-    content.push(html::note(
-        "hint",
-        &format!("{} asks to use {target} on your behalf, as {}.", checked.client.name, account.email),
-    ));
+    content.push(html::note("hint", &format!("{who} asks to use {target} on your behalf, as {}.", account.email)));
     content.push(html::note("hint", &format!("If you allow it, you go back to {redirect_host}.")));
     let hidden_values = [
         ("response_type", "code".to_owned()),
@@ -428,6 +456,10 @@ async fn authorize(State(state): State<AppState>, headers: HeaderMap, Form(param
     };
     let stored = async {
         let mut connection = state.store.pool.acquire().await?;
+        if cimd::is_document_url(&checked.client.id) {
+            // Codes and tokens refer to the client: keep the document's latest reading.
+            store::oauth::upsert_client(&mut connection, &checked.client).await?;
+        }
         store::oauth::insert_code(&mut connection, &sha256_hex(code.as_bytes()), &record).await
     }
     .await;

@@ -153,8 +153,8 @@ fn form_encode(pairs: &[(&str, &str)]) -> String {
 }
 
 impl Sso {
-    pub fn new(config: OidcConfig) -> Sso {
-        let http = reqwest::Client::builder()
+    pub fn new(config: OidcConfig, roots: &[reqwest::Certificate]) -> Sso {
+        let http = crate::config::trusting(reqwest::Client::builder(), roots)
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())

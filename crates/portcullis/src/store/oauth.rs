@@ -22,6 +22,22 @@ pub async fn insert_client(connection: &mut AnyConnection, client: &Client) -> R
     Ok(())
 }
 
+/// Insert a client, or refresh the name and redirect URIs of one known already (a client
+/// described by its metadata document).
+pub async fn upsert_client(connection: &mut AnyConnection, client: &Client) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO oauth_clients (id, name, redirect_uris, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, redirect_uris = excluded.redirect_uris",
+    )
+    .bind(&client.id)
+    .bind(&client.name)
+    .bind(serde_json::to_string(&client.redirect_uris).unwrap_or_default())
+    .bind(now_ms())
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
 pub async fn client(connection: &mut AnyConnection, id: &str) -> Result<Option<Client>, StoreError> {
     let row = sqlx::query("SELECT id, name, redirect_uris FROM oauth_clients WHERE id = $1")
         .bind(id)

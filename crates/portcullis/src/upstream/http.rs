@@ -22,13 +22,14 @@ pub struct HttpUpstream {
 
 impl Default for HttpUpstream {
     fn default() -> Self {
-        HttpUpstream::new()
+        HttpUpstream::new(&[])
     }
 }
 
 impl HttpUpstream {
-    pub fn new() -> HttpUpstream {
-        let client = reqwest::Client::builder()
+    /// A pooled client that also trusts `roots` (the deployment's `ca_file`).
+    pub fn new(roots: &[reqwest::Certificate]) -> HttpUpstream {
+        let client = crate::config::trusting(reqwest::Client::builder(), roots)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .connect_timeout(Duration::from_secs(10))

@@ -80,8 +80,8 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(replica: String, home: String) -> Upstreams {
-        let http = http::HttpUpstream::new();
+    pub fn new(replica: String, home: String, roots: &[reqwest::Certificate]) -> Upstreams {
+        let http = http::HttpUpstream::new(roots);
         let local = channel::ChannelPool::new(replica, home, http.client());
         Upstreams { http, local }
     }

@@ -327,3 +327,138 @@ async fn bad_authorization_requests_are_refused_the_standard_way() {
         .unwrap();
     assert_eq!(registered.status(), 201);
 }
+
+/// A certificate authority and a certificate for 127.0.0.1 it signed, made with `openssl`:
+/// (CA certificate, server certificate, server key) paths.
+fn test_certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 \
+  -subj /CN=portcullis-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1
+printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' > leaf.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile leaf.ext
+"#;
+    std::fs::create_dir_all(dir).unwrap();
+    let made = std::process::Command::new("bash").args(["-c", script]).current_dir(dir).output().unwrap();
+    assert!(made.status.success(), "openssl made the test certificates: {}", String::from_utf8_lossy(&made.stderr));
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+#[tokio::test]
+async fn a_client_identified_by_its_metadata_document_url_gets_a_token() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("portcullis-cimd-{}", portcullis::crypto::new_id()));
+    let (ca, cert, key) = test_certificates(&dir);
+    let redirect_uri = "http://127.0.0.1:9/callback";
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/client_documents.py");
+    let mut host = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([&cert, &key])
+        .arg(redirect_uri)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    let documents = lines.next_line().await.unwrap().unwrap().strip_prefix("listening ").unwrap().to_owned();
+    let fetched = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = fetched.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.lock().unwrap().push(line);
+        }
+    });
+
+    let roots = reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).unwrap()).unwrap();
+    let gw = TestGateway::start_with(Options {
+        tweak: Box::new(move |config| {
+            config.extra_roots = roots;
+            config.oauth_client_metadata_networks = vec!["127.0.0.1/32".parse().unwrap()];
+        }),
+        ..Options::default()
+    })
+    .await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let base = gw.url("");
+    let metadata: Value =
+        reqwest::get(gw.url("/.well-known/oauth-authorization-server")).await.unwrap().json().await.unwrap();
+    assert_eq!(metadata["client_id_metadata_document_supported"], true);
+
+    let verifier = "a-verifier-that-is-long-enough-for-pkce-0123456789";
+    let authorize = |client_id: &str| {
+        format!(
+            "/oauth/authorize?response_type=code&client_id={}&redirect_uri={}&code_challenge={}&code_challenge_method=S256&state=s1&resource={}",
+            encode(client_id),
+            encode(redirect_uri),
+            s256(verifier),
+            encode(&format!("{base}/mcp/demo"))
+        )
+    };
+    let client_id = format!("{documents}/client.json");
+    let mut browser = Browser::new(&gw);
+    // Nobody signed in: the document is not fetched for an anonymous request.
+    let to_login = browser.get(&authorize(&client_id)).await;
+    assert!(to_login.location().starts_with("/login?next="), "{}", to_login.location());
+    assert!(fetched.lock().unwrap().is_empty(), "no fetch before sign-in");
+    let login = browser.get("/login").await;
+    let signed_in = browser
+        .post("/login", &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "ann's long passphrase")])
+        .await;
+    assert_eq!(signed_in.status, 303);
+
+    let consent = browser.get(&authorize(&client_id)).await;
+    assert_eq!(consent.status, 200, "{}", consent.body);
+    assert!(consent.body.contains("Document App (from 127.0.0.1) asks to use the server demo"), "{}", consent.body);
+    let fields = hidden_fields(&consent.body);
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let approved = browser.post("/oauth/authorize", &fields).await;
+    assert_eq!(approved.status, 303, "{}", approved.body);
+    let code = query_param(approved.location(), "code").unwrap();
+    let exchange = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("client_id", client_id.as_str()),
+        ("redirect_uri", redirect_uri),
+        ("code_verifier", verifier),
+    ];
+    let (status, granted, _) = token(&gw, &exchange).await;
+    assert_eq!(status, 200, "{granted}");
+    let mut client = gw.client("demo", Some(granted["access_token"].as_str().unwrap()));
+    assert_eq!(client.initialize().await.status, 200);
+    let (status, refreshed, _) = token(
+        &gw,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", granted["refresh_token"].as_str().unwrap()),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_eq!(
+        fetched.lock().unwrap().as_slice(),
+        ["GET /client.json"],
+        "fetched once for the consent page and the approval (kept as max-age says)"
+    );
+
+    // Documents that must not be used, and addresses that must not be fetched.
+    for (client_id, problem) in [
+        (format!("{documents}/other.json"), "client_id is not its own URL"),
+        (format!("{documents}/redirect.json"), "redirects are not followed"),
+        (format!("{documents}/big.json"), "larger than 5120 bytes"),
+        (format!("{documents}/missing.json"), "answered 404"),
+        ("https://10.0.0.7/client.json".to_owned(), "10.0.0.7, which is not a public address"),
+        ("https://169.254.169.254/latest/meta-data.json".to_owned(), "not a public address"),
+        ("https://[::ffff:7f00:2]/client.json".to_owned(), "not a public address"),
+        ("https://127.0.0.1:1/x/../client.json".to_owned(), "not in normal form"),
+    ] {
+        let page = browser.get(&authorize(&client_id)).await;
+        assert_eq!(page.status, 400, "{client_id}: {}", page.body);
+        assert!(page.body.contains(problem), "{client_id}: {problem:?} in {}", page.body);
+        assert!(page.location().is_empty(), "never a redirect for an untrusted client");
+    }
+    gw.stop().await;
+    let _ = host.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
