@@ -328,48 +328,12 @@ async fn bad_authorization_requests_are_refused_the_standard_way() {
     assert_eq!(registered.status(), 201);
 }
 
-/// A certificate authority and a certificate for 127.0.0.1 it signed, made with `openssl`:
-/// (CA certificate, server certificate, server key) paths.
-fn test_certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let script = r#"set -e
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 \
-  -subj /CN=portcullis-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1
-printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' > leaf.ext
-openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile leaf.ext
-"#;
-    std::fs::create_dir_all(dir).unwrap();
-    let made = std::process::Command::new("bash").args(["-c", script]).current_dir(dir).output().unwrap();
-    assert!(made.status.success(), "openssl made the test certificates: {}", String::from_utf8_lossy(&made.stderr));
-    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
-}
-
 #[tokio::test]
 async fn a_client_identified_by_its_metadata_document_url_gets_a_token() {
-    use tokio::io::AsyncBufReadExt;
-    let dir = std::env::temp_dir().join(format!("portcullis-cimd-{}", portcullis::crypto::new_id()));
-    let (ca, cert, key) = test_certificates(&dir);
     let redirect_uri = "http://127.0.0.1:9/callback";
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/client_documents.py");
-    let mut host = tokio::process::Command::new("python3")
-        .arg(script)
-        .args([&cert, &key])
-        .arg(redirect_uri)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
-    let documents = lines.next_line().await.unwrap().unwrap().strip_prefix("listening ").unwrap().to_owned();
-    let fetched = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let log = fetched.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.lock().unwrap().push(line);
-        }
-    });
-
-    let roots = reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).unwrap()).unwrap();
+    let host = ClientDocuments::start(redirect_uri).await;
+    let (documents, fetched) = (host.base.clone(), host.fetched.clone());
+    let roots = host.roots();
     let gw = TestGateway::start_with(Options {
         tweak: Box::new(move |config| {
             config.extra_roots = roots;
@@ -459,6 +423,5 @@ async fn a_client_identified_by_its_metadata_document_url_gets_a_token() {
         assert!(page.location().is_empty(), "never a redirect for an untrusted client");
     }
     gw.stop().await;
-    let _ = host.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    host.stop().await;
 }

@@ -273,14 +273,9 @@ async fn the_stdio_bridge_connects_a_stdio_client() {
     gw.stop().await;
 }
 
-/// The official Python SDK's OAuth client, given only the URL, discovers the authorization
-/// server from the 401, registers, sends the person through sign-in and consent (the script
-/// fills the console's forms), exchanges the code with PKCE and calls a tool with the token.
-#[tokio::test]
-async fn python_sdk_completes_the_oauth_flow_end_to_end() {
-    let gw = TestGateway::start().await;
-    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
-    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+/// The official Python SDK's OAuth client as ann, calling `echo` on `demo` with the token it
+/// gets; `extra` adds arguments (the client's identity).
+async fn python_oauth_call(gw: &TestGateway, extra: &[&str]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
     let mut command = tokio::process::Command::new(peers_dir().join("venv/bin/python"));
     command.arg(script).args([
@@ -294,9 +289,49 @@ async fn python_sdk_completes_the_oauth_flow_end_to_end() {
         "--args",
         r#"{"message":"signed in with oauth"}"#,
     ]);
+    command.args(extra);
     let report = report_of("python client (oauth)", command).await;
     assert_eq!(report["calls"][0]["text"], "signed in with oauth", "{report}");
     let events = gw.audit().await;
     assert!(events.iter().any(|event| event.method == "oauth/authorize" && event.principal == "ann@example.com"));
     assert!(events.iter().any(|event| event.method == "tools/call" && event.principal == "ann@example.com"));
+}
+
+/// The official Python SDK's OAuth client, given only the URL, discovers the authorization
+/// server from the 401, registers, sends the person through sign-in and consent (the script
+/// fills the console's forms), exchanges the code with PKCE and calls a tool with the token.
+#[tokio::test]
+async fn python_sdk_completes_the_oauth_flow_end_to_end() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    python_oauth_call(&gw, &[]).await;
+    gw.stop().await;
+}
+
+/// The same client identifying by its Client ID Metadata Document URL instead of registering:
+/// the gateway fetches the document (over https, from a test CA it was told to trust).
+#[tokio::test]
+async fn python_sdk_completes_the_oauth_flow_with_a_client_metadata_document() {
+    let host = ClientDocuments::start("http://127.0.0.1:9/callback").await;
+    let roots = host.roots();
+    let gw = TestGateway::start_with(Options {
+        tweak: Box::new(move |config| {
+            config.extra_roots = roots;
+            config.oauth_client_metadata_networks = vec!["127.0.0.1/32".parse().unwrap()];
+        }),
+        ..Options::default()
+    })
+    .await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let document = format!("{}/client.json", host.base);
+    python_oauth_call(&gw, &["--client-metadata-url", &document]).await;
+    assert_eq!(host.fetched.lock().unwrap().as_slice(), ["GET /client.json"]);
+    let mut connection = gw.store().pool.acquire().await.unwrap();
+    let client = portcullis::store::oauth::client(&mut connection, &document).await.unwrap();
+    assert_eq!(client.map(|client| client.name).as_deref(), Some("Document App"), "no registration, the document");
+    drop(connection);
+    gw.stop().await;
+    host.stop().await;
 }

@@ -2,13 +2,16 @@
 """Reference MCP client (official Python SDK `mcp` 2.x) used by Portcullis integration tests.
 
 Usage:
-  mcp_client.py URL [--token TOKEN | --oauth-login EMAIL:PASSWORD] [--mode legacy|auto]
+  mcp_client.py URL [--token TOKEN | --oauth-login EMAIL:PASSWORD [--client-metadata-url URL]]
+                [--mode legacy|auto]
                 [--transport streamable-http|sse] [--timeout SECS]
                 [--call TOOL --args JSON]... [--list-resources] [--list-prompts]
 
 --oauth-login runs the SDK's own OAuth client (discovery from the 401, dynamic registration,
 authorization code + PKCE, token) and plays the person in the browser: it signs in to the
-gateway's console with EMAIL and PASSWORD and allows access on the consent page.
+gateway's console with EMAIL and PASSWORD and allows access on the consent page. With
+--client-metadata-url the client identifies by that URL (a Client ID Metadata Document)
+instead of registering.
 
 Prints one JSON object on stdout and exits 0; on any failure prints the error to
 stderr (JSON-RPC errors as "MCP error CODE: MESSAGE") and exits 1.
@@ -60,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("url")
     p.add_argument("--token", help="sent as 'Authorization: Bearer TOKEN'")
     p.add_argument("--oauth-login", metavar="EMAIL:PASSWORD", help="get a token with the OAuth flow, signing in as EMAIL")
+    p.add_argument("--client-metadata-url", help="with --oauth-login: identify by this metadata document URL")
     # auto = probe 2026-07-28 `server/discover`, fall back to `initialize`; legacy = `initialize` only.
     p.add_argument("--mode", choices=["legacy", "auto"], default="auto")
     # streamable-http = POST/GET/DELETE on one URL; sse = the legacy 2024-11-05 HTTP+SSE transport.
@@ -167,6 +171,7 @@ async def run(a: argparse.Namespace) -> dict:
             storage=MemoryStorage(),
             redirect_handler=redirect_handler,
             callback_handler=callback_handler,
+            client_metadata_url=a.client_metadata_url,
         )
     # Short connect timeout so a closed port fails fast; read timeout bounds a stuck stream.
     timeout = httpx2.Timeout(a.timeout, connect=5.0)

@@ -333,3 +333,68 @@ pub fn demo_server_toml(name: &str, users: &[&str]) -> String {
     }
     toml
 }
+
+/// A certificate authority and a certificate for 127.0.0.1 it signed, made with `openssl`:
+/// (CA certificate, server certificate, server key) paths.
+pub fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let script = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 \
+  -subj /CN=portcullis-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1
+printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' > leaf.ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile leaf.ext
+"#;
+    std::fs::create_dir_all(dir).unwrap();
+    let made = std::process::Command::new("bash").args(["-c", script]).current_dir(dir).output().unwrap();
+    assert!(made.status.success(), "openssl made the test certificates: {}", String::from_utf8_lossy(&made.stderr));
+    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+}
+
+/// An https server of OAuth Client ID Metadata Documents (`tests/peers/client_documents.py`)
+/// on 127.0.0.1, with a certificate from a test CA, recording the paths it was asked for.
+pub struct ClientDocuments {
+    /// `https://127.0.0.1:PORT`
+    pub base: String,
+    pub fetched: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ca: PathBuf,
+    dir: PathBuf,
+    child: tokio::process::Child,
+}
+
+impl ClientDocuments {
+    pub async fn start(redirect_uri: &str) -> ClientDocuments {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::env::temp_dir().join(format!("portcullis-cimd-{}", portcullis::crypto::new_id()));
+        let (ca, cert, key) = test_certificates(&dir);
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/client_documents.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(script)
+            .args([&cert, &key])
+            .arg(redirect_uri)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 serves the client documents");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next_line().await.unwrap().expect("the document server prints its address");
+        let base = first.strip_prefix("listening ").unwrap().to_owned();
+        let fetched = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = fetched.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push(line);
+            }
+        });
+        ClientDocuments { base, fetched, ca, dir, child }
+    }
+
+    /// The test CA, for the gateway's `extra_roots`.
+    pub fn roots(&self) -> Vec<reqwest::Certificate> {
+        reqwest::Certificate::from_pem_bundle(&std::fs::read(&self.ca).unwrap()).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
