@@ -125,8 +125,25 @@ fn with_cookies(mut response: Response, cookies: Vec<String>) -> Response {
     response
 }
 
-/// The value of cookie `name` in the request.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Is the console served over HTTPS (so cookies are `Secure` and carry a name prefix)?
+fn https(state: &AppState) -> bool {
+    state.config.public_url.as_deref().is_some_and(|url| url.starts_with("https://"))
+}
+
+/// A cookie's name on the wire. Over HTTPS, `__Host-` (for `Path=/`: the browser then accepts
+/// it only from this exact host, over a secure connection) or `__Secure-` for narrower paths,
+/// so neither a sibling domain nor a plain-http page can plant or overwrite it.
+fn cookie_name(state: &AppState, name: &str, path: &str) -> String {
+    match (https(state), path) {
+        (false, _) => name.to_owned(),
+        (true, "/") => format!("__Host-{name}"),
+        (true, _) => format!("__Secure-{name}"),
+    }
+}
+
+/// The value of cookie `name` (set at `path`) in the request.
+fn cookie<'a>(state: &AppState, headers: &'a HeaderMap, name: &str, path: &str) -> Option<&'a str> {
+    let name = cookie_name(state, name, path);
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -137,22 +154,22 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
-/// A `Set-Cookie` value; `Secure` when the console is served over HTTPS.
+/// A `Set-Cookie` value; `Secure` (and a name prefix) when the console is served over HTTPS.
 fn set_cookie(state: &AppState, name: &str, value: &str, path: &str, same_site: &str, max_age: u64) -> String {
-    let secure = state.config.public_url.as_deref().is_some_and(|url| url.starts_with("https://"));
     format!(
-        "{name}={value}; Path={path}; HttpOnly; SameSite={same_site}; Max-Age={max_age}{}",
-        if secure { "; Secure" } else { "" }
+        "{}={value}; Path={path}; HttpOnly; SameSite={same_site}; Max-Age={max_age}{}",
+        cookie_name(state, name, path),
+        if https(state) { "; Secure" } else { "" }
     )
 }
 
-fn clear_cookie(name: &str, path: &str) -> String {
-    format!("{name}=; Path={path}; HttpOnly; Max-Age=0")
+fn clear_cookie(state: &AppState, name: &str, path: &str) -> String {
+    set_cookie(state, name, "", path, "Lax", 0)
 }
 
 /// The browser's CSRF token: (token for forms, a cookie to set when the browser has none).
 fn csrf(state: &AppState, headers: &HeaderMap) -> (String, Option<String>) {
-    match cookie(headers, CSRF_COOKIE) {
+    match cookie(state, headers, CSRF_COOKIE, "/") {
         Some(nonce) => (state.keys.csrf_token(&csrf_binding(state, headers, nonce)), None),
         None => {
             let nonce = random_token(16);
@@ -163,13 +180,14 @@ fn csrf(state: &AppState, headers: &HeaderMap) -> (String, Option<String>) {
 }
 
 fn csrf_ok(state: &AppState, headers: &HeaderMap, token: &str) -> bool {
-    cookie(headers, CSRF_COOKIE).is_some_and(|nonce| state.keys.csrf_valid(&csrf_binding(state, headers, nonce), token))
+    cookie(state, headers, CSRF_COOKIE, "/")
+        .is_some_and(|nonce| state.keys.csrf_valid(&csrf_binding(state, headers, nonce), token))
 }
 
 /// What a CSRF token signs: the browser's nonce and, once signed in, the session (so a nonce
 /// planted in the browser by someone else does not make a valid token for the person's forms).
 fn csrf_binding(state: &AppState, headers: &HeaderMap, nonce: &str) -> String {
-    let session = cookie(headers, SESSION_COOKIE)
+    let session = cookie(state, headers, SESSION_COOKIE, "/")
         .and_then(|value| state.keys.console.open_text(value, b"console-session").ok())
         .and_then(|bytes| serde_json::from_slice::<Session>(&bytes).ok());
     match session {
@@ -227,7 +245,7 @@ impl Signed {
 /// The session of the request, if it is valid now: sealed by us, within its idle and absolute
 /// lifetimes, its person active and its epoch current.
 async fn signed_in(state: &AppState, headers: &HeaderMap) -> Result<Option<Signed>, StoreError> {
-    let Some(value) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+    let Some(value) = cookie(state, headers, SESSION_COOKIE, "/") else { return Ok(None) };
     let Ok(bytes) = state.keys.console.open_text(value, b"console-session") else { return Ok(None) };
     let Ok(mut session) = serde_json::from_slice::<Session>(&bytes) else { return Ok(None) };
     let now = unix_now();
@@ -609,7 +627,7 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap, Form(form): F
     if let Ok(Some(signed)) = signed_in(&state, &headers).await {
         audit(&state, Some(&signed.account), &signed.account.email, "console/logout", true, "signed out");
     }
-    with_cookies(redirect("/login"), vec![clear_cookie(SESSION_COOKIE, "/")])
+    with_cookies(redirect("/login"), vec![clear_cookie(&state, SESSION_COOKIE, "/")])
 }
 
 async fn logout_everywhere(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
@@ -636,7 +654,7 @@ async fn logout_everywhere(State(state): State<AppState>, headers: HeaderMap, Fo
         true,
         "every session ended",
     );
-    with_cookies(redirect("/login"), vec![clear_cookie(SESSION_COOKIE, "/")])
+    with_cookies(redirect("/login"), vec![clear_cookie(&state, SESSION_COOKIE, "/")])
 }
 
 /// Create a one-time link that makes the first super admin, when no super admin can sign in
@@ -879,7 +897,7 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
         Ok(None) => return redirect("/login"),
         Err(error) => return failure(&error),
     };
-    let enrolment = cookie(&headers, ENROL_COOKIE)
+    let enrolment = cookie(&state, &headers, ENROL_COOKIE, "/console/mfa")
         .and_then(|value| state.keys.console.open_text(value, b"console-enrol").ok())
         .and_then(|bytes| serde_json::from_slice::<Enrolment>(&bytes).ok())
         .filter(|enrolment| enrolment.u == signed.account.user_id);
@@ -944,7 +962,7 @@ async fn enrol(State(state): State<AppState>, headers: HeaderMap, Form(form): Fo
     let body = page("Recovery codes", Some(&viewer), content);
     with_cookies(
         html_response(StatusCode::OK, body),
-        vec![session_cookie(&state, &session), clear_cookie(ENROL_COOKIE, "/console/mfa")],
+        vec![session_cookie(&state, &session), clear_cookie(&state, ENROL_COOKIE, "/console/mfa")],
     )
 }
 

@@ -60,8 +60,8 @@ pub async fn callback(State(state): State<AppState>, headers: HeaderMap, Query(q
         );
     };
     // The pending sign-in is good once: the cookie goes whatever happens next.
-    let clear = clear_cookie(PENDING_COOKIE, PENDING_PATH);
-    let pending = cookie(&headers, PENDING_COOKIE)
+    let clear = clear_cookie(&state, PENDING_COOKIE, PENDING_PATH);
+    let pending = cookie(&state, &headers, PENDING_COOKIE, PENDING_PATH)
         .and_then(|value| state.keys.console.open_text(value, PENDING_CONTEXT).ok())
         .and_then(|bytes| serde_json::from_slice::<Pending>(&bytes).ok());
     let outcome = match &pending {

@@ -381,3 +381,38 @@ async fn the_super_admin_decides_whether_admins_need_a_second_step() {
     let events = gw.audit().await;
     assert_eq!(events.iter().filter(|event| event.method == "settings/admin-mfa").count(), 2);
 }
+
+#[tokio::test]
+async fn over_https_cookies_are_secure_and_host_bound() {
+    let gw = TestGateway::start_with(Options {
+        tweak: Box::new(|config| config.public_url = Some("https://portcullis.example".into())),
+        ..Options::default()
+    })
+    .await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let mut browser = Browser::new(&gw);
+    let login = browser.get("/login").await;
+    let set: Vec<String> =
+        login.headers.get_all("set-cookie").iter().map(|value| value.to_str().unwrap().to_owned()).collect();
+    assert!(
+        set.iter().any(|cookie| cookie.starts_with("__Host-portcullis_csrf=") && cookie.contains("; Secure")),
+        "{set:?}"
+    );
+    let signed_in = browser
+        .post("/login", &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "ann's long passphrase")])
+        .await;
+    let set: Vec<String> =
+        signed_in.headers.get_all("set-cookie").iter().map(|value| value.to_str().unwrap().to_owned()).collect();
+    let session = set.iter().find(|cookie| cookie.starts_with("__Host-portcullis_session=")).expect("a session cookie");
+    assert!(session.contains("; Secure") && session.contains("Path=/;") && !session.contains("Domain"), "{session}");
+    assert_eq!(browser.get("/console").await.status, 200);
+
+    // The same value under the plain name (as a sibling site or plain-http page could set it)
+    // is not a session.
+    let value = browser.cookies["__Host-portcullis_session"].clone();
+    let mut planted = Browser::new(&gw);
+    planted.cookies.insert("portcullis_session".into(), value);
+    assert_eq!(planted.get("/console").await.location(), "/login");
+    gw.stop().await;
+}
