@@ -108,6 +108,43 @@ pub fn facts(items: &[(&str, String)]) -> Html {
     Html(out)
 }
 
+/// One control of a GET filter form: a text input, or a select of `options` (with "any").
+pub struct Filter<'a> {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub value: &'a str,
+    pub options: &'a [&'a str],
+}
+
+/// A GET form of filters that narrows the list on the page.
+pub fn filters(action: &str, controls: &[Filter<'_>]) -> Html {
+    let mut out = format!("<form method=\"get\" action=\"{}\" class=\"filters\">", esc(action));
+    for control in controls {
+        let _ = write!(out, "<label for=\"{name}\">{}</label>", esc(control.label), name = control.name);
+        if control.options.is_empty() {
+            let _ = write!(
+                out,
+                "<input id=\"{name}\" name=\"{name}\" value=\"{}\">",
+                esc(control.value),
+                name = control.name
+            );
+        } else {
+            let _ = write!(
+                out,
+                "<select id=\"{name}\" name=\"{name}\"><option value=\"\">any</option>",
+                name = control.name
+            );
+            for option in control.options {
+                let selected = if *option == control.value { " selected" } else { "" };
+                let _ = write!(out, "<option{selected}>{}</option>", esc(option));
+            }
+            out.push_str("</select>");
+        }
+    }
+    out.push_str("<button type=\"submit\">Filter</button></form>");
+    Html(out)
+}
+
 /// One input of a form.
 pub struct Field<'a> {
     pub name: &'static str,
@@ -154,6 +191,8 @@ pub fn form_with(
 pub struct Viewer<'a> {
     pub email: &'a str,
     pub admin: bool,
+    /// Reads everyone's audit events.
+    pub auditor: bool,
     /// Sees deployment settings.
     pub super_admin: bool,
     pub csrf: &'a str,
@@ -168,8 +207,14 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, content: Html) -> String {
     out.push_str("<header><a class=\"brand\" href=\"/console\">Portcullis</a>");
     if let Some(viewer) = viewer {
         out.push_str("<nav aria-label=\"Main\"><a href=\"/console\">My servers</a>");
+        out.push_str(if viewer.auditor {
+            "<a href=\"/console/audit\">Audit log</a>"
+        } else {
+            "<a href=\"/console/audit\">My activity</a>"
+        });
         out.push_str("<a href=\"/console/mfa\">Two-step sign-in</a>");
         if viewer.admin {
+            out.push_str("<a href=\"/console/servers\">Servers</a>");
             out.push_str("<a href=\"/console/users\">Users</a><a href=\"/console/groups\">Groups</a>");
         }
         if viewer.super_admin {

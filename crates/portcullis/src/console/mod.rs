@@ -8,7 +8,9 @@
 //! everywhere") or they are suspended. First run prints a one-time setup link that creates the
 //! first super admin.
 
+mod activity;
 pub mod html;
+mod servers;
 mod sso;
 
 use crate::app::AppState;
@@ -59,6 +61,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/users/{email}", get(user_detail))
         .route("/console/users/{email}/status", post(set_user_status))
         .route("/console/groups", get(groups))
+        .route("/console/audit", get(activity::page))
+        .route("/console/servers", get(servers::page))
         .route("/console/settings", get(settings_page).post(change_settings))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }
@@ -321,6 +325,7 @@ pub fn viewer<'a>(account: &'a Account, csrf: &'a str) -> Viewer<'a> {
     Viewer {
         email: &account.email,
         admin: !account.admin_roles.is_empty(),
+        auditor: account.admin_roles.iter().any(|role| role.can(crate::registry::Power::ReadAudit)),
         super_admin: account.admin_roles.contains(&AdminRole::SuperAdmin),
         csrf,
     }
@@ -1224,22 +1229,19 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
         .collect();
     let (csrf_token, set) = csrf(&state, &headers);
     let mut content = Html::new();
-    content.push(Html::trusted(format!(
-        "<form method=\"get\" action=\"/console/users\" class=\"filters\">\
-         <label for=\"status\">Status</label><select id=\"status\" name=\"status\"><option value=\"\">any</option>{}</select>\
-         <label for=\"role\">Role</label><input id=\"role\" name=\"role\" value=\"{}\">\
-         <label for=\"group\">Group</label><input id=\"group\" name=\"group\" value=\"{}\">\
-         <button type=\"submit\">Filter</button></form>",
-        ["active", "inactive", "suspended"]
-            .iter()
-            .map(|option| format!(
-                "<option{}>{option}</option>",
-                if status.as_deref() == Some(option) { " selected" } else { "" }
-            ))
-            .collect::<String>(),
-        esc(role.as_deref().unwrap_or("")),
-        esc(group.as_deref().unwrap_or("")),
-    )));
+    content.push(html::filters(
+        "/console/users",
+        &[
+            html::Filter {
+                name: "status",
+                label: "Status",
+                value: status.as_deref().unwrap_or(""),
+                options: &["active", "inactive", "suspended"],
+            },
+            html::Filter { name: "role", label: "Role", value: role.as_deref().unwrap_or(""), options: &[] },
+            html::Filter { name: "group", label: "Group", value: group.as_deref().unwrap_or(""), options: &[] },
+        ],
+    ));
     content.push(note("hint", &format!("{} people", rows.len())));
     content.push(rich_table(&["Name", "Email", "Status", "Admin roles", "Groups", "Last sign-in (UTC)"], &rows));
     respond(signed, &csrf_token, set, "Users", content)

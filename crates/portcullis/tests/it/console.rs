@@ -416,3 +416,76 @@ async fn over_https_cookies_are_secure_and_host_bound() {
     assert_eq!(planted.get("/console").await.location(), "/login");
     gw.stop().await;
 }
+
+/// Everyone reads their own activity; auditors read everyone's, filter it and page back.
+/// Administrators see the servers with the names of their credentials, never the values.
+#[tokio::test]
+async fn the_audit_trail_and_the_servers_in_the_console() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "{}\n[[servers]]\nname = \"crm\"\ndescription = \"Customer records\"\ntransport = \"streamable-http\"\n\
+         url = \"http://127.0.0.1:9/mcp\"\nheaders = {{ Authorization = \"Bearer crm-secret-value\" }}\n\
+         [[grants]]\nserver = \"crm\"\ngroups = [\"Sales\"]\n[[users]]\nemail = \"bob@example.com\"\ngroups = [\"Sales\"]\n",
+        demo_server_toml("demo", &["ann@example.com"])
+    ))
+    .await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let key = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("demo", Some(&key));
+    client.initialize().await;
+    client.call_tool("echo", serde_json::json!({"message": "hello"})).await;
+    // Many events of bob's, so the auditor pages back through them.
+    let (bob_id, replica) = (person_id(&gw, "bob@example.com").await, gw.state.replica.to_string());
+    let events: Vec<_> = (0..60)
+        .map(|index| {
+            portcullis::audit::AuditEvent::action(
+                "bob@example.com",
+                Some(&bob_id),
+                "tools/call",
+                Some(&format!("lookup-{index}")),
+                index % 2 == 0,
+                "test event",
+                &replica,
+            )
+        })
+        .collect();
+    let mut connection = gw.store().pool.acquire().await.unwrap();
+    portcullis::store::audit::insert(&mut connection, &events).await.unwrap();
+    drop(connection);
+
+    let mut ann = Browser::new(&gw);
+    let login = ann.get("/login").await;
+    ann.post("/login", &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "ann's long passphrase")])
+        .await;
+    let mine = ann.get("/console/audit?person=bob%40example.com").await;
+    assert_eq!(mine.status, 200);
+    assert!(mine.body.contains("<h1>My activity</h1>") && mine.body.contains("echo"), "{}", mine.body);
+    assert!(!mine.body.contains("bob@example.com") && !mine.body.contains("lookup-"), "only ann's own events");
+    assert_eq!(ann.get("/console/servers").await.status, 403);
+
+    let mut security = signed_in_admin(&gw, "sec@example.com", "security-admin").await;
+    let all = security.get("/console/audit").await;
+    assert!(all.body.contains("<h1>Audit log</h1>"), "{}", all.body);
+    assert!(all.body.contains("lookup-59") && !all.body.contains("lookup-9<"), "newest first, fifty a page");
+    let older = between(&all.body, "href=\"/console/audit?before=", "\"").expect("a link to older events");
+    let page_two = security.get(&format!("/console/audit?before={}", older.replace("&amp;", "&"))).await;
+    assert!(page_two.body.contains("lookup-9<") && !page_two.body.contains("lookup-59"), "{}", page_two.body);
+    let denied = security.get("/console/audit?person=bob%40example.com&decision=deny").await;
+    assert!(denied.body.contains("lookup-59") && !denied.body.contains("lookup-58<"), "only denials");
+    assert!(!denied.body.contains(">echo<"), "only bob's");
+    let anns = security.get("/console/audit?person=ann%40example.com&method=tools%2Fcall").await;
+    assert!(anns.body.contains(">echo<") && !anns.body.contains("lookup-"), "{}", anns.body);
+
+    let servers = security.get("/console/servers").await;
+    assert_eq!(servers.status, 200);
+    for shown in ["crm", "Customer records", "header Authorization", "group Sales", "ann@example.com"] {
+        assert!(servers.body.contains(shown), "{shown} in {}", servers.body);
+    }
+    assert!(!servers.body.contains("crm-secret-value"), "credentials are never shown");
+    gw.stop().await;
+}
+
+async fn person_id(gw: &TestGateway, email: &str) -> String {
+    let mut connection = gw.store().pool.acquire().await.unwrap();
+    portcullis::store::accounts::by_email(&mut connection, email).await.unwrap().unwrap().user_id
+}
