@@ -42,8 +42,10 @@ pub struct AppState {
     pub replicas: proxy::forward::ReplicaDirectory,
     /// This process's replica id (random per start).
     pub replica: Arc<str>,
-    /// Failed console sign-ins per email.
+    /// Failed console sign-ins per email and address, and second steps per email.
     pub sign_in_failures: Arc<crate::edge::Counter>,
+    /// Failed console sign-ins per email, from any address.
+    pub sign_in_accounts: Arc<crate::edge::Counter>,
     /// Failed console sign-ins per client address.
     pub sign_in_addresses: Arc<crate::edge::Counter>,
     /// OAuth client registrations per address.
@@ -100,6 +102,7 @@ impl App {
             snapshot,
             replica,
             sign_in_failures: Arc::new(crate::edge::Counter::new(5, std::time::Duration::from_secs(15 * 60))),
+            sign_in_accounts: Arc::new(crate::edge::Counter::new(50, std::time::Duration::from_secs(15 * 60))),
             sign_in_addresses: Arc::new(crate::edge::Counter::new(50, std::time::Duration::from_secs(15 * 60))),
             registrations: Arc::new(crate::edge::Counter::new(20, std::time::Duration::from_secs(3600))),
             key_use: Arc::default(),

@@ -351,9 +351,16 @@ fn second_step_key(email: &str) -> String {
     format!("second-step:{email}")
 }
 
-/// Minutes to wait before `email` may try again, if it must.
-fn locked_out(state: &AppState, email: &str) -> Option<u64> {
-    state.sign_in_failures.blocked(email).map(|left| left.as_secs().div_ceil(60).max(1))
+/// Minutes to wait before `key` may try again, if it must.
+fn locked_out(state: &AppState, key: &str) -> Option<u64> {
+    state.sign_in_failures.blocked(key).map(|left| left.as_secs().div_ceil(60).max(1))
+}
+
+/// The password failures of one email from one address. Five lock that pair only, so a
+/// stranger's guesses cannot lock a person out from their own network; the email as a whole
+/// takes fifty (`sign_in_accounts`), which stops guessing spread over many addresses.
+fn password_key(email: &str, address: &str) -> String {
+    format!("{email} from {address}")
 }
 
 fn login_form(state: &AppState, csrf: &str, email: &str, next: Option<&str>, message: Option<&str>) -> String {
@@ -424,14 +431,17 @@ async fn login(
     let (token, _) = csrf(&state, &headers);
     let email = form.email.trim().to_lowercase();
     let next = safe_next(form.next.as_deref());
-    // One address trying many emails is limited too (each email alone allows only five).
+    // One address trying many emails is limited too (one email from one address allows only
+    // five failures; the email from everywhere, fifty).
     let address = crate::edge::client_ip(peer, &headers, &state.config.trusted_proxies).to_string();
+    let pair = password_key(&email, &address);
     if state.sign_in_addresses.blocked(&address).is_some() {
         audit(&state, None, &email, "console/login", false, "too many failed attempts from this address");
         let message = "Too many failed attempts from your network. Wait 15 minutes and try again.";
         return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&state, &token, &email, next, Some(message)));
     }
-    if let Some(minutes) = locked_out(&state, &email) {
+    let account_minutes = state.sign_in_accounts.blocked(&email).map(|left| left.as_secs().div_ceil(60).max(1));
+    if let Some(minutes) = locked_out(&state, &pair).or(account_minutes) {
         audit(&state, None, &email, "console/login", false, "too many failed attempts");
         let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
         return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&state, &token, &email, next, Some(&message)));
@@ -455,7 +465,8 @@ async fn login(
     let account = match account {
         Some(account) if matches && account.status == Status::Active => account,
         found => {
-            state.sign_in_failures.hit(&email);
+            state.sign_in_failures.hit(&pair);
+            state.sign_in_accounts.hit(&email);
             state.sign_in_addresses.hit(&address);
             let reason = match &found {
                 Some(account) if matches => format!("the account is {}", account.status.as_str()),
@@ -471,7 +482,8 @@ async fn login(
     // Failures are forgiven only when sign-in is complete: a right password must not reset
     // the count of wrong codes that follow it.
     if complete {
-        state.sign_in_failures.clear(&email);
+        state.sign_in_failures.clear(&pair);
+        state.sign_in_accounts.clear(&email);
     }
     response
 }
@@ -586,7 +598,7 @@ async fn second_factor(State(state): State<AppState>, headers: HeaderMap, Form(f
         let body = second_factor_form(&token, &account.email, safe_next(form.next.as_deref()), Some(message));
         return html_response(StatusCode::UNAUTHORIZED, body);
     }
-    state.sign_in_failures.clear(&account.email);
+    state.sign_in_accounts.clear(&account.email.to_lowercase());
     state.sign_in_failures.clear(&second_step_key(&account.email));
     finish_sign_in(&state, account).await;
     let session = Session { m: true, s: unix_now(), ..signed.session };

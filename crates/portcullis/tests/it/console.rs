@@ -57,7 +57,7 @@ impl Browser {
         }
     }
 
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+    pub async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
         let cookie: Vec<String> = self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect();
         let response = request.header("cookie", cookie.join("; ")).send().await.unwrap();
         let status = response.status().as_u16();
@@ -209,7 +209,11 @@ async fn first_run_setup_then_two_step_sign_in_for_the_super_admin() {
 
 #[tokio::test]
 async fn employees_sign_in_with_a_password_see_their_servers_and_are_locked_out_after_failures() {
-    let gw = TestGateway::start().await;
+    let gw = TestGateway::start_with(Options {
+        tweak: Box::new(|config| config.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]),
+        ..Options::default()
+    })
+    .await;
     gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
     {
         let mut connection = gw.store().pool.acquire().await.unwrap();
@@ -246,6 +250,17 @@ async fn employees_sign_in_with_a_password_see_their_servers_and_are_locked_out_
         .await;
     assert_eq!(locked.status, 429);
     assert!(locked.body.contains("Too many failed attempts"), "{}", locked.body);
+
+    // Those failures lock ann out from that address only: from her own network she signs in
+    // (the gateway believes X-Forwarded-For from its proxy, here the loopback address).
+    let mut elsewhere = Browser::new(&gw);
+    let login = elsewhere.get("/login").await;
+    let from_home = elsewhere
+        .send(elsewhere.http.post(format!("{}/login", elsewhere.base)).header("x-forwarded-for", "198.51.100.7").form(
+            &[("csrf", login.csrf().as_str()), ("email", "ann@example.com"), ("password", "ann's long passphrase")],
+        ))
+        .await;
+    assert_eq!((from_home.status, from_home.location()), (303, "/console"), "{}", from_home.body);
 
     // A suspension ends the console session at once.
     portcullis::cli::set_user_status(gw.store(), "ann@example.com", portcullis::registry::Status::Suspended)
