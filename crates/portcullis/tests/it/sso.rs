@@ -122,6 +122,19 @@ impl IdpBrowser {
 
     /// From the provider's authorization URL to the gateway's callback URL, signing in on the way.
     async fn sign_in(&mut self, issuer: &str, authorize: &str, user: &str, password: &str, otp: &str) -> String {
+        self.sign_in_to(issuer, authorize, user, password, otp, "/auth/oidc/callback").await
+    }
+
+    /// From the provider's authorization URL to the redirect URI containing `until`.
+    async fn sign_in_to(
+        &mut self,
+        issuer: &str,
+        authorize: &str,
+        user: &str,
+        password: &str,
+        otp: &str,
+        until: &str,
+    ) -> String {
         let mut url = authorize.to_owned();
         for _ in 0..10 {
             let (status, location, body) = self.send(self.http.get(&url)).await;
@@ -135,7 +148,7 @@ impl IdpBrowser {
             }
             assert!(matches!(status, 302 | 303), "the provider answered {status}: {body}");
             let absolute = if location.starts_with('/') { format!("{issuer}{location}") } else { location };
-            if absolute.contains("/auth/oidc/callback") {
+            if absolute.contains(until) {
                 return absolute;
             }
             url = absolute;
@@ -410,6 +423,98 @@ async fn admins_need_a_second_factor_unless_the_provider_proved_one() {
     gw.apply("[[users]]\nemail = \"root@example.com\"\nadmin = true\n").await;
     let back = sso(&mut Browser::new(&gw), &idp, "root", "root-pass", "424242", None).await;
     assert_eq!(back.location(), "/console/mfa");
+    gw.stop().await;
+    idp.stop().await;
+}
+
+/// Tokens that are not this gateway's access tokens are refused at the MCP endpoint with 401:
+/// the provider's real ID token and access token, JWTs with `alg: none` or signed by anyone,
+/// and an expired Portcullis token.
+#[tokio::test]
+async fn tokens_that_are_not_this_gateways_are_refused() {
+    use base64::Engine;
+    let users =
+        json!({"ann": {"password": "ann-pass", "claims": {"email": "ann@example.com", "email_verified": true}}});
+    let mut idp = Idp::start(users).await;
+    let gw = gateway(&mut idp, StoreKind::Sqlite, |_| {}).await;
+    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+
+    // The provider's own tokens, through its public test client.
+    let verifier = "a-verifier-that-is-long-enough-for-pkce-0123456789";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()));
+    let authorize = format!(
+        "{}/auth?response_type=code&client_id=tester&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcb&scope=openid%20email&nonce=n1&state=s1&code_challenge={challenge}&code_challenge_method=S256",
+        idp.issuer
+    );
+    let back = IdpBrowser::new().sign_in_to(&idp.issuer, &authorize, "ann", "ann-pass", "", "127.0.0.1:9/cb").await;
+    let code = between(&format!("{back}&"), "code=", "&").unwrap();
+    let tokens: Value = reqwest::Client::new()
+        .post(format!("{}/token", idp.issuer))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", "tester"),
+            ("redirect_uri", "http://127.0.0.1:9/cb"),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id_token = tokens["id_token"].as_str().expect("the provider issued an ID token").to_owned();
+    let idp_access = tokens["access_token"].as_str().expect("and an access token").to_owned();
+
+    let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    let claims =
+        encode(&format!(r#"{{"iss":"{}","sub":"ann","aud":"{}","exp":9999999999}}"#, gw.url(""), gw.url("/mcp/demo")));
+    let unsigned = format!("{}.{claims}.", encode(r#"{"alg":"none","typ":"at+jwt"}"#));
+    let forged = format!("{}.{claims}.{}", encode(r#"{"alg":"HS256","typ":"at+jwt"}"#), encode("not a signature"));
+
+    // An expired token of this gateway's own.
+    let expired = "pco_expired-token-for-the-test-0123456789";
+    {
+        let mut connection = gw.store().pool.acquire().await.unwrap();
+        let ann = portcullis::store::accounts::by_email(&mut connection, "ann@example.com").await.unwrap().unwrap();
+        portcullis::store::oauth::upsert_client(
+            &mut connection,
+            &portcullis::store::oauth::Client { id: "pcl_test".into(), name: "t".into(), redirect_uris: vec![] },
+        )
+        .await
+        .unwrap();
+        let token = portcullis::store::oauth::Token {
+            kind: "access".into(),
+            family: "f1".into(),
+            client_id: "pcl_test".into(),
+            user_id: ann.user_id,
+            resource: "/mcp/demo".into(),
+            expires_at: portcullis::store::now_ms() - 1000,
+            used: false,
+            revoked: false,
+        };
+        let hash = portcullis::crypto::sha256_hex(expired.as_bytes());
+        portcullis::store::oauth::insert_token(&mut connection, &hash, &token).await.unwrap();
+    }
+    gw.state.snapshot.reload(gw.store(), &gw.state.keys).await.unwrap();
+
+    for (what, token) in [
+        ("the provider's ID token", id_token.as_str()),
+        ("the provider's access token", idp_access.as_str()),
+        ("an unsigned JWT (alg none)", unsigned.as_str()),
+        ("a forged JWT", forged.as_str()),
+        ("an expired access token", expired),
+    ] {
+        let mut client = gw.client("demo", Some(token));
+        let refused = client.initialize().await;
+        assert_eq!(refused.status, 401, "{what}: {}", refused.text);
+        let challenge = refused.headers.get("www-authenticate").map(|value| value.to_str().unwrap().to_owned());
+        assert!(
+            challenge.as_deref().is_some_and(|challenge| challenge.contains("resource_metadata=")),
+            "{what}: {challenge:?}"
+        );
+    }
     gw.stop().await;
     idp.stop().await;
 }

@@ -10,6 +10,8 @@
 //   OIDC_USERS_FILE  a JSON file {"alice": {"password": "…", "otp": "123456", "claims": {…}}, …},
 //                    read afresh at every sign-in, so a test can change what the provider claims
 //   OIDC_CLIENT_ID / OIDC_CLIENT_SECRET   the confidential client (default gateway / gateway-secret)
+// A public client `tester` (redirect URI http://127.0.0.1:9/cb) lets a test hold the
+// provider's own ID and access tokens.
 //
 // The login form takes a user name, a password and, for users with `otp`, a one-time code;
 // a correct code signs in with amr ["pwd", "otp"], otherwise amr is ["pwd"]. There is no
@@ -102,6 +104,13 @@ server.listen(0, '127.0.0.1', async () => {
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
+    }, {
+      // A public client the tests use to hold the provider's own tokens.
+      client_id: 'tester',
+      redirect_uris: ['http://127.0.0.1:9/cb'],
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
     }],
     jwks: { keys: [key] },
     cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
