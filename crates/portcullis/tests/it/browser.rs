@@ -187,3 +187,29 @@ async fn a_new_super_admin_sets_up_portcullis_in_a_real_browser() {
     assert!(log.iter().all(|line| !line.contains("Content Security Policy")), "CSP violations: {log:?}");
     browser.stop().await;
 }
+
+/// Single sign-on in a real browser: the sign-in page's button leads to the provider, its form
+/// signs in, and the browser comes back signed in to the console (the pending sign-in's
+/// SameSite=Lax cookie survives the trip).
+#[tokio::test]
+async fn an_employee_signs_in_through_the_identity_provider_in_a_real_browser() {
+    let users = json!({"alice": {"password": "alice-pass", "claims": {"email": "alice@example.com", "email_verified": true, "name": "Alice"}}});
+    let mut idp = crate::sso::Idp::start(users).await;
+    let gw = crate::sso::gateway(&mut idp, StoreKind::Sqlite, |_| {}).await;
+    let driver = Driver::start().await;
+    driver.go(&gw.url("/login")).await;
+    driver.wait_for("Sign in").await;
+    assert_eq!(driver.text("a.button").await, "Sign in with Test IdP");
+    driver.click("a.button").await;
+    driver.wait_for("Test IdP").await;
+    assert!(driver.url().await.starts_with(&idp.issuer), "at the provider: {}", driver.url().await);
+    driver.type_into("#username", "alice").await;
+    driver.type_into("#password", "alice-pass").await;
+    driver.click("#submit").await;
+    driver.wait_for("My servers").await;
+    assert_eq!(driver.url().await, gw.url("/console"));
+    assert!(driver.source().await.contains("alice@example.com"));
+    driver.stop().await;
+    gw.stop().await;
+    idp.stop().await;
+}

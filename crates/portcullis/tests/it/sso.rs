@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The provider process, killed when dropped.
-struct Idp {
-    issuer: String,
+pub(crate) struct Idp {
+    pub(crate) issuer: String,
     users_file: PathBuf,
     child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
@@ -23,7 +23,7 @@ struct Idp {
 
 impl Idp {
     /// Start the provider; it waits for [`Idp::ready`] to learn the gateway's redirect URI.
-    async fn start(users: Value) -> Idp {
+    pub(crate) async fn start(users: Value) -> Idp {
         let users_file = std::env::temp_dir().join(format!("portcullis-idp-{}.json", portcullis::crypto::new_id()));
         std::fs::write(&users_file, users.to_string()).unwrap();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/oidc_provider.mjs");
@@ -86,7 +86,7 @@ impl Idp {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
         let _ = std::fs::remove_file(&self.users_file);
     }
@@ -182,7 +182,11 @@ fn alice(groups: &[&str]) -> Value {
     }}})
 }
 
-async fn gateway(idp: &mut Idp, store: StoreKind, tweak: impl FnOnce(&mut OidcConfig) + Send + 'static) -> TestGateway {
+pub(crate) async fn gateway(
+    idp: &mut Idp,
+    store: StoreKind,
+    tweak: impl FnOnce(&mut OidcConfig) + Send + 'static,
+) -> TestGateway {
     let mut oidc = idp.config();
     tweak(&mut oidc);
     let gw = TestGateway::start_with(Options {
