@@ -94,7 +94,7 @@ pub enum ConfigError {
     #[error("{source_name}: unknown setting \"{key}\"{suggestion}")]
     Unknown { source_name: String, key: String, suggestion: String },
     #[error("{source_name}: {key} = {value:?} is not valid: {problem}")]
-    Invalid { source_name: String, key: &'static str, value: String, problem: String },
+    Invalid { source_name: String, key: String, value: String, problem: String },
     #[error("cannot read config file {path}: {problem}")]
     File { path: PathBuf, problem: String },
     #[error("{0}")]
@@ -360,7 +360,7 @@ fn read_file(path: &Path) -> Result<RawSettings, ConfigError> {
             other => {
                 return Err(ConfigError::Invalid {
                     source_name,
-                    key: known,
+                    key: file_key(known),
                     value: other.to_string(),
                     problem: "expected a string, number, boolean or list".into(),
                 });
@@ -434,6 +434,14 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
     let invalid = |key: &'static str, problem: &str| {
         let (source_name, value) = merged.get(key).cloned().unwrap_or_default();
         let shown = if matches!(key, "secret_key" | "oidc_client_secret") { "***".to_owned() } else { value };
+        // Name the setting as it is written where it came from.
+        let key = if source_name.starts_with("config file") {
+            file_key(key)
+        } else if source_name.starts_with("environment") {
+            format!("PORTCULLIS_{}", key.to_ascii_uppercase())
+        } else {
+            key.to_owned()
+        };
         ConfigError::Invalid { source_name, key, value: shown, problem: problem.to_owned() }
     };
     let parse_number = |key: &'static str, default: u64| -> Result<u64, ConfigError> {
@@ -762,6 +770,14 @@ mod tests {
         std::fs::write(&path, "[oidc]\nissuer = \"https://idp.example\"\nclient_idd = \"x\"\n").unwrap();
         let error = read_file(&path).unwrap_err().to_string();
         assert!(error.contains("unknown setting \"[oidc] client_idd\"; did you mean \"[oidc] client_id\"?"), "{error}");
+        std::fs::write(&path, "[oidc]\nissuer = \"https://idp.example\"\n").unwrap();
+        let error = resolve(&[("config file c.toml", read_file(&path).unwrap())]).unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "config file c.toml: [oidc] issuer = \"https://idp.example\" is not valid: [oidc] needs client_id"
+            ),
+            "{error}"
+        );
         let secret_file = directory.join("oidc-secret");
         std::fs::write(&secret_file, "s3cret\n").unwrap();
         std::fs::write(

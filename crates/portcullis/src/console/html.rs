@@ -216,6 +216,19 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, content: Html) -> String {
         if viewer.admin {
             out.push_str("<a href=\"/console/servers\">Servers</a>");
             out.push_str("<a href=\"/console/users\">Users</a><a href=\"/console/groups\">Groups</a>");
+            // Sections that arrive with later parts of Portcullis: named, not yet links.
+            for (section, arrives) in [
+                ("Requests", "server requests and approvals"),
+                ("Policies", "access policies"),
+                ("Agents", "agent accounts"),
+                ("Analytics", "analytics"),
+                ("Alerts", "security alerts"),
+            ] {
+                let _ = write!(
+                    out,
+                    "<span class=\"later\" aria-disabled=\"true\" title=\"Not available yet: arrives with {arrives}\">{section}</span>"
+                );
+            }
         }
         if viewer.super_admin {
             out.push_str("<a href=\"/console/settings\">Settings</a>");
