@@ -28,6 +28,26 @@ pub const CHANGES_CHANNEL: &str = "portcullis_registry";
 pub struct ServerEntry {
     pub server: Server,
     pub secrets: ServerSecrets,
+    /// The server's URL, parsed once here rather than on every request.
+    pub url: Option<reqwest::Url>,
+    /// The credential headers, as HTTP headers (invalid ones are left out, as before).
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl ServerEntry {
+    pub fn new(server: Server, secrets: ServerSecrets) -> ServerEntry {
+        let url = server.url.as_deref().and_then(|url| reqwest::Url::parse(url).ok());
+        let mut headers = reqwest::header::HeaderMap::with_capacity(secrets.headers.len());
+        for (name, value) in &secrets.headers {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        ServerEntry { server, secrets, url, headers }
+    }
 }
 
 /// A user as the data plane needs it.
@@ -101,7 +121,7 @@ impl Snapshot {
             if server.public {
                 public.insert(server.name.clone());
             }
-            server_map.insert(server.name.clone(), Arc::new(ServerEntry { server, secrets }));
+            server_map.insert(server.name.clone(), Arc::new(ServerEntry::new(server, secrets)));
         }
         let user_map: HashMap<String, Arc<UserEntry>> = users
             .into_iter()

@@ -64,11 +64,22 @@ impl ReplicaDirectory {
 
 /// The replica that owns the session named by these headers, if it is another one.
 pub fn foreign_owner(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    owner_elsewhere(state, headers, &opened_session(state, headers)?)
+}
+
+/// The session named by the request's `Mcp-Session-Id`, opened (once per request: callers
+/// keep it for the rest of the request).
+pub fn opened_session(state: &AppState, headers: &HeaderMap) -> Option<SessionState> {
+    let header = headers.get("mcp-session-id")?.to_str().ok()?;
+    SessionState::open(&state.keys.session, header)
+}
+
+/// The replica that owns `session`, if it is another one (and the request was not forwarded
+/// here already).
+pub fn owner_elsewhere(state: &AppState, headers: &HeaderMap, session: &SessionState) -> Option<String> {
     if headers.contains_key(FORWARDED_HEADER) {
         return None;
     }
-    let header = headers.get("mcp-session-id")?.to_str().ok()?;
-    let session = SessionState::open(&state.keys.session, header)?;
     let owners = std::iter::once(&session.attachment).chain(session.members.iter().map(|member| &member.attachment));
     owners
         .filter_map(|attachment| match attachment {

@@ -61,6 +61,8 @@ struct Exchange {
     correlation_id: String,
     started: Instant,
     accepts_sse: bool,
+    /// The session the request's header names, opened once when the request arrived.
+    opened: Option<SessionState>,
 }
 
 /// What to send back for one message.
@@ -115,14 +117,16 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(owner) = forward::foreign_owner(&state, &headers) {
+    let opened = forward::opened_session(&state, &headers);
+    if let Some(owner) = opened.as_ref().and_then(|session| forward::owner_elsewhere(&state, &headers, session)) {
         let path = format!("/mcp/{server}");
         return forward::forward(&state, &owner, axum::http::Method::POST, &path, &headers, body).await;
     }
-    let exchange = match begin(&state, &server, peer, &headers) {
+    let mut exchange = match begin(&state, &server, peer, &headers) {
         Ok(exchange) => exchange,
         Err(response) => return response,
     };
+    exchange.opened = opened;
     let header_version = match header_version(&headers) {
         Ok(version) => version,
         Err(response) => return response,
@@ -238,6 +242,7 @@ impl Identified {
             correlation_id: self.correlation_id.clone(),
             started: self.started,
             accepts_sse: self.accepts_sse,
+            opened: None,
         }
     }
 }
@@ -491,7 +496,10 @@ fn resolve_session(exchange: &Exchange, headers: &HeaderMap) -> Result<SessionSt
     };
     let not_found =
         || (StatusCode::NOT_FOUND, "the session is unknown or has ended; initialize a new session".to_owned());
-    let session = SessionState::open(&exchange.state.keys.session, header).ok_or_else(not_found)?;
+    let session = match &exchange.opened {
+        Some(opened) => opened.clone(),
+        None => SessionState::open(&exchange.state.keys.session, header).ok_or_else(not_found)?,
+    };
     if session.server != exchange.server() || session.user_id.as_deref() != exchange.caller.user_id() {
         return Err(not_found());
     }
@@ -708,7 +716,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
         Err(error) => {
             if durable {
                 exchange.state.audit.complete(Completion {
-                    seq: event_seq,
+                    event: event_seq,
                     outcome: outcome_of_error(&error).into(),
                     error: Some(error.to_string()),
                     latency_us: Some(exchange.latency_us()),
@@ -791,7 +799,7 @@ impl Finish {
                 self.state.audit.record(event);
             }
             None => self.state.audit.complete(Completion {
-                seq: self.event_seq,
+                event: self.event_seq,
                 outcome: outcome.to_owned(),
                 error,
                 latency_us: Some(latency_us),

@@ -50,7 +50,7 @@ pub async fn complete(connection: &mut AnyConnection, completions: &[Completion]
             .bind(&completion.outcome)
             .bind(&completion.error)
             .bind(completion.latency_us)
-            .bind(completion.seq)
+            .bind(completion.event)
             .execute(&mut *connection)
             .await?;
     }
@@ -229,8 +229,23 @@ pub mod sqlite_writer {
             Ok(Checkpointer { connection })
         }
 
-        /// Insert and complete in one transaction; returns the inserted events' `seq`.
-        pub fn commit(&mut self, inserts: &[AuditEvent], completions: &[Completion]) -> Result<Vec<i64>, StoreError> {
+        /// How far the audit journal is applied: (generation, position).
+        pub fn journal_mark(&self) -> Result<(u64, u64), StoreError> {
+            self.connection
+                .query_row("SELECT generation, position FROM audit_journal WHERE id = 1", [], |row| {
+                    Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64))
+                })
+                .map_err(failed)
+        }
+
+        /// Insert and complete in one transaction, recording how far the journal is applied
+        /// when `mark` is given; returns the inserted events' `seq`.
+        pub fn commit(
+            &mut self,
+            inserts: &[AuditEvent],
+            completions: &[Completion],
+            mark: Option<(u64, u64)>,
+        ) -> Result<Vec<i64>, StoreError> {
             // Cached statements rather than `Connection::transaction`, which parses BEGIN and
             // COMMIT again on every call; IMMEDIATE takes the write lock at once.
             self.connection
@@ -238,6 +253,11 @@ pub mod sqlite_writer {
                 .and_then(|mut begin| begin.execute([]))
                 .map_err(failed)?;
             let written = self.write(inserts, completions).and_then(|sequence| {
+                if let Some((generation, position)) = mark {
+                    self.connection
+                        .prepare_cached("UPDATE audit_journal SET generation = ?1, position = ?2 WHERE id = 1")?
+                        .execute(rusqlite::params![generation as i64, position as i64])?;
+                }
                 self.connection.prepare_cached("COMMIT")?.execute([])?;
                 Ok(sequence)
             });
@@ -286,7 +306,7 @@ pub mod sqlite_writer {
                     completion.outcome,
                     completion.error,
                     completion.latency_us,
-                    completion.seq
+                    completion.event
                 ])?;
             }
             Ok(sequence)

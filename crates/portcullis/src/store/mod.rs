@@ -114,6 +114,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0008_oidc.sql"),
         postgres: include_str!("migrations/0008_oidc.sql"),
     },
+    Migration {
+        version: 9,
+        name: "audit_journal",
+        sqlite: include_str!("migrations/0009_audit_journal.sql"),
+        postgres: include_str!("migrations/0009_audit_journal.sql"),
+    },
 ];
 
 impl Store {

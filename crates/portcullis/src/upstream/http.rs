@@ -7,7 +7,7 @@ use crate::snapshot::ServerEntry;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use mcp::{Message, ProtocolVersion, sse};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -46,17 +46,16 @@ impl HttpUpstream {
         self.client.clone()
     }
 
-    fn url(entry: &ServerEntry) -> Result<&str, UpstreamError> {
-        entry.server.url.as_deref().ok_or_else(|| UpstreamError::Unavailable("the server has no URL configured".into()))
+    fn url(entry: &ServerEntry) -> Result<reqwest::Url, UpstreamError> {
+        match (&entry.url, &entry.server.url) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(text)) => Err(UpstreamError::Unavailable(format!("the server's URL {text:?} is not valid"))),
+            (None, None) => Err(UpstreamError::Unavailable("the server has no URL configured".into())),
+        }
     }
 
     fn headers(entry: &ServerEntry, session: Option<&str>, version: Option<ProtocolVersion>) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(entry.secrets.headers.len() + 4);
-        for (name, value) in &entry.secrets.headers {
-            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-                headers.insert(name, value);
-            }
-        }
+        let mut headers = entry.headers.clone();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         if let Some(session) = session.and_then(|session| HeaderValue::from_str(session).ok()) {

@@ -201,11 +201,40 @@ async fn audit_store_failure_fails_tools_call_closed() {
     let key = gw.api_key("ann@example.com").await;
     let mut client = gw.client("demo", Some(&key));
     client.initialize().await;
-    // Break the audit table for real; the call must not be forwarded.
+    // Break the audit table for real. On PostgreSQL the very next call would fail; on SQLite
+    // a call is durable once journaled, so the one in the writer's current batch still goes
+    // ahead, and from the failed commit on every call fails closed without being forwarded.
     sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_gone").execute(&gw.store().pool).await.unwrap();
-    let reply = client.call_tool("echo", json!({"message": "must not run"})).await;
-    assert_eq!(reply.status, 503, "{}", reply.text);
-    assert!(reply.error_message().contains("audit log cannot be written"), "{}", reply.text);
+    let mut refused = None;
+    let mut forwarded = Vec::new();
+    for attempt in 0..40 {
+        let message = format!("attempt {attempt}");
+        let reply = client.call_tool("echo", json!({"message": message})).await;
+        if reply.status == 503 {
+            refused = Some(reply);
+            break;
+        }
+        forwarded.push(message);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("calls fail closed once the audit store cannot write");
+    assert!(refused.error_message().contains("audit log cannot be written"), "{}", refused.text);
+    assert!(forwarded.len() <= 2, "at most the calls of one batch went ahead: {forwarded:?}");
+    // The store comes back: calls go through again, and nothing journaled was lost.
+    sqlx::query("ALTER TABLE audit_events_gone RENAME TO audit_events").execute(&gw.store().pool).await.unwrap();
+    let mut back = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if client.call_tool("echo", json!({"message": "back"})).await.status == 200 {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "calls go through once the audit store writes again");
+    let all = gw.audit().await;
+    let calls: Vec<_> = all.into_iter().filter(|event| event.method == "tools/call").collect();
+    let outcomes: Vec<&str> = calls.iter().map(|event| event.outcome.as_str()).collect();
+    assert_eq!(calls.len(), forwarded.len() + 1, "every forwarded call is on the record: {outcomes:?} {forwarded:?}");
     gw.stop().await;
 }
 
@@ -433,6 +462,18 @@ async fn an_acknowledged_call_survives_a_killed_gateway() {
     // No graceful shutdown: the process is killed outright.
     gateway.start_kill().unwrap();
     gateway.wait().await.unwrap();
+    // The next start moves what the killed process journaled into the store (before it listens).
+    let mut restarted = tokio::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(restarted.stdout.take().unwrap()).lines();
+    assert!(lines.next_line().await.unwrap().unwrap().starts_with("listening on "));
+    restarted.start_kill().unwrap();
+    restarted.wait().await.unwrap();
     let store = portcullis::store::Store::open(&portcullis::config::StoreLocation::Sqlite(data.join("portcullis.db")))
         .await
         .unwrap();

@@ -1,10 +1,15 @@
 //! The audit log: every request produces an [`AuditEvent`].
 //!
-//! One writer (a thread with its own connection on SQLite, a task on PostgreSQL) owns the store connection for audit writes and commits whatever has queued
-//! up since its last commit in one transaction (group commit): under load many calls share one
-//! commit, at concurrency 1 a call pays one commit. [`AuditLog::record_durable`] returns only
-//! after the event's transaction committed; a `tools/call` is forwarded only after that. When
-//! the store cannot write, callers get [`AuditUnavailable`] and fail closed.
+//! One writer (a thread with its own connection on SQLite, a task on PostgreSQL) owns the
+//! store connection for audit writes and commits whatever has queued up since its last commit
+//! in one transaction (group commit). [`AuditLog::record_durable`] returns only once the event
+//! is durable, and a `tools/call` is forwarded only after that: on PostgreSQL when its
+//! transaction committed, on SQLite when it is in the audit [`journal`] (one `write`; the
+//! writer thread moves it into the database within [`DEFER`], merging the call's outcome when
+//! it arrived by then). When the store or the journal cannot write, callers get
+//! [`AuditUnavailable`] and fail closed.
+
+pub mod journal;
 
 use crate::config::StoreLocation;
 use crate::crypto::Keys;
@@ -104,8 +109,9 @@ impl AuditEvent {
 /// How a call that was recorded as `pending` ended.
 #[derive(Debug, Clone)]
 pub struct Completion {
-    /// The event's `seq`, as [`AuditLog::record_durable`] returned it.
-    pub seq: i64,
+    /// The event, as [`AuditLog::record_durable`] named it (its `seq` on PostgreSQL, its
+    /// journal ticket on SQLite).
+    pub event: i64,
     pub outcome: String,
     pub error: Option<String>,
     pub latency_us: Option<i64>,
@@ -121,6 +127,8 @@ pub struct AuditUnavailable;
 
 enum Op {
     Insert(Box<AuditEvent>, Option<Waiter>),
+    /// An event already durable in the journal: its ticket and the journal position after it.
+    Journaled(Box<AuditEvent>, i64, (u64, u64)),
     Complete(Completion),
 }
 
@@ -176,9 +184,36 @@ impl Sender {
 struct SqliteShared {
     queue: std::sync::Mutex<Vec<Op>>,
     wake: std::sync::Condvar,
-    connection: std::sync::Mutex<Option<store::audit::sqlite_writer::Writer>>,
+    connection: std::sync::Mutex<WriterState>,
     path: std::path::PathBuf,
+    /// The journal file appended to; `None` when it could not be opened (durable records
+    /// then fail closed).
+    journal: std::sync::Mutex<Option<journal::Appender>>,
+    next_ticket: std::sync::atomic::AtomicI64,
+    /// The last commit succeeded. While it is false a batch waits to be retried and new calls
+    /// fail closed: the journal alone must not run ahead of a store that cannot write.
+    healthy: std::sync::atomic::AtomicBool,
+    /// Held while this process serves the store.
+    _lock: Option<std::fs::File>,
 }
+
+/// What the writer keeps between commits.
+#[derive(Default)]
+struct WriterState {
+    writer: Option<store::audit::sqlite_writer::Writer>,
+    /// Journal tickets of events written while their call was still running, with their `seq`
+    /// (for the outcome that comes later).
+    running: std::collections::BTreeMap<i64, i64>,
+    /// Journal files below this generation are gone.
+    deleted_below: u64,
+    /// A batch whose commit failed, tried again before anything newer (so the journal position
+    /// recorded never passes an event the database does not hold).
+    retry: Option<JournaledBatch>,
+}
+
+/// Most running calls remembered; beyond it the oldest are forgotten (their outcome, should it
+/// ever come, is then dropped with a warning; the event stays `pending`).
+const RUNNING_LIMIT: usize = 100_000;
 
 impl SqliteShared {
     /// Queue `op`; when `lead` and the connection is free, commit right here.
@@ -190,8 +225,8 @@ impl SqliteShared {
         let was_empty = queue.is_empty();
         queue.push(op);
         drop(queue);
-        if lead && let Ok(mut connection) = self.connection.try_lock() {
-            self.drain(&mut connection, true);
+        if lead && let Ok(mut state) = self.connection.try_lock() {
+            self.drain(&mut state, true);
             return true;
         }
         // The writer thread already has a deadline for a non-empty queue; waking it for every
@@ -202,33 +237,96 @@ impl SqliteShared {
         true
     }
 
+    /// Make `event` durable in the journal and queue it for the database; its ticket.
+    fn journal(&self, event: AuditEvent) -> Result<i64, AuditUnavailable> {
+        if !self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(AuditUnavailable);
+        }
+        let bytes = journal::encode(&event);
+        let mut appender = self.journal.lock().map_err(|_| AuditUnavailable)?;
+        let appender = appender.as_mut().ok_or(AuditUnavailable)?;
+        // Appended and queued under the journal's lock, so the queue holds journaled events in
+        // journal order and the position the writer records never skips one still on its way.
+        let mut queue = self.queue.lock().map_err(|_| AuditUnavailable)?;
+        if queue.len() >= QUEUE_LIMIT {
+            tracing::error!("the audit writer is far behind; failing the call closed");
+            return Err(AuditUnavailable);
+        }
+        let mark = appender.append(&bytes).map_err(|error| {
+            tracing::error!(%error, "cannot append to the audit journal; failing the call closed");
+            AuditUnavailable
+        })?;
+        let ticket = self.next_ticket.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let was_empty = queue.is_empty();
+        queue.push(Op::Journaled(Box::new(event), ticket, mark));
+        drop(queue);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(ticket)
+    }
+
     /// Commit until nothing is left that this caller must commit: everything, for the writer
-    /// thread; for a leader (`waited_only`), the operations someone waits for. A leader leaves
-    /// outcomes and events nobody waits for to the writer thread, which batches them: taking
-    /// them along would put their index updates on a call's path.
-    fn drain(&self, connection: &mut Option<store::audit::sqlite_writer::Writer>, waited_only: bool) {
+    /// thread; for a leader (`waited_only`), the operations someone waits for (flushes).
+    fn drain(&self, state: &mut WriterState, waited_only: bool) {
         loop {
             let Some(mut batch) = self.take(waited_only) else { return };
-            if batch.is_empty() {
+            if batch.is_empty() && state.retry.is_none() {
                 return;
             }
-            let Batch { inserts, completions, waiters } = split(&mut batch);
-            if connection.is_none() {
-                *connection = store::audit::sqlite_writer::Writer::open(&self.path)
+            let mut split = split_journaled(&mut batch, state);
+            if state.writer.is_none() {
+                state.writer = store::audit::sqlite_writer::Writer::open(&self.path)
                     .map_err(|error| tracing::error!(%error, "cannot open the audit store"))
                     .ok();
             }
-            let outcome = match connection.as_mut() {
-                Some(writer) => writer.commit(&inserts, &completions),
+            let outcome = match state.writer.as_mut() {
+                Some(writer) => writer.commit(&split.inserts, &split.completions, split.mark),
                 None => Err(store::StoreError::Open("no audit connection".into())),
             };
-            let result = outcome.map_err(|error| {
-                // Fail closed now; the next batch starts from a fresh connection.
-                tracing::error!(%error, events = inserts.len(), "audit commit failed; failing the calls closed");
-                *connection = None;
-                AuditUnavailable
-            });
+            let waiters = std::mem::take(&mut split.waiters);
+            let result = match outcome {
+                Ok(sequence) => {
+                    self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+                    for (position, ticket) in &split.running {
+                        if let Some(seq) = sequence.get(*position) {
+                            state.running.insert(*ticket, *seq);
+                        }
+                    }
+                    while state.running.len() > RUNNING_LIMIT {
+                        state.running.pop_first();
+                    }
+                    if let Some((generation, _)) = split.mark {
+                        self.delete_journals_below(state, generation);
+                    }
+                    Ok(sequence)
+                }
+                Err(error) => {
+                    // Kept (and journaled) for the next attempt; calls fail closed meanwhile.
+                    tracing::error!(%error, events = split.inserts.len(), "audit commit failed; failing calls closed until it succeeds");
+                    self.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                    state.writer = None;
+                    state.retry = Some(split);
+                    Err(AuditUnavailable)
+                }
+            };
             answer(waiters, &result);
+            if result.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Delete the journal files every event of which is in the database.
+    fn delete_journals_below(&self, state: &mut WriterState, generation: u64) {
+        while state.deleted_below < generation {
+            let path = journal::file_of(&self.path, state.deleted_below);
+            if let Err(error) = std::fs::remove_file(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%error, path = %path.display(), "cannot delete an applied audit journal");
+            }
+            state.deleted_below += 1;
         }
     }
 
@@ -247,9 +345,109 @@ impl SqliteShared {
     }
 }
 
+/// Take the journal's lock, move into the database what an earlier process journaled but did
+/// not apply, and start a new journal file. Returns the lock, the appender and the generation
+/// below which no journal file is left.
+fn recover(path: &std::path::Path) -> Result<(std::fs::File, journal::Appender, u64), String> {
+    let lock = journal::lock(path)?;
+    let mut writer = store::audit::sqlite_writer::Writer::open(path).map_err(|error| error.to_string())?;
+    let (applied_generation, applied_position) = writer.journal_mark().map_err(|error| error.to_string())?;
+    let files = journal::files(path).map_err(|error| format!("cannot list the audit journals: {error}"))?;
+    let mut replayed = 0;
+    for (generation, file) in files.iter().filter(|(generation, _)| *generation >= applied_generation) {
+        let from = if *generation == applied_generation { applied_position } else { 0 };
+        let events = journal::read(file, from)
+            .map_err(|error| format!("cannot read the audit journal {}: {error}", file.display()))?;
+        for chunk in events.chunks(BATCH) {
+            let inserts: Vec<AuditEvent> = chunk.iter().map(|(event, _)| event.clone()).collect();
+            let end = chunk.last().map_or(from, |(_, end)| *end);
+            writer.commit(&inserts, &[], Some((*generation, end))).map_err(|error| error.to_string())?;
+        }
+        replayed += events.len();
+    }
+    if replayed > 0 {
+        tracing::warn!(replayed, "audit events journaled before the last stop are now in the store");
+    }
+    let next = files.last().map_or(0, |(generation, _)| *generation).max(applied_generation) + 1;
+    writer.commit(&[], &[], Some((next, 0))).map_err(|error| error.to_string())?;
+    for (_, file) in &files {
+        if let Err(error) = std::fs::remove_file(file) {
+            tracing::warn!(%error, path = %file.display(), "cannot delete an applied audit journal");
+        }
+    }
+    let appender = journal::Appender::create(path, next).map_err(|error| {
+        format!("cannot create the audit journal {}: {error}", journal::file_of(path, next).display())
+    })?;
+    Ok((lock, appender, next))
+}
+
+/// A SQLite batch: events to insert (outcomes that arrived in time merged in), outcomes of
+/// events inserted earlier (by `seq`), the journal position reached, and who waits.
+struct JournaledBatch {
+    inserts: Vec<AuditEvent>,
+    completions: Vec<Completion>,
+    /// (position in `inserts`, ticket) of journaled events whose call is still running.
+    running: Vec<(usize, i64)>,
+    mark: Option<(u64, u64)>,
+    waiters: Vec<(Option<usize>, Waiter)>,
+}
+
+fn split_journaled(batch: &mut Vec<Op>, state: &mut WriterState) -> JournaledBatch {
+    // A batch that failed before goes first, with its running calls still open to outcomes.
+    let mut split = state.retry.take().unwrap_or_else(|| JournaledBatch {
+        inserts: Vec::new(),
+        completions: Vec::new(),
+        running: Vec::new(),
+        mark: None,
+        waiters: Vec::new(),
+    });
+    let mut by_ticket: std::collections::HashMap<i64, usize> =
+        split.running.drain(..).map(|(position, ticket)| (ticket, position)).collect();
+    let mut completions = Vec::new();
+    for op in batch.drain(..) {
+        match op {
+            // An empty id is a flush marker: it only waits for the commit.
+            Op::Insert(event, waiter) => {
+                let position = (!event.id.is_empty()).then(|| {
+                    split.inserts.push(*event);
+                    split.inserts.len() - 1
+                });
+                split.waiters.extend(waiter.map(|waiter| (position, waiter)));
+            }
+            Op::Journaled(event, ticket, mark) => {
+                split.inserts.push(*event);
+                by_ticket.insert(ticket, split.inserts.len() - 1);
+                split.mark = Some(mark);
+            }
+            Op::Complete(completion) => completions.push(completion),
+        }
+    }
+    for completion in completions {
+        if let Some(&position) = by_ticket.get(&completion.event) {
+            let event = &mut split.inserts[position];
+            event.outcome = completion.outcome;
+            event.error = completion.error;
+            event.latency_us = completion.latency_us;
+        } else if let Some(seq) = state.running.remove(&completion.event) {
+            split.completions.push(Completion { event: seq, ..completion });
+        } else {
+            tracing::warn!(ticket = completion.event, "an audit outcome for an event no longer known was dropped");
+        }
+    }
+    split.running = by_ticket
+        .into_iter()
+        .filter(|(_, position)| split.inserts[*position].outcome == "pending")
+        .map(|(ticket, position)| (position, ticket))
+        .collect();
+    split
+}
+
 /// How long work nobody waits for (outcomes, events of requests without effect) may wait
 /// for company before it is committed on its own.
 const DEFER: Duration = Duration::from_millis(20);
+
+/// How often a failed audit commit is tried again.
+const RETRY: Duration = Duration::from_millis(200);
 
 /// Most operations committed in one transaction.
 const BATCH: usize = 512;
@@ -261,11 +459,23 @@ impl AuditLog {
         let alive = Arc::new(());
         let sender = match location {
             StoreLocation::Sqlite(path) => {
+                let (lock, appender, deleted_below) = match recover(path) {
+                    Ok((lock, appender, deleted_below)) => (Some(lock), Some(appender), deleted_below),
+                    Err(problem) => {
+                        // Without the journal every durable record fails: calls fail closed.
+                        tracing::error!(%problem, "the audit journal is not available");
+                        (None, None, 0)
+                    }
+                };
                 let shared = Arc::new(SqliteShared {
                     queue: std::sync::Mutex::new(Vec::new()),
                     wake: std::sync::Condvar::new(),
-                    connection: std::sync::Mutex::new(None),
+                    connection: std::sync::Mutex::new(WriterState { deleted_below, ..WriterState::default() }),
                     path: path.clone(),
+                    journal: std::sync::Mutex::new(appender),
+                    next_ticket: std::sync::atomic::AtomicI64::new(1),
+                    healthy: std::sync::atomic::AtomicBool::new(true),
+                    _lock: lock,
                 });
                 let thread_shared = shared.clone();
                 let watched_by_writer = Arc::downgrade(&alive);
@@ -308,6 +518,9 @@ impl AuditLog {
     /// Write the event and wait until it is committed; returns its `seq`, which names it in
     /// the [`Completion`].
     pub async fn record_durable(&self, event: AuditEvent) -> Result<i64, AuditUnavailable> {
+        if let Sender::Sqlite(shared) = &self.sender {
+            return shared.journal(event);
+        }
         let (done, wait) = oneshot::channel();
         if !self.sender.send(Op::Insert(Box::new(event), Some(done))).await {
             return Err(AuditUnavailable);
@@ -390,6 +603,8 @@ fn split(batch: &mut Vec<Op>) -> Batch {
                 });
                 split.waiters.extend(waiter.map(|waiter| (position, waiter)));
             }
+            // Only SQLite journals; its batches go through `split_journaled`.
+            Op::Journaled(event, _, _) => split.inserts.push(*event),
             Op::Complete(completion) => split.completions.push(completion),
         }
     }
@@ -439,6 +654,7 @@ fn checkpointer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
 /// of requests without effect) after at most [`DEFER`], and what a leader could not take.
 /// Stops when the last handle to the audit log is gone, after a final commit.
 fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
+    let mut last_attempt = std::time::Instant::now();
     loop {
         let Ok(mut queue) = shared.queue.lock() else { return };
         // When the oldest operation nobody waits for arrived (roughly: when first seen).
@@ -449,7 +665,9 @@ fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
                 pending_since.get_or_insert_with(std::time::Instant::now);
             }
             let due = pending_since.is_some_and(|since| since.elapsed() >= DEFER);
-            if someone_waits || due || queue.len() >= BATCH {
+            // A failed batch is tried again every RETRY even when nothing new arrives.
+            let retry = !shared.healthy.load(std::sync::atomic::Ordering::Relaxed) && last_attempt.elapsed() >= RETRY;
+            if someone_waits || due || retry || queue.len() >= BATCH {
                 break;
             }
             let step = match pending_since {
@@ -463,8 +681,9 @@ fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
             }
         }
         drop(queue);
-        let Ok(mut connection) = shared.connection.lock() else { return };
-        shared.drain(&mut connection, false);
+        let Ok(mut state) = shared.connection.lock() else { return };
+        shared.drain(&mut state, false);
+        last_attempt = std::time::Instant::now();
     }
 }
 
