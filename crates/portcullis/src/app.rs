@@ -23,9 +23,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// The shared handles every handler gets. Small and cheap to clone.
+/// The shared handles every handler gets: one pointer, so the clone axum makes for every
+/// request is one reference count (the handles inside are many).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+#[derive(Debug)]
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: Store,
     pub keys: Keys,
@@ -88,7 +101,7 @@ impl App {
             config.extra_roots.clone(),
             config.oauth_redirect_schemes.clone(),
         ));
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
             upstreams: Upstreams::new(replica.to_string(), config.child_home.clone(), &config.extra_roots),
             audit: AuditLog::start(store.clone(), &config.store, keys.clone()),
@@ -108,7 +121,7 @@ impl App {
             key_use: Arc::default(),
             sso,
             client_documents,
-        };
+        }));
         state.key_use.start(state.store.clone());
         // Other replicas reach this one at replica_url, or at the bound address when that is
         // a specific one (set replica_url when replicas run on different hosts).

@@ -16,7 +16,6 @@ use super::{
 };
 use crate::app::AppState;
 use crate::audit::AuditEvent;
-use crate::crypto::new_id;
 use crate::store::now_ms;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -72,7 +71,7 @@ fn aggregate_event(
     outcome: &str,
 ) -> AuditEvent {
     AuditEvent {
-        id: new_id(),
+        id: crate::crypto::unique_id(),
         ts: now_ms(),
         user_id: identified.caller.user_id().map(str::to_owned),
         principal: identified.caller.label().to_owned(),

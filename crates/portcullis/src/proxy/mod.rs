@@ -27,7 +27,6 @@ pub mod stateless;
 use crate::app::AppState;
 use crate::audit::{AuditEvent, Completion};
 use crate::auth::{self, Caller};
-use crate::crypto::random_token;
 use crate::edge;
 use crate::snapshot::{ServerEntry, Snapshot};
 use crate::store::now_ms;
@@ -82,7 +81,7 @@ impl Exchange {
 
     fn event(&self, method: &str, decision: &'static str, reason: String, outcome: &str) -> AuditEvent {
         AuditEvent {
-            id: crate::crypto::new_id(),
+            id: crate::crypto::unique_id(),
             ts: now_ms(),
             user_id: self.caller.user_id().map(str::to_owned),
             principal: self.caller.label().to_owned(),
@@ -252,7 +251,7 @@ impl Identified {
 fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap) -> Result<Identified, Response> {
     let started = Instant::now();
     let ip = edge::client_ip(peer, headers, &state.config.trusted_proxies).to_string();
-    let correlation_id = random_token(12);
+    let correlation_id = crate::crypto::unique_id();
     let snapshot = state.snapshot.current().map_err(|stale| {
         tracing::error!(%stale, "refusing data-plane traffic");
         plain_error(StatusCode::SERVICE_UNAVAILABLE, "the gateway cannot reach its policy store; try again shortly")
@@ -262,7 +261,7 @@ fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap
         Err(error) => {
             state.metrics.request("auth", "unauthenticated");
             state.audit.record(AuditEvent {
-                id: crate::crypto::new_id(),
+                id: crate::crypto::unique_id(),
                 ts: now_ms(),
                 user_id: None,
                 principal: "unauthenticated".into(),
