@@ -259,25 +259,29 @@ pub async fn bind_pass_through(
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
-    let client = crate::upstream::http::HttpUpstream::new(&[]).client();
+    use http_body_util::BodyExt;
+    let client = crate::upstream::http::HttpUpstream::new(&[]);
+    let upstream = reqwest::Url::parse(&upstream)?;
     let forward = move |headers: HeaderMap, body: bytes::Bytes| {
-        let request = client.post(&upstream);
+        let (client, upstream) = (client.clone(), upstream.clone());
         async move {
-            let mut request = request.body(body);
+            let mut passed = HeaderMap::new();
             for name in PASSED_HEADERS {
                 if let Some(value) = headers.get(name) {
-                    request = request.header(name, value);
+                    passed.insert(name, value.clone());
                 }
             }
-            let Ok(answer) = request.send().await else { return StatusCode::BAD_GATEWAY.into_response() };
+            let Ok(answer) = client.send_request(reqwest::Method::POST, upstream, passed, body).await else {
+                return StatusCode::BAD_GATEWAY.into_response();
+            };
             let mut response = Response::builder().status(answer.status().as_u16());
             for name in PASSED_HEADERS {
                 if let Some(value) = answer.headers().get(name) {
                     response = response.header(name, value.as_bytes());
                 }
             }
-            match answer.bytes().await {
-                Ok(bytes) => response.body(axum::body::Body::from(bytes)).unwrap_or_default(),
+            match answer.into_body().collect().await {
+                Ok(collected) => response.body(axum::body::Body::from(collected.to_bytes())).unwrap_or_default(),
                 Err(_) => StatusCode::BAD_GATEWAY.into_response(),
             }
         }

@@ -5,7 +5,7 @@
 use super::{Listener, Replies, Reply, UpstreamError, response_id};
 use crate::snapshot::ServerEntry;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use mcp::{Message, ProtocolVersion, sse};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
@@ -15,9 +15,19 @@ use tokio::sync::mpsc;
 /// The largest single message accepted from an upstream.
 const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
+/// An upstream's answer body, whichever client fetched it.
+pub type AnswerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, String>;
+
+/// The pooled clients: hyper's own for plain `http://` upstreams (the common case inside a
+/// company network, and the request path's hot one: reqwest's extra layers parse the URL twice
+/// more per request), reqwest with rustls for `https://`.
 #[derive(Clone, Debug)]
 pub struct HttpUpstream {
     client: reqwest::Client,
+    plain: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<Bytes>,
+    >,
 }
 
 impl Default for HttpUpstream {
@@ -38,7 +48,48 @@ impl HttpUpstream {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the HTTP client configuration is valid");
-        HttpUpstream { client }
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let plain = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        HttpUpstream { client, plain }
+    }
+
+    /// Send one request (redirects are never followed: they could carry the upstream's
+    /// credentials to another host).
+    pub async fn send_request(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<axum::http::Response<AnswerBody>, UpstreamError> {
+        if url.scheme() == "http" {
+            let uri: axum::http::Uri = url
+                .as_str()
+                .parse()
+                .map_err(|_| UpstreamError::Unavailable(format!("the server's URL {url} is not valid")))?;
+            let mut request = axum::http::Request::new(http_body_util::Full::new(body));
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            *request.headers_mut() = headers;
+            let response = self.plain.request(request).await.map_err(|error| {
+                if error.is_connect() {
+                    UpstreamError::Unavailable("cannot connect to it".into())
+                } else {
+                    UpstreamError::Unavailable("the request failed before an answer arrived".into())
+                }
+            })?;
+            return Ok(response.map(|body| body.map_err(|error| error.to_string()).boxed_unsync()));
+        }
+        let response =
+            self.client.request(method, url).headers(headers).body(body).send().await.map_err(describe_send_error)?;
+        let response = axum::http::Response::<reqwest::Body>::from(response);
+        Ok(response.map(|body| body.map_err(|error| error.to_string()).boxed_unsync()))
     }
 
     /// The pooled client, shared with the SSE transport.
@@ -73,14 +124,15 @@ impl HttpUpstream {
         session: Option<&str>,
         version: Option<ProtocolVersion>,
         message: &Message,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<axum::http::Response<AnswerBody>, UpstreamError> {
         let url = Self::url(entry)?;
-        let mut request =
-            self.client.post(url).headers(Self::headers(entry, session, version)).body(message.to_bytes());
-        if let Some(method) = message.method.as_deref().filter(|_| version.is_some_and(ProtocolVersion::is_stateless)) {
-            request = request.header("mcp-method", method);
+        let mut headers = Self::headers(entry, session, version);
+        if let Some(method) = message.method.as_deref().filter(|_| version.is_some_and(ProtocolVersion::is_stateless))
+            && let Ok(value) = HeaderValue::from_str(method)
+        {
+            headers.insert("mcp-method", value);
         }
-        request.send().await.map_err(describe_send_error)
+        self.send_request(reqwest::Method::POST, url, headers, Bytes::from(message.to_bytes())).await
     }
 
     /// Send `initialize`; remember the session id the upstream issues.
@@ -109,7 +161,7 @@ impl HttpUpstream {
     /// Turn an HTTP answer into the stream of messages answering `request`.
     async fn replies(
         &self,
-        response: reqwest::Response,
+        response: axum::http::Response<AnswerBody>,
         request: &Message,
         has_session: bool,
     ) -> Result<Replies, UpstreamError> {
@@ -129,10 +181,14 @@ impl HttpUpstream {
             tokio::spawn(relay_event_stream(response, wanted, sender));
             return Ok(receiver);
         }
-        let body = response.bytes().await.map_err(|error| UpstreamError::Unavailable(error.to_string()))?;
-        if body.len() > MAX_MESSAGE_BYTES {
-            return Err(UpstreamError::Invalid("the answer is larger than 32 MiB".into()));
-        }
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_MESSAGE_BYTES);
+        let body = match limited.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(UpstreamError::Invalid("the answer is larger than 32 MiB".into()));
+            }
+            Err(error) => return Err(UpstreamError::Unavailable(error.to_string())),
+        };
         match serde_json::from_slice::<Value>(&body) {
             // A JSON-RPC answer (even an error with an HTTP error status) is the upstream's own word.
             Ok(value) if response_id(&value).is_some() => {
@@ -173,7 +229,7 @@ impl HttpUpstream {
         let mut headers = Self::headers(entry, session, Some(version));
         headers.remove(CONTENT_TYPE);
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        let response = self.client.get(url).headers(headers).send().await.map_err(describe_send_error)?;
+        let response = self.send_request(reqwest::Method::GET, url, headers, Bytes::new()).await?;
         match response.status() {
             status if status.is_success() => {}
             reqwest::StatusCode::METHOD_NOT_ALLOWED => {
@@ -185,8 +241,9 @@ impl HttpUpstream {
         let (sender, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut parser = sse::Parser::new(MAX_MESSAGE_BYTES);
-            let mut stream = response.bytes_stream();
-            while let Some(Ok(chunk)) = stream.next().await {
+            let mut body = response.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(chunk) = frame.into_data() else { continue };
                 let Ok(events) = parser.push(&chunk) else { return };
                 for event in events {
                     if let Ok(value) = serde_json::from_str::<Value>(&event.data)
@@ -205,19 +262,26 @@ impl HttpUpstream {
         let Ok(url) = Self::url(entry) else { return };
         let mut headers = Self::headers(entry, Some(session), Some(version));
         headers.remove(CONTENT_TYPE);
-        if let Err(error) = self.client.delete(url).headers(headers).send().await {
-            tracing::debug!(server = %entry.server.name, %error, "upstream DELETE failed");
+        if let Err(error) = self.send_request(reqwest::Method::DELETE, url, headers, Bytes::new()).await {
+            tracing::debug!(server = %entry.server.name, ?error, "upstream DELETE failed");
         }
     }
 }
 
 /// Relay an SSE answer message by message until the response to `wanted` went through.
-async fn relay_event_stream(response: reqwest::Response, wanted: Option<Value>, sender: mpsc::Sender<Reply>) {
+async fn relay_event_stream(
+    response: axum::http::Response<AnswerBody>,
+    wanted: Option<Value>,
+    sender: mpsc::Sender<Reply>,
+) {
     let mut parser = sse::Parser::new(MAX_MESSAGE_BYTES);
-    let mut stream = response.bytes_stream();
+    let mut body = response.into_body();
     loop {
-        let chunk: Bytes = match stream.next().await {
-            Some(Ok(chunk)) => chunk,
+        let chunk: Bytes = match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(chunk) => chunk,
+                Err(_) => continue,
+            },
             Some(Err(error)) => {
                 let _ = sender.send(Err(UpstreamError::Unavailable(format!("the stream broke: {error}")))).await;
                 return;
