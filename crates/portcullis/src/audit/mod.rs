@@ -444,7 +444,7 @@ fn split_journaled(batch: &mut Vec<Op>, state: &mut WriterState) -> JournaledBat
 
 /// How long work nobody waits for (outcomes, events of requests without effect) may wait
 /// for company before it is committed on its own.
-const DEFER: Duration = Duration::from_millis(20);
+const DEFER: Duration = Duration::from_millis(5);
 
 /// How often a failed audit commit is tried again.
 const RETRY: Duration = Duration::from_millis(200);
