@@ -95,6 +95,8 @@ impl App {
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
         let address = listener.local_addr()?;
+        let audit =
+            AuditLog::start(store.clone(), &config.store, keys.clone()).map_err(|problem| anyhow::anyhow!(problem))?;
         let sso = config.oidc.clone().map(|oidc| Arc::new(crate::auth::oidc::Sso::new(oidc, &config.extra_roots)));
         let client_documents = Arc::new(crate::auth::cimd::Documents::new(
             config.oauth_client_metadata_networks.clone(),
@@ -104,7 +106,7 @@ impl App {
         let state = AppState(Arc::new(Shared {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
             upstreams: Upstreams::new(replica.to_string(), config.child_home.clone(), &config.extra_roots),
-            audit: AuditLog::start(store.clone(), &config.store, keys.clone()),
+            audit,
             metrics: Metrics::default(),
             legacy: Default::default(),
             replicas: Default::default(),

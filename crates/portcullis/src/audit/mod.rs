@@ -455,18 +455,14 @@ const BATCH: usize = 512;
 impl AuditLog {
     /// Start the writer: on SQLite a dedicated thread with its own connection, on
     /// PostgreSQL a task on the pool.
-    pub fn start(store: Store, location: &StoreLocation, keys: Keys) -> AuditLog {
+    /// On SQLite this first recovers the audit journal; it fails when another process serves
+    /// the same store or the journal cannot be read or created.
+    pub fn start(store: Store, location: &StoreLocation, keys: Keys) -> Result<AuditLog, String> {
         let alive = Arc::new(());
         let sender = match location {
             StoreLocation::Sqlite(path) => {
-                let (lock, appender, deleted_below) = match recover(path) {
-                    Ok((lock, appender, deleted_below)) => (Some(lock), Some(appender), deleted_below),
-                    Err(problem) => {
-                        // Without the journal every durable record fails: calls fail closed.
-                        tracing::error!(%problem, "the audit journal is not available");
-                        (None, None, 0)
-                    }
-                };
+                let (lock, appender, deleted_below) = recover(path)?;
+                let (lock, appender) = (Some(lock), Some(appender));
                 let shared = Arc::new(SqliteShared {
                     queue: std::sync::Mutex::new(Vec::new()),
                     wake: std::sync::Condvar::new(),
@@ -499,7 +495,7 @@ impl AuditLog {
                 Sender::Task(sender)
             }
         };
-        AuditLog { sender, keys, _alive: alive }
+        Ok(AuditLog { sender, keys, _alive: alive })
     }
 
     /// Seal the arguments for storage and compute their keyed digest.

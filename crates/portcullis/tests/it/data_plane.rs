@@ -455,6 +455,14 @@ async fn an_acknowledged_call_survives_a_killed_gateway() {
     let mut lines = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().unwrap();
     let base = line.strip_prefix("listening on ").unwrap().to_owned();
+    // A second process on the same SQLite store is refused at start, with the reason.
+    let second = std::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another Portcullis process serves the store"), "{stderr}");
     let mut client = McpClient::new(format!("{base}/mcp/demo"), Some(key));
     client.initialize().await;
     let reply = client.call_tool("echo", json!({"message": "remember me"})).await;

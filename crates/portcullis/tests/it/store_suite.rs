@@ -171,7 +171,7 @@ async fn the_sqlite_wal_starts_over_under_steady_load() {
     let location = portcullis::config::StoreLocation::Sqlite(path.clone());
     let store = store::Store::open(&location).await.unwrap();
     let keys = portcullis::crypto::SecretKey::generate().derive();
-    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys);
+    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys).unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
     let mut commits = 0i64;
     while std::time::Instant::now() < until {
@@ -213,7 +213,7 @@ async fn journaled_audit_events_are_replayed_once_after_a_crash() {
     let keys = portcullis::crypto::SecretKey::generate().derive();
     // A first life: one event applied, then two journaled that never reached the database
     // (written here the way the journal does), the second torn.
-    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys.clone());
+    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys.clone()).unwrap();
     let applied = pending_event("first");
     audit.record_durable(applied.clone()).await.unwrap();
     audit.flush().await;
@@ -230,7 +230,7 @@ async fn journaled_audit_events_are_replayed_once_after_a_crash() {
     drop(appender);
 
     // The next life replays.
-    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys.clone());
+    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys.clone()).unwrap();
     audit.flush().await;
     let mut connection = store.pool.acquire().await.unwrap();
     let events = store::audit::query(&mut connection, &Filter { limit: 100, ..Filter::default() }).await.unwrap();
@@ -241,7 +241,7 @@ async fn journaled_audit_events_are_replayed_once_after_a_crash() {
     // The writer and checkpoint threads let go of the journal's lock within half a second.
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     // And a third life finds nothing more to replay.
-    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys);
+    let audit = portcullis::audit::AuditLog::start(store.clone(), &location, keys).unwrap();
     audit.flush().await;
     let mut connection = store.pool.acquire().await.unwrap();
     let again = store::audit::query(&mut connection, &Filter { limit: 100, ..Filter::default() }).await.unwrap();
