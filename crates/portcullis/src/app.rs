@@ -59,6 +59,8 @@ pub struct Shared {
     pub sign_in_failures: Arc<crate::edge::Counter>,
     /// Failed console sign-ins per email, from any address.
     pub sign_in_accounts: Arc<crate::edge::Counter>,
+    /// Networks each email signed in from, exempt from the per-email limit.
+    pub sign_in_known: crate::edge::KnownNetworks,
     /// Failed console sign-ins per client address.
     pub sign_in_addresses: Arc<crate::edge::Counter>,
     /// OAuth client registrations per address.
@@ -105,7 +107,12 @@ impl App {
         ));
         let state = AppState(Arc::new(Shared {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
-            upstreams: Upstreams::new(replica.to_string(), config.child_home.clone(), &config.extra_roots),
+            upstreams: Upstreams::new(
+                replica.to_string(),
+                config.child_home.clone(),
+                &config.extra_roots,
+                config.environment_proxy,
+            ),
             audit,
             metrics: Metrics::default(),
             legacy: Default::default(),
@@ -118,6 +125,7 @@ impl App {
             replica,
             sign_in_failures: Arc::new(crate::edge::Counter::new(5, std::time::Duration::from_secs(15 * 60))),
             sign_in_accounts: Arc::new(crate::edge::Counter::new(50, std::time::Duration::from_secs(15 * 60))),
+            sign_in_known: crate::edge::KnownNetworks::default(),
             sign_in_addresses: Arc::new(crate::edge::Counter::new(50, std::time::Duration::from_secs(15 * 60))),
             registrations: Arc::new(crate::edge::Counter::new(20, std::time::Duration::from_secs(3600))),
             key_use: Arc::default(),

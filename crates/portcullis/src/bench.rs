@@ -260,7 +260,7 @@ pub async fn bind_pass_through(
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::{IntoResponse, Response};
     use http_body_util::BodyExt;
-    let client = crate::upstream::http::HttpUpstream::new(&[]);
+    let client = crate::upstream::http::HttpUpstream::new(&[], false);
     let upstream = reqwest::Url::parse(&upstream)?;
     let forward = move |headers: HeaderMap, body: bytes::Bytes| {
         let (client, upstream) = (client.clone(), upstream.clone());

@@ -145,6 +145,9 @@ pub struct Config {
     pub child_home: String,
     /// Threads of the async runtime; `None` means one per CPU core.
     pub worker_threads: Option<usize>,
+    /// The process environment names an HTTP proxy (`HTTP_PROXY`, `ALL_PROXY`, …): upstream
+    /// requests then all go through the client that honours it.
+    pub environment_proxy: bool,
     /// Single sign-on, when an OpenID Connect provider is configured.
     pub oidc: Option<OidcConfig>,
 }
@@ -164,6 +167,8 @@ pub struct OidcConfig {
     pub allowed_domains: Vec<String>,
     /// An ID token whose `amr` shows a second factor satisfies the admin second step.
     pub accept_idp_mfa: bool,
+    /// Emails without `email_verified` count as verified (providers that never send it).
+    pub trust_email: bool,
     pub claims: ClaimNames,
 }
 
@@ -319,6 +324,9 @@ pub fn load(config_file: Option<&Path>, flags: RawSettings) -> Result<Config, Co
     if let Some(home) = secret_from_environment("HOME") {
         config.child_home = home;
     }
+    config.environment_proxy = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .any(|name| secret_from_environment(name).is_some_and(|value| !value.trim().is_empty()));
     Ok(config)
 }
 
@@ -582,6 +590,7 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         child_home: "/tmp".to_owned(),
         worker_threads,
         oidc,
+        environment_proxy: false,
     })
 }
 
@@ -638,6 +647,7 @@ fn oidc_config<'a>(
         label: text("oidc_label").unwrap_or_else(|| "single sign-on".to_owned()),
         jit: flag("oidc_jit", true)?,
         accept_idp_mfa: flag("oidc_accept_idp_mfa", true)?,
+        trust_email: flag("oidc_trust_email", false)?,
         issuer,
         client_id,
         client_secret,

@@ -165,3 +165,32 @@ impl Counter {
         }
     }
 }
+
+/// Networks each email signed in from lately (in this process), so a per-email limit meant for
+/// strangers does not lock the person out from where they usually are. Bounded: at most
+/// eight networks per email and 10,000 emails (then it starts over).
+#[derive(Debug, Default)]
+pub struct KnownNetworks {
+    seen: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+}
+
+impl KnownNetworks {
+    pub fn knows(&self, email: &str, network: &str) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.get(email).is_some_and(|networks| networks.iter().any(|known| known == network))
+    }
+
+    pub fn remember(&self, email: &str, network: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.len() >= 10_000 && !seen.contains_key(email) {
+            seen.clear();
+        }
+        let networks = seen.entry(email.to_owned()).or_default();
+        if !networks.iter().any(|known| known == network) {
+            if networks.len() >= 8 {
+                networks.remove(0);
+            }
+            networks.push(network.to_owned());
+        }
+    }
+}

@@ -110,8 +110,9 @@ fn decode(json: &[u8]) -> Option<AuditEvent> {
 }
 
 /// The events of one file from byte `from`, with the position after each; stops at a torn or
-/// unreadable record.
-pub fn read(path: &Path, from: u64) -> std::io::Result<Vec<(AuditEvent, u64)>> {
+/// unreadable record. The second value says whether every byte was read (false: something
+/// other than a torn last record follows, and the file must be kept for a person to look at).
+pub fn read(path: &Path, from: u64) -> std::io::Result<(Vec<(AuditEvent, u64)>, bool)> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut events = Vec::new();
@@ -125,7 +126,13 @@ pub fn read(path: &Path, from: u64) -> std::io::Result<Vec<(AuditEvent, u64)>> {
         events.push((event, end as u64));
         position = end;
     }
-    Ok(events)
+    // A torn last record is shorter than its length says; anything else left over is damage.
+    let rest = bytes.len().saturating_sub(position);
+    let torn_tail = rest < 4
+        || u32::from_le_bytes([bytes[position], bytes[position + 1], bytes[position + 2], bytes[position + 3]])
+            as usize
+            > rest - 4;
+    Ok((events, rest == 0 || torn_tail))
 }
 
 /// The journal file of `generation`.
@@ -195,7 +202,14 @@ impl Appender {
         if self.length >= ROTATE_BYTES {
             *self = Appender::create(&self.database, self.generation + 1)?;
         }
-        self.file.write_all(bytes)?;
+        if let Err(error) = self.file.write_all(bytes) {
+            // Part of the record may be in the file (a full disk): cut it off, so the next
+            // record starts where the recorded positions say; failing that, start a new file.
+            if self.file.set_len(self.length).is_err() {
+                *self = Appender::create(&self.database, self.generation + 1)?;
+            }
+            return Err(error);
+        }
         self.length += bytes.len() as u64;
         Ok((self.generation, self.length))
     }
@@ -224,15 +238,24 @@ mod tests {
         // The process died inside the third write.
         let third = encode(&event("c"));
         appender.append(&third[..third.len() / 2]).unwrap();
-        let events = read(&file_of(&database, 7), 0).unwrap();
+        let (events, whole) = read(&file_of(&database, 7), 0).unwrap();
+        assert!(whole, "a torn last record is not damage");
         let ids: Vec<&str> = events.iter().map(|(event, _)| event.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(events[1].1, second_end);
         assert_eq!(events[0].0.sealed_arguments, Some(vec![0, 1, 2, 250]));
         assert_eq!(events[0].0.decision, "allow");
-        let rest = read(&file_of(&database, 7), first_end).unwrap();
+        let (rest, _) = read(&file_of(&database, 7), first_end).unwrap();
         assert_eq!(rest.len(), 1);
-        assert_eq!(files(&database).unwrap().iter().map(|(generation, _)| *generation).collect::<Vec<_>>(), [7]);
+        // Garbage between records is damage, not a torn tail.
+        std::fs::write(
+            file_of(&database, 8),
+            [&encode(&event("d"))[..], b"\x02\0\0\0zz", &encode(&event("e"))[..]].concat(),
+        )
+        .unwrap();
+        let (events, whole) = read(&file_of(&database, 8), 0).unwrap();
+        assert_eq!((events.len(), whole), (1, false));
+        assert_eq!(files(&database).unwrap().iter().map(|(generation, _)| *generation).collect::<Vec<_>>(), [7, 8]);
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

@@ -218,6 +218,11 @@ const RUNNING_LIMIT: usize = 100_000;
 impl SqliteShared {
     /// Queue `op`; when `lead` and the connection is free, commit right here.
     fn push(&self, op: Op, lead: bool) -> bool {
+        // While the store cannot write, the failed batch waits to be retried and nothing that
+        // nobody waits for is queued behind it (it would only pile up in memory).
+        if !lead && !self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         let Ok(mut queue) = self.queue.lock() else { return false };
         if queue.len() >= QUEUE_LIMIT {
             return false;
@@ -354,10 +359,14 @@ fn recover(path: &std::path::Path) -> Result<(std::fs::File, journal::Appender, 
     let (applied_generation, applied_position) = writer.journal_mark().map_err(|error| error.to_string())?;
     let files = journal::files(path).map_err(|error| format!("cannot list the audit journals: {error}"))?;
     let mut replayed = 0;
+    let mut damaged = Vec::new();
     for (generation, file) in files.iter().filter(|(generation, _)| *generation >= applied_generation) {
         let from = if *generation == applied_generation { applied_position } else { 0 };
-        let events = journal::read(file, from)
+        let (events, whole) = journal::read(file, from)
             .map_err(|error| format!("cannot read the audit journal {}: {error}", file.display()))?;
+        if !whole {
+            damaged.push(file.clone());
+        }
         for chunk in events.chunks(BATCH) {
             let inserts: Vec<AuditEvent> = chunk.iter().map(|(event, _)| event.clone()).collect();
             let end = chunk.last().map_or(from, |(_, end)| *end);
@@ -371,7 +380,13 @@ fn recover(path: &std::path::Path) -> Result<(std::fs::File, journal::Appender, 
     let next = files.last().map_or(0, |(generation, _)| *generation).max(applied_generation) + 1;
     writer.commit(&[], &[], Some((next, 0))).map_err(|error| error.to_string())?;
     for (_, file) in &files {
-        if let Err(error) = std::fs::remove_file(file) {
+        if damaged.contains(file) {
+            // Kept for a person to look at: what follows the damage could not be read.
+            let mut kept = file.as_os_str().to_owned();
+            kept.push(".damaged");
+            tracing::error!(path = %file.display(), "an audit journal is damaged past its last readable event; kept as .damaged");
+            let _ = std::fs::rename(file, std::path::PathBuf::from(kept));
+        } else if let Err(error) = std::fs::remove_file(file) {
             tracing::warn!(%error, path = %file.display(), "cannot delete an applied audit journal");
         }
     }
@@ -479,8 +494,9 @@ impl AuditLog {
                     .name("audit-writer".into())
                     .spawn(move || sqlite_writer(&thread_shared, watched_by_writer));
                 if let Err(error) = spawned {
-                    // Without a writer every durable record fails: calls fail closed.
+                    // Without a writer nothing reaches the store: calls fail closed.
                     tracing::error!(%error, "cannot start the audit writer thread");
+                    shared.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
                 let checkpointed = shared.clone();
                 let watched = Arc::downgrade(&alive);

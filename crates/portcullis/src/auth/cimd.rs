@@ -27,6 +27,7 @@ const DEFAULT_KEEP: Duration = Duration::from_secs(600);
 const MIN_KEEP: Duration = Duration::from_secs(60);
 const MAX_KEEP: Duration = Duration::from_secs(86_400);
 const MAX_CACHED: usize = 10_000;
+const FAILURE_KEEP: Duration = Duration::from_secs(60);
 
 /// Is this `client_id` a metadata document URL (rather than a registered id)?
 pub fn is_document_url(client_id: &str) -> bool {
@@ -47,6 +48,8 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (segments[0] & 0xfe00) == 0xfc00 // unique local
                 || (segments[0] & 0xffc0) == 0xfe80 // link-local
+                || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside)
+                || segments[..6] == [0, 0, 0, 0, 0xffff, 0] // IPv4-translated (::ffff:0:a.b.c.d)
                 || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
                 || (segments[0] == 0x2001 && segments[1] == 0) // Teredo
                 || (segments[0] == 0x0064 && segments[1] == 0xff9b) // NAT64
@@ -105,8 +108,13 @@ pub struct Documents {
     /// Extra certificate authorities (the deployment's `ca_file`).
     roots: Vec<reqwest::Certificate>,
     redirect_schemes: Vec<String>,
-    cache: Mutex<HashMap<String, (Instant, Client)>>,
+    /// Documents that passed (until when), and documents that failed (until when, and why):
+    /// a failure is remembered a minute, so retries cannot make the gateway fetch in a loop.
+    cache: Mutex<HashMap<String, Cached>>,
 }
+
+/// A fetch's outcome and until when it is kept.
+type Cached = (Instant, Result<Client, String>);
 
 impl Documents {
     pub fn new(allowed_networks: Vec<IpNet>, roots: Vec<reqwest::Certificate>, redirect_schemes: Vec<String>) -> Self {
@@ -122,13 +130,16 @@ impl Documents {
     pub async fn client(&self, client_id: &str) -> Result<Client, String> {
         {
             let cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some((until, client)) = cache.get(client_id)
+            if let Some((until, outcome)) = cache.get(client_id)
                 && Instant::now() < *until
             {
-                return Ok(client.clone());
+                return outcome.clone();
             }
         }
-        let (client, keep) = self.fetch(client_id).await?;
+        let (outcome, keep) = match self.fetch(client_id).await {
+            Ok((client, keep)) => (Ok(client), keep),
+            Err(problem) => (Err(problem), FAILURE_KEEP),
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if cache.len() >= MAX_CACHED {
             let now = Instant::now();
@@ -137,8 +148,8 @@ impl Documents {
                 cache.clear();
             }
         }
-        cache.insert(client_id.to_owned(), (Instant::now() + keep, client.clone()));
-        Ok(client)
+        cache.insert(client_id.to_owned(), (Instant::now() + keep, outcome.clone()));
+        outcome
     }
 
     async fn fetch(&self, client_id: &str) -> Result<(Client, Duration), String> {

@@ -425,13 +425,15 @@ async fn authorize(State(state): State<AppState>, headers: HeaderMap, Form(param
     if !console::csrf_valid(&state, &headers, &params.csrf) {
         return refusal_response(Refusal::Page("the form expired; start again from the application".into()));
     }
-    let checked = match check(&state, &headers, &params).await {
-        Ok(checked) => checked,
-        Err(refusal) => return refusal_response(refusal),
-    };
+    // Signed in first: nothing about the client (a metadata document fetch included) happens
+    // for an anonymous request.
     let account = match console::signed_in_account(&state, &headers).await {
         Ok(Some(account)) => account,
         _ => return refusal_response(Refusal::Page("sign in again, then start again from the application".into())),
+    };
+    let checked = match check(&state, &headers, &params).await {
+        Ok(checked) => checked,
+        Err(refusal) => return refusal_response(refusal),
     };
     let base = base_url(&state.config, &headers);
     let client_state = params.state.clone().unwrap_or_default();

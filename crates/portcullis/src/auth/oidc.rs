@@ -564,11 +564,18 @@ pub async fn admit(
                     "no email claim",
                 ));
             };
-            if identity.email_verified == Some(false) {
-                return Ok(refused(
-                    "The identity provider says your email address is not verified.",
-                    "email not verified at the provider",
-                ));
+            // The email decides whose account this is, so it must be one the provider vouches
+            // for: `email_verified: true`, or, for providers that never send the claim (Entra
+            // ID), an admin's explicit `trust_email`. Never a claim the person could have typed.
+            let vouched =
+                identity.email_verified == Some(true) || (identity.email_verified.is_none() && config.trust_email);
+            if !vouched {
+                let shown = if identity.email_verified == Some(false) {
+                    "The identity provider says your email address is not verified."
+                } else {
+                    "The identity provider does not say your email address is verified, so it cannot decide which account is yours. Tell your admin (see trust_email in the single sign-on settings)."
+                };
+                return Ok(refused(shown, "email not verified at the provider"));
             }
             match directory::person_by_email(&mut transaction, email).await? {
                 Some(person) => {

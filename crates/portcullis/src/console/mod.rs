@@ -356,6 +356,21 @@ fn locked_out(state: &AppState, key: &str) -> Option<u64> {
     state.sign_in_failures.blocked(key).map(|left| left.as_secs().div_ceil(60).max(1))
 }
 
+/// The network an address counts as for sign-in limits: the address itself for IPv4, its /64
+/// for IPv6 (one machine easily holds a whole /64, so single IPv6 addresses would be free).
+fn network_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let segments = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", segments[0], segments[1], segments[2], segments[3])
+            }
+        },
+        v4 => v4.to_string(),
+    }
+}
+
 /// The password failures of one email from one address. Five lock that pair only, so a
 /// stranger's guesses cannot lock a person out from their own network; the email as a whole
 /// takes fifty (`sign_in_accounts`), which stops guessing spread over many addresses.
@@ -433,14 +448,20 @@ async fn login(
     let next = safe_next(form.next.as_deref());
     // One address trying many emails is limited too (one email from one address allows only
     // five failures; the email from everywhere, fifty).
-    let address = crate::edge::client_ip(peer, &headers, &state.config.trusted_proxies).to_string();
+    let address = network_of(crate::edge::client_ip(peer, &headers, &state.config.trusted_proxies));
     let pair = password_key(&email, &address);
     if state.sign_in_addresses.blocked(&address).is_some() {
         audit(&state, None, &email, "console/login", false, "too many failed attempts from this address");
         let message = "Too many failed attempts from your network. Wait 15 minutes and try again.";
         return html_response(StatusCode::TOO_MANY_REQUESTS, login_form(&state, &token, &email, next, Some(message)));
     }
-    let account_minutes = state.sign_in_accounts.blocked(&email).map(|left| left.as_secs().div_ceil(60).max(1));
+    // The per-email ceiling stops guessing spread over many addresses; it does not lock the
+    // person out of a network they signed in from before.
+    let account_minutes = state
+        .sign_in_accounts
+        .blocked(&email)
+        .filter(|_| !state.sign_in_known.knows(&email, &address))
+        .map(|left| left.as_secs().div_ceil(60).max(1));
     if let Some(minutes) = locked_out(&state, &pair).or(account_minutes) {
         audit(&state, None, &email, "console/login", false, "too many failed attempts");
         let message = format!("Too many failed attempts. Wait {minutes} minutes and try again.");
@@ -484,6 +505,7 @@ async fn login(
     if complete {
         state.sign_in_failures.clear(&pair);
         state.sign_in_accounts.clear(&email);
+        state.sign_in_known.remember(&email, &address);
     }
     response
 }
@@ -1582,4 +1604,17 @@ async fn change_settings(
         &format!("admin two-step sign-in required: {value}"),
     );
     redirect("/console/settings")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_of;
+
+    #[test]
+    fn sign_in_limits_count_ipv6_by_the_64() {
+        assert_eq!(network_of("203.0.113.7".parse().unwrap()), "203.0.113.7");
+        assert_eq!(network_of("::ffff:203.0.113.7".parse().unwrap()), "203.0.113.7");
+        assert_eq!(network_of("2001:db8:1:2:aaaa::1".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(network_of("2001:db8:1:2:bbbb::9".parse().unwrap()), network_of("2001:db8:1:2::1".parse().unwrap()));
+    }
 }

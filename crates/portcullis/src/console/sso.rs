@@ -1,8 +1,9 @@
 //! Signing in to the console through the company's OpenID Connect provider:
 //! `GET /auth/oidc/login` sends the browser to the provider, `GET /auth/oidc/callback` brings
 //! it back. What the browser must bring back (state, nonce, PKCE verifier) travels sealed in a
-//! short-lived cookie scoped to `/auth/oidc`, so no server-side state is kept and any replica
-//! can finish a sign-in another started.
+//! short-lived cookie, so no server-side state is kept and any replica can finish a sign-in
+//! another started. The cookie's path is `/` so that over https it is a `__Host-` cookie: a
+//! sibling site cannot plant its own pending sign-in (and with it a login as the attacker).
 
 use super::{
     AppState, Html, NextQuery, audit, base_url, begin_session, clear_cookie, cookie, html_response, note, page,
@@ -14,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 const PENDING_COOKIE: &str = "portcullis_oidc";
-const PENDING_PATH: &str = "/auth/oidc";
+const PENDING_PATH: &str = "/";
 const PENDING_CONTEXT: &[u8] = b"oidc-pending";
 
 pub fn redirect_uri(state: &AppState, headers: &HeaderMap) -> String {

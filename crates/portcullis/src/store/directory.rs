@@ -129,10 +129,11 @@ pub async fn set_oidc_link(connection: &mut AnyConnection, id: &str, link: &str)
     Ok(())
 }
 
-/// Make a person's memberships follow the groups their identity provider claims at sign-in:
-/// join every claimed group (matched by name case-insensitively; created, source `oidc`, when
-/// missing) and leave the groups created that way that are no longer claimed. Groups that
-/// SCIM or admins manage are never left because a claim omits them.
+/// Make a person's memberships follow the groups their identity provider claims at sign-in,
+/// among the groups sign-in manages (source `oidc`): join every claimed one (matched by name
+/// case-insensitively; created when missing) and leave those no longer claimed. A claimed name
+/// that belongs to a group SCIM or an admin manages changes nothing: a claim must not put
+/// anyone into a group whose members someone else decides (and could never take them out).
 pub async fn follow_claimed_groups(
     connection: &mut AnyConnection,
     user_id: &str,
@@ -150,6 +151,7 @@ pub async fn follow_claimed_groups(
     for name in claimed {
         let existing = groups.iter().find(|row| row.get::<String, _>(1).eq_ignore_ascii_case(name));
         let group_id = match existing {
+            Some(row) if row.get::<String, _>(2) != "oidc" => continue,
             Some(row) => row.get::<String, _>(0),
             None => {
                 let id = crate::crypto::new_id();

@@ -23,6 +23,8 @@ pub type AnswerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, String>;
 /// more per request), reqwest with rustls for `https://`.
 #[derive(Clone, Debug)]
 pub struct HttpUpstream {
+    /// Every request goes through reqwest (the environment names a proxy, which it honours).
+    proxied: bool,
     client: reqwest::Client,
     plain: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
@@ -32,13 +34,14 @@ pub struct HttpUpstream {
 
 impl Default for HttpUpstream {
     fn default() -> Self {
-        HttpUpstream::new(&[])
+        HttpUpstream::new(&[], false)
     }
 }
 
 impl HttpUpstream {
-    /// A pooled client that also trusts `roots` (the deployment's `ca_file`).
-    pub fn new(roots: &[reqwest::Certificate]) -> HttpUpstream {
+    /// A pooled client that also trusts `roots` (the deployment's `ca_file`); `proxied` when
+    /// the environment names an HTTP proxy.
+    pub fn new(roots: &[reqwest::Certificate], proxied: bool) -> HttpUpstream {
         let client = crate::config::trusting(reqwest::Client::builder(), roots)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
@@ -56,7 +59,7 @@ impl HttpUpstream {
             .pool_max_idle_per_host(256)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        HttpUpstream { client, plain }
+        HttpUpstream { proxied, client, plain }
     }
 
     /// Send one request (redirects are never followed: they could carry the upstream's
@@ -68,11 +71,11 @@ impl HttpUpstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<axum::http::Response<AnswerBody>, UpstreamError> {
-        if url.scheme() == "http" {
-            let uri: axum::http::Uri = url
-                .as_str()
-                .parse()
-                .map_err(|_| UpstreamError::Unavailable(format!("the server's URL {url} is not valid")))?;
+        // User info in the URL (turned into Basic authentication) and proxies are reqwest's.
+        let plain = url.scheme() == "http" && url.username().is_empty() && url.password().is_none();
+        if plain && !self.proxied {
+            let uri: axum::http::Uri =
+                url.as_str().parse().map_err(|_| UpstreamError::Unavailable("the server's URL is not valid".into()))?;
             let mut request = axum::http::Request::new(http_body_util::Full::new(body));
             *request.method_mut() = method;
             *request.uri_mut() = uri;
@@ -100,7 +103,7 @@ impl HttpUpstream {
     fn url(entry: &ServerEntry) -> Result<reqwest::Url, UpstreamError> {
         match (&entry.url, &entry.server.url) {
             (Some(url), _) => Ok(url.clone()),
-            (None, Some(text)) => Err(UpstreamError::Unavailable(format!("the server's URL {text:?} is not valid"))),
+            (None, Some(_)) => Err(UpstreamError::Unavailable("the server's URL is not valid".into())),
             (None, None) => Err(UpstreamError::Unavailable("the server has no URL configured".into())),
         }
     }

@@ -80,8 +80,8 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(replica: String, home: String, roots: &[reqwest::Certificate]) -> Upstreams {
-        let http = http::HttpUpstream::new(roots);
+    pub fn new(replica: String, home: String, roots: &[reqwest::Certificate], proxied: bool) -> Upstreams {
+        let http = http::HttpUpstream::new(roots, proxied);
         let local = channel::ChannelPool::new(replica, home, http.client());
         Upstreams { http, local }
     }

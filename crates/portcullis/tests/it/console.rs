@@ -262,6 +262,30 @@ async fn employees_sign_in_with_a_password_see_their_servers_and_are_locked_out_
         .await;
     assert_eq!((from_home.status, from_home.location()), (303, "/console"), "{}", from_home.body);
 
+    // Guessing spread over many addresses hits the per-email ceiling (fifty in all): strangers'
+    // new addresses are refused, but not the network ann signed in from.
+    let post_from = |browser: &Browser, address: &str, password: &str, csrf: &str| {
+        browser.http.post(format!("{}/login", browser.base)).header("x-forwarded-for", address).form(&[
+            ("csrf", csrf),
+            ("email", "ann@example.com"),
+            ("password", password),
+        ])
+    };
+    let mut guesser = Browser::new(&gw);
+    let csrf = guesser.get("/login").await.csrf();
+    for network in 0..10 {
+        for _ in 0..5 {
+            let request = post_from(&guesser, &format!("192.0.2.{network}"), "a wrong guess, long", &csrf);
+            guesser.send(request).await;
+        }
+    }
+    let request = post_from(&guesser, "203.0.113.9", "ann's long passphrase", &csrf);
+    assert_eq!(guesser.send(request).await.status, 429, "a new address is refused at the ceiling");
+    let mut home = Browser::new(&gw);
+    let csrf = home.get("/login").await.csrf();
+    let request = post_from(&home, "198.51.100.7", "ann's long passphrase", &csrf);
+    assert_eq!(home.send(request).await.location(), "/console", "her own network still works");
+
     // A suspension ends the console session at once.
     portcullis::cli::set_user_status(gw.store(), "ann@example.com", portcullis::registry::Status::Suspended)
         .await

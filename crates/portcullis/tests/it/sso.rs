@@ -74,6 +74,7 @@ impl Idp {
             jit: true,
             allowed_domains: Vec::new(),
             accept_idp_mfa: true,
+            trust_email: false,
             claims: ClaimNames {
                 email: "email".into(),
                 name: "name".into(),
@@ -214,7 +215,7 @@ async fn people_sign_in_and_follow_their_claims(store: StoreKind) {
     let mut idp = Idp::start(alice(&["Engineering", "Support"])).await;
     let gw = gateway(&mut idp, store.clone(), |_| {}).await;
     // An admin-managed group alice is in, which no claim can take away.
-    gw.apply("[[users]]\nemail = \"bob@example.com\"\ngroups = [\"Local\"]\n").await;
+    gw.apply("[[users]]\nemail = \"bob@example.com\"\ngroups = [\"Local\", \"Prod-Deploy\"]\n").await;
     let mut browser = Browser::new(&gw);
     let login = browser.get("/login").await;
     assert!(login.body.contains("href=\"/auth/oidc/login\">Sign in with Test IdP</a>"), "{}", login.body);
@@ -245,7 +246,7 @@ async fn people_sign_in_and_follow_their_claims(store: StoreKind) {
 
     // An admin adds her to a local group; the provider drops Support and adds Ops.
     gw.apply("[[users]]\nemail = \"alice@example.com\"\ngroups = [\"Local\", \"Engineering\", \"Support\"]\n").await;
-    idp.set_users(alice(&["engineering", "Ops"]));
+    idp.set_users(alice(&["engineering", "Ops", "prod-deploy"]));
     let mut again = Browser::new(&gw);
     let next = "/oauth/authorize?client_id=x";
     let back = sso(&mut again, &idp, "alice", "alice-pass", "", Some(next)).await;
@@ -307,9 +308,19 @@ async fn sign_ins_that_must_not_work_are_refused_with_a_reason() {
         );
     };
 
-    // Known people sign in (email_verified may be absent); linking happens once.
+    // Known people sign in with a verified email; linking happens once, and later sign-ins
+    // find them by their identity at the provider even without the claim.
     let bob = sso(&mut Browser::new(&gw), &idp, "bob", "bob-pass", "", None).await;
     assert_eq!((bob.status, bob.location()), (303, "/console"), "{}", bob.body);
+    // An email the provider does not vouch for decides nothing (unless trust_email is set).
+    refused(
+        &sso(&mut Browser::new(&gw), &idp, "sam", "sam-pass", "", None).await,
+        403,
+        "does not say your email address is verified",
+    );
+    idp.set_users(json!({
+        "sam": {"password": "sam-pass", "claims": {"email": "sam@example.com", "email_verified": true}},
+    }));
     assert_eq!(sso(&mut Browser::new(&gw), &idp, "sam", "sam-pass", "", None).await.status, 303);
     // Just-in-time creation is off: no account, no entry.
     idp.set_users(json!({
@@ -317,7 +328,7 @@ async fn sign_ins_that_must_not_work_are_refused_with_a_reason() {
         "sam": {"password": "sam-pass", "claims": {"email": "sam@example.com"}},
         "eve": {"password": "eve-pass", "claims": {"email": "eve@example.com", "email_verified": false}},
         "zed": {"password": "zed-pass", "claims": {"email": "zed@elsewhere.org", "email_verified": true}},
-        "newcomer": {"password": "n-pass", "claims": {"email": "newcomer@example.com"}},
+        "newcomer": {"password": "n-pass", "claims": {"email": "newcomer@example.com", "email_verified": true}},
         "impostor": {"password": "i-pass", "claims": {"email": "bob@example.com", "email_verified": true}},
     }));
     refused(
@@ -418,12 +429,17 @@ async fn admins_need_a_second_factor_unless_the_provider_proved_one() {
     gw.stop().await;
     idp.stop().await;
 
-    // An admin who does not trust the provider's MFA keeps the second step here.
+    // An admin who does not trust the provider's MFA keeps the second step here; this provider
+    // sends no email_verified at all, which `trust_email` accepts.
     let mut idp = Idp::start(
         json!({"root": {"password": "root-pass", "otp": "424242", "claims": {"email": "root@example.com"}}}),
     )
     .await;
-    let gw = gateway(&mut idp, StoreKind::Sqlite, |oidc| oidc.accept_idp_mfa = false).await;
+    let gw = gateway(&mut idp, StoreKind::Sqlite, |oidc| {
+        oidc.accept_idp_mfa = false;
+        oidc.trust_email = true;
+    })
+    .await;
     gw.apply("[[users]]\nemail = \"root@example.com\"\nadmin = true\n").await;
     let back = sso(&mut Browser::new(&gw), &idp, "root", "root-pass", "424242", None).await;
     assert_eq!(back.location(), "/console/mfa");
