@@ -12,6 +12,8 @@
 //! Semantics (kept when richer rules arrive): deny by default, any matching deny wins, the
 //! order of rules never matters.
 
+pub mod condition;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 

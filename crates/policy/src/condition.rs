@@ -1,0 +1,608 @@
+//! Rule conditions: `{field, operator, value}` checks over the request context, compiled once
+//! (CIDRs parsed, globs split, value types checked) and evaluated on every decision.
+//!
+//! The context is one JSON object built per call (`payload.*` — the tool arguments —,
+//! `meta.request.ip`, `meta.client.name`, `meta.subject.groups`, …); a field is a dotted path
+//! into it. Evaluation has three outcomes, because **a missing field never grants access**:
+//! an allow rule needs every condition [`Outcome::Holds`]; a deny rule applies unless some
+//! condition [`Outcome::Fails`] — a field that is missing, or of a type the operator cannot
+//! judge, leaves a deny in force and an allow out of reach. Only `exists` and `not_exists`
+//! look at presence itself.
+
+use serde_json::Value;
+use std::fmt;
+use std::net::IpAddr;
+
+/// The operators, with the names rules use in files and the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    Eq,
+    Ne,
+    In,
+    NotIn,
+    StartsWith,
+    NotStartsWith,
+    EndsWith,
+    NotEndsWith,
+    Contains,
+    NotContains,
+    Glob,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    InCidr,
+    NotInCidr,
+    Exists,
+    NotExists,
+}
+
+impl Operator {
+    pub const ALL: [Operator; 19] = [
+        Operator::Eq,
+        Operator::Ne,
+        Operator::In,
+        Operator::NotIn,
+        Operator::StartsWith,
+        Operator::NotStartsWith,
+        Operator::EndsWith,
+        Operator::NotEndsWith,
+        Operator::Contains,
+        Operator::NotContains,
+        Operator::Glob,
+        Operator::Lt,
+        Operator::Le,
+        Operator::Gt,
+        Operator::Ge,
+        Operator::InCidr,
+        Operator::NotInCidr,
+        Operator::Exists,
+        Operator::NotExists,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operator::Eq => "eq",
+            Operator::Ne => "ne",
+            Operator::In => "in",
+            Operator::NotIn => "not_in",
+            Operator::StartsWith => "starts_with",
+            Operator::NotStartsWith => "not_starts_with",
+            Operator::EndsWith => "ends_with",
+            Operator::NotEndsWith => "not_ends_with",
+            Operator::Contains => "contains",
+            Operator::NotContains => "not_contains",
+            Operator::Glob => "glob",
+            Operator::Lt => "lt",
+            Operator::Le => "le",
+            Operator::Gt => "gt",
+            Operator::Ge => "ge",
+            Operator::InCidr => "in_cidr",
+            Operator::NotInCidr => "not_in_cidr",
+            Operator::Exists => "exists",
+            Operator::NotExists => "not_exists",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Operator, ConditionError> {
+        Operator::ALL.into_iter().find(|op| op.as_str() == text).ok_or_else(|| {
+            let known: Vec<&str> = Operator::ALL.iter().map(|op| op.as_str()).collect();
+            ConditionError(format!("unknown operator {text:?}; the operators are {}", known.join(", ")))
+        })
+    }
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// A condition that cannot be compiled, with what is wrong in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionError(pub String);
+
+impl fmt::Display for ConditionError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConditionError {}
+
+/// An IP network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address.parse::<IpAddr>().ok()?, prefix.parse::<u8>().ok()?),
+            None => {
+                let address = text.trim().parse::<IpAddr>().ok()?;
+                (address, if address.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let width = if address.is_ipv4() { 32 } else { 128 };
+        (prefix <= width).then_some(Cidr { address, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+                u32::from(network) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+                u128::from(network) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}/{}", self.address, self.prefix)
+    }
+}
+
+/// A `*`/`?` pattern (`write_*`, `db://orders/*`); `*` matches any run of characters,
+/// including none, `?` exactly one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(Vec<char>);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        Glob(pattern.chars().collect())
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        let pattern = &self.0;
+        // Iterative matching with one backtrack point (the last `*`): linear in practice and
+        // never exponential.
+        let (mut p, mut t) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match pattern.get(p) {
+                Some('*') => {
+                    star = Some((p, t));
+                    p += 1;
+                }
+                Some('?') => {
+                    p += 1;
+                    t += 1;
+                }
+                Some(c) if *c == text[t] => {
+                    p += 1;
+                    t += 1;
+                }
+                _ => match star {
+                    Some((star_p, star_t)) => {
+                        p = star_p + 1;
+                        t = star_t + 1;
+                        star = Some((star_p, star_t + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        pattern[p..].iter().all(|c| *c == '*')
+    }
+}
+
+/// What a condition says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Holds,
+    Fails,
+    /// The field is missing, or of a type the operator cannot judge.
+    Unknown,
+}
+
+/// The compiled form of an operator's value.
+#[derive(Debug, Clone, PartialEq)]
+enum Operand {
+    Value(Value),
+    List(Vec<Value>),
+    Text(String),
+    Number(f64),
+    Cidrs(Vec<Cidr>),
+    Glob(Glob),
+    Nothing,
+}
+
+/// A condition ready to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub field: String,
+    pub op: Operator,
+    /// The value as written (for reasons and for showing the rule).
+    pub value: Value,
+    path: Vec<String>,
+    operand: Operand,
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("{text:?}"),
+        other => other.to_string(),
+    }
+}
+
+impl Condition {
+    /// Check the field, the operator and the value's type, and prepare the value.
+    pub fn compile(field: &str, op: &str, value: Value) -> Result<Condition, ConditionError> {
+        let op = Operator::parse(op)?;
+        let field = field.trim();
+        let path: Vec<String> = field.split('.').map(str::to_owned).collect();
+        let known_root = matches!(path.first().map(String::as_str), Some("payload" | "meta"));
+        if field.is_empty() || path.iter().any(String::is_empty) || !known_root {
+            return Err(ConditionError(format!(
+                "field {field:?} is not a context path: use payload.<argument>… or meta.request.ip, meta.client.name, meta.subject.groups, …"
+            )));
+        }
+        let wrong = |needs: &str| {
+            Err(ConditionError(format!("operator {op} on {field} needs {needs}, not {}", describe(&value))))
+        };
+        let operand = match op {
+            Operator::Eq | Operator::Ne | Operator::Contains | Operator::NotContains => {
+                if matches!(value, Value::Null) {
+                    return wrong("a value");
+                }
+                Operand::Value(value.clone())
+            }
+            Operator::In | Operator::NotIn => match &value {
+                Value::Array(items) if !items.is_empty() => Operand::List(items.clone()),
+                _ => return wrong("a non-empty list such as [\"orders\", \"invoices\"]"),
+            },
+            Operator::StartsWith | Operator::NotStartsWith | Operator::EndsWith | Operator::NotEndsWith => match &value
+            {
+                Value::String(text) => Operand::Text(text.clone()),
+                _ => return wrong("a string"),
+            },
+            Operator::Glob => match &value {
+                Value::String(pattern) => Operand::Glob(Glob::new(pattern)),
+                _ => return wrong("a pattern string such as \"write_*\""),
+            },
+            Operator::Lt | Operator::Le | Operator::Gt | Operator::Ge => match value.as_f64() {
+                Some(number) => Operand::Number(number),
+                None => return wrong("a number"),
+            },
+            Operator::InCidr | Operator::NotInCidr => {
+                let texts: Vec<&Value> = match &value {
+                    Value::Array(items) if !items.is_empty() => items.iter().collect(),
+                    Value::String(_) => vec![&value],
+                    _ => return wrong("a CIDR such as \"10.0.0.0/8\" or a list of them"),
+                };
+                let mut cidrs = Vec::with_capacity(texts.len());
+                for text in texts {
+                    match text.as_str().and_then(Cidr::parse) {
+                        Some(cidr) => cidrs.push(cidr),
+                        None => {
+                            return Err(ConditionError(format!(
+                                "operator {op} on {field}: {} is not a CIDR such as \"10.0.0.0/8\"",
+                                describe(text)
+                            )));
+                        }
+                    }
+                }
+                Operand::Cidrs(cidrs)
+            }
+            Operator::Exists | Operator::NotExists => match value {
+                Value::Null | Value::Bool(true) => Operand::Nothing,
+                _ => return wrong("no value"),
+            },
+        };
+        Ok(Condition { field: field.to_owned(), op, value, path, operand })
+    }
+
+    /// The field's value in `context`, if present (`null` counts as missing).
+    fn lookup<'a>(&self, context: &'a Value) -> Option<&'a Value> {
+        let mut value = context;
+        for part in &self.path {
+            value = value.get(part.as_str())?;
+        }
+        (!value.is_null()).then_some(value)
+    }
+
+    pub fn evaluate(&self, context: &Value) -> Outcome {
+        let found = self.lookup(context);
+        let outcome = |holds: bool| if holds { Outcome::Holds } else { Outcome::Fails };
+        let negate = |result: Outcome| match result {
+            Outcome::Holds => Outcome::Fails,
+            Outcome::Fails => Outcome::Holds,
+            Outcome::Unknown => Outcome::Unknown,
+        };
+        match self.op {
+            Operator::Exists => return outcome(found.is_some()),
+            Operator::NotExists => return outcome(found.is_none()),
+            _ => {}
+        }
+        let Some(field) = found else { return Outcome::Unknown };
+        match (&self.operand, self.op) {
+            (Operand::Value(expected), Operator::Eq) => outcome(same(field, expected)),
+            (Operand::Value(expected), Operator::Ne) => outcome(!same(field, expected)),
+            (Operand::List(items), Operator::In) => outcome(items.iter().any(|item| same(field, item))),
+            (Operand::List(items), Operator::NotIn) => outcome(!items.iter().any(|item| same(field, item))),
+            (Operand::Text(prefix), Operator::StartsWith) => text_test(field, |text| text.starts_with(prefix.as_str())),
+            (Operand::Text(prefix), Operator::NotStartsWith) => {
+                negate(text_test(field, |text| text.starts_with(prefix.as_str())))
+            }
+            (Operand::Text(suffix), Operator::EndsWith) => text_test(field, |text| text.ends_with(suffix.as_str())),
+            (Operand::Text(suffix), Operator::NotEndsWith) => {
+                negate(text_test(field, |text| text.ends_with(suffix.as_str())))
+            }
+            (Operand::Value(needle), Operator::Contains) => contains(field, needle),
+            (Operand::Value(needle), Operator::NotContains) => negate(contains(field, needle)),
+            (Operand::Glob(glob), Operator::Glob) => text_test(field, |text| glob.matches(text)),
+            (Operand::Number(limit), op) => match field.as_f64() {
+                Some(number) => outcome(match op {
+                    Operator::Lt => number < *limit,
+                    Operator::Le => number <= *limit,
+                    Operator::Gt => number > *limit,
+                    _ => number >= *limit,
+                }),
+                None => Outcome::Unknown,
+            },
+            (Operand::Cidrs(cidrs), op) => match field.as_str().and_then(|text| text.trim().parse::<IpAddr>().ok()) {
+                Some(ip) => {
+                    let inside = cidrs.iter().any(|cidr| cidr.contains(ip));
+                    outcome(if op == Operator::InCidr { inside } else { !inside })
+                }
+                None => Outcome::Unknown,
+            },
+            _ => Outcome::Unknown,
+        }
+    }
+
+    /// Why the condition holds or fails for `context`, for a person:
+    /// `203.0.113.7 not in 10.0.0.0/8`.
+    pub fn explain(&self, context: &Value) -> String {
+        match self.lookup(context) {
+            None => format!("{} is missing", self.field),
+            Some(found) => format!(
+                "{} is {}; rule: {} {} {}",
+                self.field,
+                describe(found),
+                self.field,
+                self.op,
+                describe(&self.value)
+            ),
+        }
+    }
+}
+
+/// JSON equality, with numbers compared by value (1 and 1.0 are the same).
+fn same(left: &Value, right: &Value) -> bool {
+    match (left.as_f64(), right.as_f64()) {
+        (Some(left), Some(right)) => left == right,
+        _ => left == right,
+    }
+}
+
+fn text_test(field: &Value, test: impl Fn(&str) -> bool) -> Outcome {
+    match field.as_str() {
+        Some(text) => {
+            if test(text) {
+                Outcome::Holds
+            } else {
+                Outcome::Fails
+            }
+        }
+        None => Outcome::Unknown,
+    }
+}
+
+/// A string containing a substring, or a list containing an element.
+fn contains(field: &Value, needle: &Value) -> Outcome {
+    match (field, needle) {
+        (Value::String(text), Value::String(part)) => {
+            if text.contains(part.as_str()) {
+                Outcome::Holds
+            } else {
+                Outcome::Fails
+            }
+        }
+        (Value::Array(items), needle) => {
+            if items.iter().any(|item| same(item, needle)) {
+                Outcome::Holds
+            } else {
+                Outcome::Fails
+            }
+        }
+        _ => Outcome::Unknown,
+    }
+}
+
+/// Does a rule with these conditions apply? An allow rule needs every condition to hold; a
+/// deny rule applies unless one of them fails (a missing field keeps a deny in force).
+pub fn rule_applies(conditions: &[Condition], context: &Value, deny: bool) -> bool {
+    conditions.iter().all(|condition| match condition.evaluate(context) {
+        Outcome::Holds => true,
+        Outcome::Fails => false,
+        Outcome::Unknown => deny,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn context() -> Value {
+        json!({
+            "payload": {"table": "orders", "limit": 50, "tags": ["eu", "pii"], "path": "/srv/data/report.csv", "nested": {"deep": true}},
+            "meta": {
+                "request": {"ip": "10.1.2.3", "user_agent": "Cursor/1.2"},
+                "client": {"name": "cursor", "version": "1.2.0"},
+                "subject": {"type": "user", "email": "ann@example.com", "groups": ["Finance", "Engineering"], "attributes": {"department": "Finance"}},
+                "oauth": {"user_verified": true},
+                "tool": {"read_only": false},
+            },
+        })
+    }
+
+    /// (field, operator, value, expected outcome) — every operator, holding, failing and unknown.
+    #[test]
+    fn every_operator_holds_fails_or_cannot_tell() {
+        use Outcome::{Fails, Holds, Unknown};
+        let cases: Vec<(&str, &str, Value, Outcome)> = vec![
+            ("payload.table", "eq", json!("orders"), Holds),
+            ("payload.table", "eq", json!("Orders"), Fails),
+            ("payload.limit", "eq", json!(50.0), Holds),
+            ("payload.missing", "eq", json!("x"), Unknown),
+            ("payload.table", "ne", json!("invoices"), Holds),
+            ("payload.table", "ne", json!("orders"), Fails),
+            ("payload.table", "in", json!(["orders", "invoices"]), Holds),
+            ("payload.table", "in", json!(["users"]), Fails),
+            ("payload.table", "not_in", json!(["users"]), Holds),
+            ("payload.table", "not_in", json!(["orders"]), Fails),
+            ("payload.path", "starts_with", json!("/srv/"), Holds),
+            ("payload.path", "starts_with", json!("/etc/"), Fails),
+            ("payload.limit", "starts_with", json!("5"), Unknown),
+            ("payload.path", "not_starts_with", json!("/etc/"), Holds),
+            ("payload.path", "not_starts_with", json!("/srv/"), Fails),
+            ("payload.path", "ends_with", json!(".csv"), Holds),
+            ("payload.path", "ends_with", json!(".exe"), Fails),
+            ("payload.path", "not_ends_with", json!(".exe"), Holds),
+            ("payload.path", "not_ends_with", json!(".csv"), Fails),
+            ("payload.path", "contains", json!("data"), Holds),
+            ("payload.tags", "contains", json!("pii"), Holds),
+            ("meta.subject.groups", "contains", json!("Finance"), Holds),
+            ("meta.subject.groups", "contains", json!("Sales"), Fails),
+            ("payload.limit", "contains", json!("5"), Unknown),
+            ("payload.tags", "not_contains", json!("pii"), Fails),
+            ("payload.path", "not_contains", json!("secret"), Holds),
+            ("payload.path", "glob", json!("/srv/*/*.csv"), Holds),
+            ("payload.path", "glob", json!("/srv/*.exe"), Fails),
+            ("meta.client.version", "glob", json!("1.?.0"), Holds),
+            ("payload.limit", "lt", json!(100), Holds),
+            ("payload.limit", "lt", json!(50), Fails),
+            ("payload.limit", "le", json!(50), Holds),
+            ("payload.limit", "gt", json!(50), Fails),
+            ("payload.limit", "ge", json!(50), Holds),
+            ("payload.table", "gt", json!(1), Unknown),
+            ("meta.request.ip", "in_cidr", json!("10.0.0.0/8"), Holds),
+            ("meta.request.ip", "in_cidr", json!(["192.168.0.0/16", "10.1.0.0/16"]), Holds),
+            ("meta.request.ip", "in_cidr", json!("192.168.0.0/16"), Fails),
+            ("meta.request.ip", "not_in_cidr", json!("10.0.0.0/8"), Fails),
+            ("meta.request.ip", "not_in_cidr", json!("172.16.0.0/12"), Holds),
+            ("meta.request.user_agent", "in_cidr", json!("10.0.0.0/8"), Unknown),
+            ("payload.nested.deep", "exists", Value::Null, Holds),
+            ("payload.nested.shallow", "exists", Value::Null, Fails),
+            ("payload.nested.shallow", "not_exists", Value::Null, Holds),
+            ("meta.oauth.user_verified", "not_exists", Value::Null, Fails),
+            ("meta.oauth.user_verified", "eq", json!(true), Holds),
+            ("meta.subject.attributes.department", "eq", json!("Finance"), Holds),
+        ];
+        let context = context();
+        for (field, op, value, expected) in cases {
+            let condition = Condition::compile(field, op, value.clone()).unwrap_or_else(|error| panic!("{error}"));
+            assert_eq!(condition.evaluate(&context), expected, "{field} {op} {value}");
+        }
+        let covered: std::collections::HashSet<&str> = [
+            "eq",
+            "ne",
+            "in",
+            "not_in",
+            "starts_with",
+            "not_starts_with",
+            "ends_with",
+            "not_ends_with",
+            "contains",
+            "not_contains",
+            "glob",
+            "lt",
+            "le",
+            "gt",
+            "ge",
+            "in_cidr",
+            "not_in_cidr",
+            "exists",
+            "not_exists",
+        ]
+        .into();
+        assert!(Operator::ALL.iter().all(|op| covered.contains(op.as_str())));
+    }
+
+    #[test]
+    fn a_missing_field_never_grants() {
+        let context = json!({"meta": {"request": {}}});
+        let corporate = [Condition::compile("meta.request.ip", "in_cidr", json!("10.0.0.0/8")).unwrap()];
+        assert!(!rule_applies(&corporate, &context, false), "an allow needs the IP to be there");
+        let outside = [Condition::compile("meta.request.ip", "not_in_cidr", json!("10.0.0.0/8")).unwrap()];
+        assert!(rule_applies(&outside, &context, true), "a deny stays in force without the IP");
+        let tables = [Condition::compile("payload.table", "not_in", json!(["orders"])).unwrap()];
+        assert!(rule_applies(&tables, &json!({"payload": {"table": 7}}), true), "a number where a name was expected");
+        assert!(rule_applies(&[], &context, false) && rule_applies(&[], &context, true), "no conditions: applies");
+    }
+
+    #[test]
+    fn bad_conditions_say_what_is_wrong() {
+        let error = |field: &str, op: &str, value: Value| Condition::compile(field, op, value).unwrap_err().0;
+        assert!(
+            error("payload.table", "equals", json!("x"))
+                .starts_with("unknown operator \"equals\"; the operators are eq, ne")
+        );
+        assert_eq!(
+            error("payload.limit", "lt", json!("ten")),
+            "operator lt on payload.limit needs a number, not \"ten\""
+        );
+        assert_eq!(
+            error("meta.request.ip", "in_cidr", json!(["10.0.0.0/8", "10.0.0.0/33"])),
+            "operator in_cidr on meta.request.ip: \"10.0.0.0/33\" is not a CIDR such as \"10.0.0.0/8\""
+        );
+        assert!(error("payload.table", "in", json!("orders")).contains("needs a non-empty list"));
+        assert!(error("table", "eq", json!("x")).contains("is not a context path"));
+        assert!(error("payload..x", "eq", json!("x")).contains("is not a context path"));
+        assert!(error("payload.x", "exists", json!("yes")).contains("needs no value"));
+    }
+
+    #[test]
+    fn cidrs_and_globs() {
+        let cidr = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(cidr.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!cidr.contains("2001:db9::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/8").unwrap().contains("::ffff:10.9.9.9".parse().unwrap()), "IPv4-mapped");
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("203.0.113.7".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none() && Cidr::parse("ten").is_none());
+        assert_eq!(Cidr::parse("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        for (pattern, text, expected) in [
+            ("write_*", "write_file", true),
+            ("write_*", "read_file", false),
+            ("*", "", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("db://orders/*", "db://orders/2024", true),
+            ("?", "ab", false),
+            ("*a", "baaa", true),
+        ] {
+            assert_eq!(Glob::new(pattern).matches(text), expected, "{pattern} ~ {text}");
+        }
+        // Many stars against a long near-miss (exponential for naive backtracking).
+        assert!(!Glob::new(&"*a".repeat(30)).matches(&"a".repeat(29)));
+    }
+
+    #[test]
+    fn reasons_name_the_value_and_the_rule() {
+        let condition = Condition::compile("meta.request.ip", "in_cidr", json!("10.0.0.0/8")).unwrap();
+        let context = json!({"meta": {"request": {"ip": "203.0.113.7"}}});
+        assert_eq!(condition.evaluate(&context), Outcome::Fails);
+        assert_eq!(
+            condition.explain(&context),
+            "meta.request.ip is \"203.0.113.7\"; rule: meta.request.ip in_cidr \"10.0.0.0/8\""
+        );
+        assert_eq!(condition.explain(&json!({})), "meta.request.ip is missing");
+    }
+}
