@@ -13,6 +13,7 @@
 //! order of rules never matters.
 
 pub mod condition;
+pub mod rules;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -1,0 +1,540 @@
+//! Access rules as admins write them, and the indexed evaluator that decides with them.
+//!
+//! A [`Rule`] says who (principals), where (servers, or every server for a global rule, and
+//! optionally which tools, resources and prompts, `*` globs allowed), under which
+//! [`conditions`](crate::condition), whether it allows or denies, and until when.
+//! [`RuleSet::decide`] answers with the same semantics whatever the order of the rules: deny by
+//! default, any applicable deny wins, an allow needs an applicable allow rule, and a missing
+//! context field never grants access. Global rules can only deny.
+//!
+//! Scope per action: connecting to a server (opening a session, listing) needs an allow rule
+//! for the server, whatever its tools; it is denied only by a deny rule on the entire server.
+//! Calling a tool (reading a resource, getting a prompt) needs an allow rule for the entire
+//! server or one naming the tool, and is denied by a deny rule on the entire server or naming
+//! the tool.
+
+use crate::Effect;
+use crate::condition::{Condition, Glob, Outcome, rule_applies};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// Who a rule is about. Empty lists match nobody; `everyone` matches every authenticated
+/// subject (never the anonymous one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Principals {
+    pub everyone: bool,
+    /// User emails (compared case-insensitively).
+    pub users: Vec<String>,
+    /// Group names (case-insensitively).
+    pub groups: Vec<String>,
+    /// Job-function roles (case-insensitively).
+    pub roles: Vec<String>,
+    /// Agent names.
+    pub agents: Vec<String>,
+    /// Identity attributes that must all match, e.g. department = Finance (case-insensitively).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Who is asking, as rules see them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Subject {
+    pub anonymous: bool,
+    /// `None` for people; the agent's name for agent accounts.
+    pub agent: Option<String>,
+    pub email: String,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Principals {
+    fn matches(&self, subject: &Subject) -> bool {
+        if subject.anonymous {
+            return false;
+        }
+        let any = |names: &[String], held: &[String]| {
+            names.iter().any(|name| held.iter().any(|held| held.eq_ignore_ascii_case(name)))
+        };
+        let named = self.everyone
+            || self.users.iter().any(|user| user.eq_ignore_ascii_case(&subject.email) && subject.agent.is_none())
+            || any(&self.groups, &subject.groups)
+            || any(&self.roles, &subject.roles)
+            || subject.agent.as_ref().is_some_and(|agent| self.agents.iter().any(|name| name == agent));
+        // Attributes alone name everyone who has them; with other principals they narrow.
+        let attributes_match = self
+            .attributes
+            .iter()
+            .all(|(key, wanted)| subject.attributes.get(key).is_some_and(|value| value.eq_ignore_ascii_case(wanted)));
+        let only_attributes = !self.everyone
+            && self.users.is_empty()
+            && self.groups.is_empty()
+            && self.roles.is_empty()
+            && self.agents.is_empty();
+        if only_attributes { !self.attributes.is_empty() && attributes_match } else { named && attributes_match }
+    }
+}
+
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// Opening a session or listing: using the server at all.
+    Server,
+    Tool(&'a str),
+    Resource(&'a str),
+    Prompt(&'a str),
+}
+
+/// One access rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub effect: Effect,
+    /// Applies to every server (deny rules only).
+    pub global: bool,
+    pub servers: Vec<String>,
+    pub principals: Principals,
+    /// Tool name patterns; empty with no resources and prompts either means the entire server.
+    pub tools: Vec<String>,
+    pub resources: Vec<String>,
+    pub prompts: Vec<String>,
+    pub conditions: Vec<Condition>,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at: Option<i64>,
+    pub enabled: bool,
+}
+
+/// A rule that cannot be used, with what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError(pub String);
+
+impl std::fmt::Display for RuleError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+impl Rule {
+    /// Check what cannot be expressed: a global allow, a rule on no server, a rule about nobody.
+    pub fn check(&self) -> Result<(), RuleError> {
+        let name = &self.name;
+        if name.trim().is_empty() {
+            return Err(RuleError("a rule needs a name".into()));
+        }
+        if self.global && self.effect == Effect::Allow {
+            return Err(RuleError(format!("rule {name:?}: global rules can only deny; put allow rules on servers")));
+        }
+        if !self.global && self.servers.is_empty() {
+            return Err(RuleError(format!("rule {name:?}: name at least one server, or make it global (deny only)")));
+        }
+        let p = &self.principals;
+        if !p.everyone
+            && p.users.is_empty()
+            && p.groups.is_empty()
+            && p.roles.is_empty()
+            && p.agents.is_empty()
+            && p.attributes.is_empty()
+        {
+            return Err(RuleError(format!(
+                "rule {name:?}: say who it is about (users, groups, roles, agents, attributes or everyone)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn entire_server(&self) -> bool {
+        self.tools.is_empty() && self.resources.is_empty() && self.prompts.is_empty()
+    }
+}
+
+/// A rule ready for decisions: its patterns prepared.
+#[derive(Debug, Clone)]
+struct Compiled {
+    rule: Rule,
+    tools: Vec<Glob>,
+    resources: Vec<Glob>,
+    prompts: Vec<Glob>,
+}
+
+impl Compiled {
+    fn covers(&self, target: Target<'_>) -> bool {
+        let entire = self.rule.entire_server();
+        match target {
+            // Allow rules of any scope let their principals connect; only whole-server denies
+            // keep them out.
+            Target::Server => self.rule.effect == Effect::Allow || entire,
+            Target::Tool(name) => entire || self.tools.iter().any(|glob| glob.matches(name)),
+            Target::Resource(uri) => entire || self.resources.iter().any(|glob| glob.matches(uri)),
+            Target::Prompt(name) => entire || self.prompts.iter().any(|glob| glob.matches(name)),
+        }
+    }
+
+    fn live(&self, now_ms: i64) -> bool {
+        self.rule.enabled && self.rule.expires_at.is_none_or(|expires| now_ms < expires)
+    }
+}
+
+/// The outcome of a decision, with the rules that made it and a reason for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleDecision {
+    pub allowed: bool,
+    /// Names of the rules that decided (the denies when denied, the allows when allowed).
+    pub rules: Vec<String>,
+    pub reason: String,
+}
+
+/// Rules indexed by server, so a decision looks only at the rules that can apply.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    by_server: HashMap<String, Vec<usize>>,
+    global: Vec<usize>,
+    rules: Vec<Compiled>,
+}
+
+impl RuleSet {
+    /// Check and index the rules; the first invalid rule is the error.
+    pub fn compile(rules: Vec<Rule>) -> Result<RuleSet, RuleError> {
+        let mut set = RuleSet::default();
+        for rule in rules {
+            rule.check()?;
+            let index = set.rules.len();
+            if rule.global {
+                set.global.push(index);
+            } else {
+                for server in &rule.servers {
+                    set.by_server.entry(server.clone()).or_default().push(index);
+                }
+            }
+            let globs = |patterns: &[String]| patterns.iter().map(|pattern| Glob::new(pattern)).collect();
+            set.rules.push(Compiled {
+                tools: globs(&rule.tools),
+                resources: globs(&rule.resources),
+                prompts: globs(&rule.prompts),
+                rule,
+            });
+        }
+        Ok(set)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Decide whether `subject` may reach `target` on `server`, given the request `context`.
+    pub fn decide(
+        &self,
+        subject: &Subject,
+        server: &str,
+        target: Target<'_>,
+        context: &Value,
+        now_ms: i64,
+    ) -> RuleDecision {
+        let candidates = self.global.iter().chain(self.by_server.get(server).into_iter().flatten());
+        let mut denies = Vec::new();
+        let mut allows = Vec::new();
+        for &index in candidates {
+            let compiled = &self.rules[index];
+            let rule = &compiled.rule;
+            if !compiled.live(now_ms) || !compiled.covers(target) || !rule.principals.matches(subject) {
+                continue;
+            }
+            let deny = rule.effect == Effect::Deny;
+            if !rule_applies(&rule.conditions, context, deny) {
+                continue;
+            }
+            if deny { denies.push(compiled) } else { allows.push(compiled) }
+        }
+        let what = match target {
+            Target::Server => format!("server {server:?}"),
+            Target::Tool(name) => format!("tool {name:?} on {server:?}"),
+            Target::Resource(uri) => format!("resource {uri:?} on {server:?}"),
+            Target::Prompt(name) => format!("prompt {name:?} on {server:?}"),
+        };
+        if !denies.is_empty() {
+            let mut names: Vec<String> = denies.iter().map(|compiled| compiled.rule.name.clone()).collect();
+            names.sort();
+            // The reason names the first rule (by name, so it does not depend on order) and why.
+            let first = denies.iter().min_by(|a, b| a.rule.name.cmp(&b.rule.name)).map(|compiled| &compiled.rule);
+            let why = first
+                .map(|rule| {
+                    let kind = if rule.global { "global rule" } else { "rule" };
+                    let detail: Vec<String> = rule
+                        .conditions
+                        .iter()
+                        .filter(|condition| condition.evaluate(context) != Outcome::Fails)
+                        .map(|condition| condition.explain(context))
+                        .collect();
+                    if detail.is_empty() {
+                        format!("denied by {kind} {:?}", rule.name)
+                    } else {
+                        format!("denied by {kind} {:?}: {}", rule.name, detail.join("; "))
+                    }
+                })
+                .unwrap_or_default();
+            return RuleDecision { allowed: false, rules: names, reason: why };
+        }
+        if allows.is_empty() {
+            return RuleDecision {
+                allowed: false,
+                rules: Vec::new(),
+                reason: format!(
+                    "no rule allows {} for {what}",
+                    if subject.anonymous { "anonymous callers" } else { &subject.email }
+                ),
+            };
+        }
+        let mut names: Vec<String> = allows.iter().map(|compiled| compiled.rule.name.clone()).collect();
+        names.sort();
+        RuleDecision { allowed: true, reason: format!("allowed by rule {:?}", names[0]), rules: names }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(name: &str, effect: Effect, servers: &[&str]) -> Rule {
+        Rule {
+            name: name.into(),
+            effect,
+            global: false,
+            servers: servers.iter().map(|server| server.to_string()).collect(),
+            principals: Principals { everyone: true, ..Principals::default() },
+            tools: Vec::new(),
+            resources: Vec::new(),
+            prompts: Vec::new(),
+            conditions: Vec::new(),
+            expires_at: None,
+            enabled: true,
+        }
+    }
+
+    fn person(email: &str, groups: &[&str], roles: &[&str], department: &str) -> Subject {
+        Subject {
+            anonymous: false,
+            agent: None,
+            email: email.into(),
+            groups: groups.iter().map(|group| group.to_string()).collect(),
+            roles: roles.iter().map(|role| role.to_string()).collect(),
+            attributes: [("department".to_string(), department.to_string())].into(),
+        }
+    }
+
+    fn condition(field: &str, op: &str, value: Value) -> Condition {
+        Condition::compile(field, op, value).unwrap()
+    }
+
+    /// The admin guide's examples, each expressed as rules and decided.
+    #[test]
+    fn the_admin_guide_examples() {
+        let now = 1_000_000;
+        let mut team = rule("engineers use github", Effect::Allow, &["github"]);
+        team.principals = Principals { groups: vec!["Engineering".into()], ..Principals::default() };
+        let mut finance = rule("finance read-only db", Effect::Allow, &["db"]);
+        finance.principals = Principals { roles: vec!["finance-analyst".into()], ..Principals::default() };
+        finance.tools = vec!["query".into(), "list_*".into()];
+        finance.conditions = vec![condition("payload.table", "in", json!(["orders", "invoices"]))];
+        let mut contractor = rule("contractor slack", Effect::Allow, &["slack"]);
+        contractor.principals = Principals { users: vec!["Cara@Contractor.example".into()], ..Principals::default() };
+        contractor.tools = vec!["post_message".into(), "list_channels".into()];
+        contractor.expires_at = Some(now + 10);
+        let mut support = rule("support customer db", Effect::Allow, &["customers"]);
+        support.principals = Principals { roles: vec!["Support".into()], ..Principals::default() };
+        let mut network = rule("Corporate network only", Effect::Deny, &[]);
+        network.global = true;
+        network.conditions = vec![condition("meta.request.ip", "not_in_cidr", json!("10.0.0.0/8"))];
+        let mut client = rule("Cursor only", Effect::Deny, &[]);
+        client.global = true;
+        client.conditions = vec![condition("meta.client.name", "ne", json!("cursor"))];
+        let mut verified = rule("OAuth verification required", Effect::Deny, &[]);
+        verified.global = true;
+        verified.conditions = vec![condition("meta.oauth.user_verified", "ne", json!(true))];
+        let set = RuleSet::compile(vec![team, finance, contractor, support, network, client, verified]).unwrap();
+
+        let inside = json!({"meta": {"request": {"ip": "10.2.3.4"}, "client": {"name": "cursor"}, "oauth": {"user_verified": true}}, "payload": {"table": "orders"}});
+        let with = |path: &[&str], value: Value| {
+            let mut context = inside.clone();
+            let mut slot = &mut context;
+            for part in path {
+                slot = &mut slot[*part];
+            }
+            *slot = value;
+            context
+        };
+        let ann = person("ann@example.com", &["engineering"], &[], "R&D");
+        let fay = person("fay@example.com", &[], &["Finance-Analyst"], "Finance");
+        let cara = person("cara@contractor.example", &[], &[], "");
+        let sam = person("sam@example.com", &[], &["support"], "Support");
+
+        let decide = |subject: &Subject, server: &str, target: Target<'_>, context: &Value, now: i64| {
+            set.decide(subject, server, target, context, now)
+        };
+        assert!(decide(&ann, "github", Target::Tool("create_issue"), &inside, now).allowed);
+        assert!(!decide(&ann, "db", Target::Server, &inside, now).allowed);
+        assert!(decide(&fay, "db", Target::Server, &inside, now).allowed, "tool-scoped allows still let her connect");
+        assert!(decide(&fay, "db", Target::Tool("list_tables"), &inside, now).allowed);
+        assert!(!decide(&fay, "db", Target::Tool("drop_table"), &inside, now).allowed);
+        let users_table = with(&["payload", "table"], json!("users"));
+        assert!(!decide(&fay, "db", Target::Tool("query"), &users_table, now).allowed, "only named tables");
+        assert!(decide(&cara, "slack", Target::Tool("post_message"), &inside, now).allowed);
+        assert!(!decide(&cara, "slack", Target::Tool("post_message"), &inside, now + 10).allowed, "expired");
+        assert!(!decide(&cara, "slack", Target::Tool("delete_channel"), &inside, now).allowed);
+        assert!(decide(&sam, "customers", Target::Tool("lookup"), &inside, now).allowed);
+
+        let outside = with(&["meta", "request", "ip"], json!("203.0.113.7"));
+        let denied = decide(&ann, "github", Target::Tool("create_issue"), &outside, now);
+        assert!(!denied.allowed);
+        assert_eq!(denied.rules, ["Corporate network only"]);
+        assert_eq!(
+            denied.reason,
+            "denied by global rule \"Corporate network only\": meta.request.ip is \"203.0.113.7\"; rule: meta.request.ip not_in_cidr \"10.0.0.0/8\""
+        );
+        let no_ip = with(&["meta", "request"], json!({}));
+        assert!(
+            !decide(&ann, "github", Target::Server, &no_ip, now).allowed,
+            "a missing IP never passes the network rule"
+        );
+        assert!(
+            !decide(&ann, "github", Target::Server, &with(&["meta", "client", "name"], json!("claude")), now).allowed
+        );
+        assert!(!decide(&ann, "github", Target::Server, &with(&["meta", "oauth"], json!({})), now).allowed);
+    }
+
+    #[test]
+    fn principals_match_as_written() {
+        let subject = person("ann@example.com", &["Finance"], &["analyst"], "Finance");
+        let matches = |principals: Principals| principals.matches(&subject);
+        assert!(matches(Principals { users: vec!["ANN@example.com".into()], ..Principals::default() }));
+        assert!(matches(Principals { groups: vec!["finance".into()], ..Principals::default() }));
+        assert!(matches(Principals {
+            attributes: [("department".into(), "finance".into())].into(),
+            ..Principals::default()
+        }));
+        assert!(!matches(Principals {
+            groups: vec!["finance".into()],
+            attributes: [("department".into(), "Sales".into())].into(),
+            ..Principals::default()
+        }));
+        assert!(!matches(Principals { agents: vec!["ann@example.com".into()], ..Principals::default() }));
+        let anonymous = Subject { anonymous: true, ..Subject::default() };
+        assert!(!Principals { everyone: true, ..Principals::default() }.matches(&anonymous));
+        let agent = Subject { agent: Some("ci-bot".into()), email: "ann@example.com".into(), ..Subject::default() };
+        assert!(Principals { agents: vec!["ci-bot".into()], ..Principals::default() }.matches(&agent));
+        assert!(!Principals { users: vec!["ann@example.com".into()], ..Principals::default() }.matches(&agent));
+    }
+
+    #[test]
+    fn rules_that_cannot_be_expressed_are_refused() {
+        let mut global_allow = rule("open", Effect::Allow, &[]);
+        global_allow.global = true;
+        assert!(RuleSet::compile(vec![global_allow]).unwrap_err().0.contains("global rules can only deny"));
+        assert!(
+            RuleSet::compile(vec![rule("nowhere", Effect::Allow, &[])]).unwrap_err().0.contains("at least one server")
+        );
+        let mut nobody = rule("nobody", Effect::Allow, &["db"]);
+        nobody.principals = Principals::default();
+        assert!(RuleSet::compile(vec![nobody]).unwrap_err().0.contains("say who it is about"));
+    }
+
+    /// A small deterministic generator for the property tests (no dependency).
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[(self.next() % items.len() as u64) as usize]
+        }
+    }
+
+    fn random_rule(random: &mut Random, index: usize) -> Rule {
+        let effect = if random.next() % 3 == 0 { Effect::Deny } else { Effect::Allow };
+        let server: &str = *random.pick(&["a", "b"]);
+        let mut rule = rule(&format!("r{index}"), effect, &[server]);
+        if effect == Effect::Deny && random.next() % 4 == 0 {
+            rule.global = true;
+            rule.servers.clear();
+        }
+        rule.principals = match random.next() % 3 {
+            0 => Principals { everyone: true, ..Principals::default() },
+            1 => Principals { groups: vec![random.pick(&["g1", "g2"]).to_string()], ..Principals::default() },
+            _ => Principals { users: vec![random.pick(&["u1@x", "u2@x"]).to_string()], ..Principals::default() },
+        };
+        if random.next() % 2 == 0 {
+            rule.tools = vec![random.pick(&["t1", "t*", "t2"]).to_string()];
+        }
+        if random.next() % 2 == 0 {
+            let choices = [
+                ("payload.n", "lt", json!(5)),
+                ("meta.request.ip", "in_cidr", json!("10.0.0.0/8")),
+                ("payload.s", "eq", json!("x")),
+            ];
+            let (field, op, value) = random.pick(&choices);
+            rule.conditions = vec![condition(field, op, value.clone())];
+        }
+        rule
+    }
+
+    #[test]
+    fn deny_wins_nothing_allows_without_an_allow_and_order_never_matters() {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let subjects = [person("u1@x", &["g1"], &[], ""), person("u2@x", &["g2"], &[], "")];
+        let contexts = [
+            json!({"payload": {"n": 3, "s": "x"}, "meta": {"request": {"ip": "10.0.0.1"}}}),
+            json!({"payload": {"n": 9}, "meta": {"request": {"ip": "192.0.2.1"}}}),
+            json!({}),
+        ];
+        let targets = [Target::Server, Target::Tool("t1"), Target::Tool("t2"), Target::Tool("x")];
+        for round in 0..200 {
+            let count = 1 + (random.next() % 8) as usize;
+            let rules: Vec<Rule> = (0..count).map(|index| random_rule(&mut random, index)).collect();
+            let set = RuleSet::compile(rules.clone()).unwrap();
+            let mut reversed = rules.clone();
+            reversed.reverse();
+            let mut rotated = rules.clone();
+            rotated.rotate_left(round % count);
+            let others = [RuleSet::compile(reversed).unwrap(), RuleSet::compile(rotated).unwrap()];
+            for subject in &subjects {
+                for context in &contexts {
+                    for server in ["a", "b"] {
+                        for target in targets {
+                            let decision = set.decide(subject, server, target, context, 0);
+                            for other in &others {
+                                assert_eq!(
+                                    other.decide(subject, server, target, context, 0),
+                                    decision,
+                                    "order matters"
+                                );
+                            }
+                            let applicable = |effect: Effect| {
+                                rules.iter().any(|rule| {
+                                    rule.effect == effect
+                                        && (rule.global || rule.servers.iter().any(|s| s == server))
+                                        && rule.principals.matches(subject)
+                                        && set.rules.iter().any(|c| c.rule.name == rule.name && c.covers(target))
+                                        && rule_applies(&rule.conditions, context, effect == Effect::Deny)
+                                })
+                            };
+                            assert_eq!(
+                                decision.allowed,
+                                !applicable(Effect::Deny) && applicable(Effect::Allow),
+                                "{decision:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
