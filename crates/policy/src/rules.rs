@@ -459,10 +459,11 @@ mod tests {
     }
 
     fn random_rule(random: &mut Random, index: usize) -> Rule {
-        let effect = if random.next() % 3 == 0 { Effect::Deny } else { Effect::Allow };
-        let server: &str = *random.pick(&["a", "b"]);
+        let effect = if random.next().is_multiple_of(3) { Effect::Deny } else { Effect::Allow };
+        let servers = ["a", "b"];
+        let server = *random.pick(&servers);
         let mut rule = rule(&format!("r{index}"), effect, &[server]);
-        if effect == Effect::Deny && random.next() % 4 == 0 {
+        if effect == Effect::Deny && random.next().is_multiple_of(4) {
             rule.global = true;
             rule.servers.clear();
         }
@@ -471,10 +472,10 @@ mod tests {
             1 => Principals { groups: vec![random.pick(&["g1", "g2"]).to_string()], ..Principals::default() },
             _ => Principals { users: vec![random.pick(&["u1@x", "u2@x"]).to_string()], ..Principals::default() },
         };
-        if random.next() % 2 == 0 {
+        if random.next().is_multiple_of(2) {
             rule.tools = vec![random.pick(&["t1", "t*", "t2"]).to_string()];
         }
-        if random.next() % 2 == 0 {
+        if random.next().is_multiple_of(2) {
             let choices = [
                 ("payload.n", "lt", json!(5)),
                 ("meta.request.ip", "in_cidr", json!("10.0.0.0/8")),
