@@ -421,14 +421,7 @@ fn split_journaled(batch: &mut Vec<Op>, state: &mut WriterState) -> JournaledBat
     let mut completions = Vec::new();
     for op in batch.drain(..) {
         match op {
-            // An empty id is a flush marker: it only waits for the commit.
-            Op::Insert(event, waiter) => {
-                let position = (!event.id.is_empty()).then(|| {
-                    split.inserts.push(*event);
-                    split.inserts.len() - 1
-                });
-                split.waiters.extend(waiter.map(|waiter| (position, waiter)));
-            }
+            Op::Insert(event, waiter) => queue_insert(&mut split.inserts, &mut split.waiters, event, waiter),
             Op::Journaled(event, ticket, mark) => {
                 split.inserts.push(*event);
                 by_ticket.insert(ticket, split.inserts.len() - 1);
@@ -603,18 +596,26 @@ fn answer(waiters: Vec<(Option<usize>, Waiter)>, result: &Result<Vec<i64>, Audit
     }
 }
 
+/// Add an insert (and who waits for it) to a batch. An empty id is a flush marker: it only
+/// waits for the commit.
+fn queue_insert(
+    inserts: &mut Vec<AuditEvent>,
+    waiters: &mut Vec<(Option<usize>, Waiter)>,
+    event: Box<AuditEvent>,
+    waiter: Option<Waiter>,
+) {
+    let position = (!event.id.is_empty()).then(|| {
+        inserts.push(*event);
+        inserts.len() - 1
+    });
+    waiters.extend(waiter.map(|waiter| (position, waiter)));
+}
+
 fn split(batch: &mut Vec<Op>) -> Batch {
     let mut split = Batch { inserts: Vec::new(), completions: Vec::new(), waiters: Vec::new() };
     for op in batch.drain(..) {
         match op {
-            // An empty id is a flush marker: it only waits for the commit.
-            Op::Insert(event, waiter) => {
-                let position = (!event.id.is_empty()).then(|| {
-                    split.inserts.push(*event);
-                    split.inserts.len() - 1
-                });
-                split.waiters.extend(waiter.map(|waiter| (position, waiter)));
-            }
+            Op::Insert(event, waiter) => queue_insert(&mut split.inserts, &mut split.waiters, event, waiter),
             // Only SQLite journals; its batches go through `split_journaled`.
             Op::Journaled(event, _, _) => split.inserts.push(*event),
             Op::Complete(completion) => split.completions.push(completion),

@@ -191,7 +191,7 @@ async fn register(
     let client = store::oauth::Client { id: format!("pcl_{}", random_token(16)), name, redirect_uris };
     let stored = async {
         let mut connection = state.store.pool.acquire().await?;
-        store::oauth::insert_client(&mut connection, &client).await
+        store::oauth::save_client(&mut connection, &client).await
     }
     .await;
     if let Err(error) = stored {
@@ -460,7 +460,7 @@ async fn authorize(State(state): State<AppState>, headers: HeaderMap, Form(param
         let mut connection = state.store.pool.acquire().await?;
         if cimd::is_document_url(&checked.client.id) {
             // Codes and tokens refer to the client: keep the document's latest reading.
-            store::oauth::upsert_client(&mut connection, &checked.client).await?;
+            store::oauth::save_client(&mut connection, &checked.client).await?;
         }
         store::oauth::insert_code(&mut connection, &sha256_hex(code.as_bytes()), &record).await
     }

@@ -11,20 +11,9 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
 }
 
-pub async fn insert_client(connection: &mut AnyConnection, client: &Client) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO oauth_clients (id, name, redirect_uris, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&client.id)
-        .bind(&client.name)
-        .bind(serde_json::to_string(&client.redirect_uris).unwrap_or_default())
-        .bind(now_ms())
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
-}
-
-/// Insert a client, or refresh the name and redirect URIs of one known already (a client
-/// described by its metadata document).
-pub async fn upsert_client(connection: &mut AnyConnection, client: &Client) -> Result<(), StoreError> {
+/// Insert a client (registered, or described by its metadata document), or refresh the name
+/// and redirect URIs of one known already.
+pub async fn save_client(connection: &mut AnyConnection, client: &Client) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO oauth_clients (id, name, redirect_uris, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, redirect_uris = excluded.redirect_uris",

@@ -427,9 +427,26 @@ async fn an_upstream_that_answers_garbage_gets_a_clear_error() {
     gw.stop().await;
 }
 
+/// `portcullis serve` on `data_dir`, once it listens: the process and its base URL.
+async fn serve(data_dir: &str) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut gateway = tokio::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let base = line.strip_prefix("listening on ").expect("the gateway listens").to_owned();
+    // Keep reading: the gateway prints more (the first-run link), and a closed pipe would end it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (gateway, base)
+}
+
 #[tokio::test]
 async fn an_acknowledged_call_survives_a_killed_gateway() {
-    use tokio::io::AsyncBufReadExt;
     let dir = std::env::temp_dir().join(format!("portcullis-crash-{}", portcullis::crypto::new_id()));
     let data = dir.join("data");
     std::fs::create_dir_all(&dir).unwrap();
@@ -445,16 +462,7 @@ async fn an_acknowledged_call_survives_a_killed_gateway() {
         .output()
         .unwrap();
     let key = String::from_utf8(created.stdout).unwrap().lines().last().unwrap().to_owned();
-    let mut gateway = tokio::process::Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(gateway.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let base = line.strip_prefix("listening on ").unwrap().to_owned();
+    let (mut gateway, base) = serve(data_arg).await;
     // A second process on the same SQLite store is refused at start, with the reason.
     let second = std::process::Command::new(binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg])
@@ -471,15 +479,7 @@ async fn an_acknowledged_call_survives_a_killed_gateway() {
     gateway.start_kill().unwrap();
     gateway.wait().await.unwrap();
     // The next start moves what the killed process journaled into the store (before it listens).
-    let mut restarted = tokio::process::Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(restarted.stdout.take().unwrap()).lines();
-    assert!(lines.next_line().await.unwrap().unwrap().starts_with("listening on "));
+    let (mut restarted, _) = serve(data_arg).await;
     restarted.start_kill().unwrap();
     restarted.wait().await.unwrap();
     let store = portcullis::store::Store::open(&portcullis::config::StoreLocation::Sqlite(data.join("portcullis.db")))

@@ -333,17 +333,7 @@ async fn a_client_identified_by_its_metadata_document_url_gets_a_token() {
     let redirect_uri = "http://127.0.0.1:9/callback";
     let host = ClientDocuments::start(redirect_uri).await;
     let (documents, fetched) = (host.base.clone(), host.fetched.clone());
-    let roots = host.roots();
-    let gw = TestGateway::start_with(Options {
-        tweak: Box::new(move |config| {
-            config.extra_roots = roots;
-            config.oauth_client_metadata_networks = vec!["127.0.0.1/32".parse().unwrap()];
-        }),
-        ..Options::default()
-    })
-    .await;
-    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
-    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let gw = host.gateway().await;
     let base = gw.url("");
     let metadata: Value =
         reqwest::get(gw.url("/.well-known/oauth-authorization-server")).await.unwrap().json().await.unwrap();

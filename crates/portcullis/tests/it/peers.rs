@@ -314,17 +314,7 @@ async fn python_sdk_completes_the_oauth_flow_end_to_end() {
 #[tokio::test]
 async fn python_sdk_completes_the_oauth_flow_with_a_client_metadata_document() {
     let host = ClientDocuments::start("http://127.0.0.1:9/callback").await;
-    let roots = host.roots();
-    let gw = TestGateway::start_with(Options {
-        tweak: Box::new(move |config| {
-            config.extra_roots = roots;
-            config.oauth_client_metadata_networks = vec!["127.0.0.1/32".parse().unwrap()];
-        }),
-        ..Options::default()
-    })
-    .await;
-    gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
-    portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+    let gw = host.gateway().await;
     let document = format!("{}/client.json", host.base);
     python_oauth_call(&gw, &["--client-metadata-url", &document]).await;
     assert_eq!(host.fetched.lock().unwrap().as_slice(), ["GET /client.json"]);

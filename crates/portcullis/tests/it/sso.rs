@@ -498,7 +498,7 @@ async fn tokens_that_are_not_this_gateways_are_refused() {
     {
         let mut connection = gw.store().pool.acquire().await.unwrap();
         let ann = portcullis::store::accounts::by_email(&mut connection, "ann@example.com").await.unwrap().unwrap();
-        portcullis::store::oauth::upsert_client(
+        portcullis::store::oauth::save_client(
             &mut connection,
             &portcullis::store::oauth::Client { id: "pcl_test".into(), name: "t".into(), redirect_uris: vec![] },
         )

@@ -388,6 +388,23 @@ impl ClientDocuments {
         ClientDocuments { base, fetched, ca, dir, child }
     }
 
+    /// A gateway that trusts this host's CA and may fetch documents from 127.0.0.1, with the
+    /// demo server granted to ann (who has a password).
+    pub async fn gateway(&self) -> TestGateway {
+        let roots = self.roots();
+        let gw = TestGateway::start_with(Options {
+            tweak: Box::new(move |config| {
+                config.extra_roots = roots;
+                config.oauth_client_metadata_networks = vec!["127.0.0.1/32".parse().unwrap()];
+            }),
+            ..Options::default()
+        })
+        .await;
+        gw.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+        portcullis::cli::set_password(gw.store(), "ann@example.com", "ann's long passphrase").await.unwrap();
+        gw
+    }
+
     /// The test CA, for the gateway's `extra_roots`.
     pub fn roots(&self) -> Vec<reqwest::Certificate> {
         reqwest::Certificate::from_pem_bundle(&std::fs::read(&self.ca).unwrap()).unwrap()
