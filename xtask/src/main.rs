@@ -127,8 +127,13 @@ fn bench() -> anyhow::Result<()> {
         .current_dir(workspace_root()))
 }
 
+/// The checkout `cargo xtask` was run in. `cargo run` sets `CARGO_MANIFEST_DIR` at run time;
+/// the compile-time value is only a fallback, because checkouts sharing one target directory
+/// share one xtask binary, which must not send every checkout's CI to the first one.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn database_url() -> String {

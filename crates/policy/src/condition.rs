@@ -316,6 +316,16 @@ impl Condition {
         (!value.is_null()).then_some(value)
     }
 
+    /// Does this condition let its rule apply? It must hold for an allow rule; it must not
+    /// fail for a deny rule (a missing field keeps a deny in force).
+    pub fn lets_apply(&self, context: &Value, deny: bool) -> bool {
+        match self.evaluate(context) {
+            Outcome::Holds => true,
+            Outcome::Fails => false,
+            Outcome::Unknown => deny,
+        }
+    }
+
     pub fn evaluate(&self, context: &Value) -> Outcome {
         let found = self.lookup(context);
         let outcome = |holds: bool| if holds { Outcome::Holds } else { Outcome::Fails };
@@ -428,11 +438,7 @@ fn contains(field: &Value, needle: &Value) -> Outcome {
 /// Does a rule with these conditions apply? An allow rule needs every condition to hold; a
 /// deny rule applies unless one of them fails (a missing field keeps a deny in force).
 pub fn rule_applies(conditions: &[Condition], context: &Value, deny: bool) -> bool {
-    conditions.iter().all(|condition| match condition.evaluate(context) {
-        Outcome::Holds => true,
-        Outcome::Fails => false,
-        Outcome::Unknown => deny,
-    })
+    conditions.iter().all(|condition| condition.lets_apply(context, deny))
 }
 
 #[cfg(test)]

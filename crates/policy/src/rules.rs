@@ -13,13 +13,13 @@
 //! server or one naming the tool, and is denied by a deny rule on the entire server or naming
 //! the tool.
 
-use crate::Effect;
-use crate::condition::{Condition, Glob, Outcome, rule_applies};
-use serde_json::Value;
+use crate::condition::{Condition, Glob, Outcome};
+use crate::{Context, Effect};
 use std::collections::{BTreeMap, HashMap};
 
 /// Who a rule is about. Empty lists match nobody; `everyone` matches every authenticated
-/// subject (never the anonymous one).
+/// subject, and the anonymous caller of a public server only in deny rules (so a global deny
+/// reaches every caller, while no allow rule ever names an anonymous one).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Principals {
     pub everyone: bool,
@@ -48,9 +48,9 @@ pub struct Subject {
 }
 
 impl Principals {
-    fn matches(&self, subject: &Subject) -> bool {
+    fn matches(&self, subject: &Subject, deny: bool) -> bool {
         if subject.anonymous {
-            return false;
+            return deny && self.everyone;
         }
         let any = |names: &[String], held: &[String]| {
             names.iter().any(|name| held.iter().any(|held| held.eq_ignore_ascii_case(name)))
@@ -175,6 +175,16 @@ impl Compiled {
     }
 }
 
+/// Does a rule with these conditions apply in `context`? See [`rule_applies`]; conditions
+/// the context cannot judge ([`Context::assumes`]) are taken in the caller's favour.
+fn applies(conditions: &[Condition], context: &Context<'_>, deny: bool) -> bool {
+    conditions.iter().all(
+        |condition| {
+            if context.assumes(condition) { !deny } else { condition.lets_apply(context.get(), deny) }
+        },
+    )
+}
+
 /// The outcome of a decision, with the rules that made it and a reason for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleDecision {
@@ -184,11 +194,62 @@ pub struct RuleDecision {
     pub reason: String,
 }
 
-/// Rules indexed by server, so a decision looks only at the rules that can apply.
+/// The rules of one server (or the global ones), indexed by the principals they name, so a
+/// decision looks only at rules that can be about the subject.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// Lower-cased `user:`, `group:`, `role:` and `agent:` keys → rules naming them.
+    named: HashMap<String, Vec<usize>>,
+    /// Rules about everyone, or only about attributes: checked for every subject.
+    open: Vec<usize>,
+}
+
+impl Index {
+    fn add(&mut self, principals: &Principals, rule: usize) {
+        let keyed = principals.users.iter().map(|user| format!("user:{}", user.to_lowercase()));
+        let keyed = keyed
+            .chain(principals.groups.iter().map(|group| format!("group:{}", group.to_lowercase())))
+            .chain(principals.roles.iter().map(|role| format!("role:{}", role.to_lowercase())))
+            .chain(principals.agents.iter().map(|agent| format!("agent:{agent}")));
+        let mut any = false;
+        for key in keyed {
+            any = true;
+            self.named.entry(key).or_default().push(rule);
+        }
+        if principals.everyone || !any {
+            self.open.push(rule);
+        }
+    }
+
+    /// Every rule that may be about `subject` (more may be returned; none is missed).
+    fn candidates(&self, subject: &Subject, into: &mut Vec<usize>) {
+        into.extend_from_slice(&self.open);
+        if self.named.is_empty() || subject.anonymous {
+            return;
+        }
+        let mut look = |key: String| {
+            if let Some(rules) = self.named.get(&key) {
+                into.extend_from_slice(rules);
+            }
+        };
+        match &subject.agent {
+            Some(agent) => look(format!("agent:{agent}")),
+            None => look(format!("user:{}", subject.email.to_lowercase())),
+        }
+        for group in &subject.groups {
+            look(format!("group:{}", group.to_lowercase()));
+        }
+        for role in &subject.roles {
+            look(format!("role:{}", role.to_lowercase()));
+        }
+    }
+}
+
+/// Rules indexed by server and principal, so a decision looks only at the rules that can apply.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
-    by_server: HashMap<String, Vec<usize>>,
-    global: Vec<usize>,
+    by_server: HashMap<String, Index>,
+    global: Index,
     rules: Vec<Compiled>,
 }
 
@@ -200,10 +261,10 @@ impl RuleSet {
             rule.check()?;
             let index = set.rules.len();
             if rule.global {
-                set.global.push(index);
+                set.global.add(&rule.principals, index);
             } else {
                 for server in &rule.servers {
-                    set.by_server.entry(server.clone()).or_default().push(index);
+                    set.by_server.entry(server.clone()).or_default().add(&rule.principals, index);
                 }
             }
             let globs = |patterns: &[String]| patterns.iter().map(|pattern| Glob::new(pattern)).collect();
@@ -225,36 +286,41 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
+    /// Every rule, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().map(|compiled| &compiled.rule)
+    }
+
     /// Decide whether `subject` may reach `target` on `server`, given the request `context`.
     pub fn decide(
         &self,
         subject: &Subject,
         server: &str,
         target: Target<'_>,
-        context: &Value,
+        context: &Context<'_>,
         now_ms: i64,
     ) -> RuleDecision {
-        let candidates = self.global.iter().chain(self.by_server.get(server).into_iter().flatten());
+        let mut candidates = Vec::new();
+        self.global.candidates(subject, &mut candidates);
+        if let Some(index) = self.by_server.get(server) {
+            index.candidates(subject, &mut candidates);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
         let mut denies = Vec::new();
         let mut allows = Vec::new();
-        for &index in candidates {
+        for index in candidates {
             let compiled = &self.rules[index];
             let rule = &compiled.rule;
-            if !compiled.live(now_ms) || !compiled.covers(target) || !rule.principals.matches(subject) {
+            let deny = rule.effect == Effect::Deny;
+            if !compiled.live(now_ms) || !compiled.covers(target) || !rule.principals.matches(subject, deny) {
                 continue;
             }
-            let deny = rule.effect == Effect::Deny;
-            if !rule_applies(&rule.conditions, context, deny) {
+            if !applies(&rule.conditions, context, deny) {
                 continue;
             }
             if deny { denies.push(compiled) } else { allows.push(compiled) }
         }
-        let what = match target {
-            Target::Server => format!("server {server:?}"),
-            Target::Tool(name) => format!("tool {name:?} on {server:?}"),
-            Target::Resource(uri) => format!("resource {uri:?} on {server:?}"),
-            Target::Prompt(name) => format!("prompt {name:?} on {server:?}"),
-        };
         if !denies.is_empty() {
             let mut names: Vec<String> = denies.iter().map(|compiled| compiled.rule.name.clone()).collect();
             names.sort();
@@ -266,8 +332,8 @@ impl RuleSet {
                     let detail: Vec<String> = rule
                         .conditions
                         .iter()
-                        .filter(|condition| condition.evaluate(context) != Outcome::Fails)
-                        .map(|condition| condition.explain(context))
+                        .filter(|condition| condition.evaluate(context.get()) != Outcome::Fails)
+                        .map(|condition| condition.explain(context.get()))
                         .collect();
                     if detail.is_empty() {
                         format!("denied by {kind} {:?}", rule.name)
@@ -279,13 +345,17 @@ impl RuleSet {
             return RuleDecision { allowed: false, rules: names, reason: why };
         }
         if allows.is_empty() {
+            let what = match target {
+                Target::Server => format!("server {server:?}"),
+                Target::Tool(name) => format!("tool {name:?} on {server:?}"),
+                Target::Resource(uri) => format!("resource {uri:?} on {server:?}"),
+                Target::Prompt(name) => format!("prompt {name:?} on {server:?}"),
+            };
+            let who = if subject.anonymous { "anonymous callers" } else { &subject.email };
             return RuleDecision {
                 allowed: false,
                 rules: Vec::new(),
-                reason: format!(
-                    "no rule allows {} for {what}",
-                    if subject.anonymous { "anonymous callers" } else { &subject.email }
-                ),
+                reason: format!("no rule allows {who} for {what}; ask an administrator for access"),
             };
         }
         let mut names: Vec<String> = allows.iter().map(|compiled| compiled.rule.name.clone()).collect();
@@ -297,7 +367,8 @@ impl RuleSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::condition::rule_applies;
+    use serde_json::{Value, json};
 
     fn rule(name: &str, effect: Effect, servers: &[&str]) -> Rule {
         Rule {
@@ -373,7 +444,7 @@ mod tests {
         let sam = person("sam@example.com", &[], &["support"], "Support");
 
         let decide = |subject: &Subject, server: &str, target: Target<'_>, context: &Value, now: i64| {
-            set.decide(subject, server, target, context, now)
+            set.decide(subject, server, target, &Context::of(context.clone()), now)
         };
         assert!(decide(&ann, "github", Target::Tool("create_issue"), &inside, now).allowed);
         assert!(!decide(&ann, "db", Target::Server, &inside, now).allowed);
@@ -409,7 +480,7 @@ mod tests {
     #[test]
     fn principals_match_as_written() {
         let subject = person("ann@example.com", &["Finance"], &["analyst"], "Finance");
-        let matches = |principals: Principals| principals.matches(&subject);
+        let matches = |principals: Principals| principals.matches(&subject, false);
         assert!(matches(Principals { users: vec!["ANN@example.com".into()], ..Principals::default() }));
         assert!(matches(Principals { groups: vec!["finance".into()], ..Principals::default() }));
         assert!(matches(Principals {
@@ -423,10 +494,12 @@ mod tests {
         }));
         assert!(!matches(Principals { agents: vec!["ann@example.com".into()], ..Principals::default() }));
         let anonymous = Subject { anonymous: true, ..Subject::default() };
-        assert!(!Principals { everyone: true, ..Principals::default() }.matches(&anonymous));
+        assert!(!Principals { everyone: true, ..Principals::default() }.matches(&anonymous, false));
+        assert!(Principals { everyone: true, ..Principals::default() }.matches(&anonymous, true));
+        assert!(!Principals { groups: vec!["finance".into()], ..Principals::default() }.matches(&anonymous, true));
         let agent = Subject { agent: Some("ci-bot".into()), email: "ann@example.com".into(), ..Subject::default() };
-        assert!(Principals { agents: vec!["ci-bot".into()], ..Principals::default() }.matches(&agent));
-        assert!(!Principals { users: vec!["ann@example.com".into()], ..Principals::default() }.matches(&agent));
+        assert!(Principals { agents: vec!["ci-bot".into()], ..Principals::default() }.matches(&agent, false));
+        assert!(!Principals { users: vec!["ann@example.com".into()], ..Principals::default() }.matches(&agent, false));
     }
 
     #[test]
@@ -467,10 +540,20 @@ mod tests {
             rule.global = true;
             rule.servers.clear();
         }
-        rule.principals = match random.next() % 3 {
+        rule.principals = match random.next() % 6 {
             0 => Principals { everyone: true, ..Principals::default() },
-            1 => Principals { groups: vec![random.pick(&["g1", "g2"]).to_string()], ..Principals::default() },
-            _ => Principals { users: vec![random.pick(&["u1@x", "u2@x"]).to_string()], ..Principals::default() },
+            1 => Principals { groups: vec![random.pick(&["g1", "G2"]).to_string()], ..Principals::default() },
+            2 => Principals { roles: vec![random.pick(&["r1", "r2"]).to_string()], ..Principals::default() },
+            3 => Principals {
+                attributes: [("department".to_string(), random.pick(&["d1", "D2"]).to_string())].into(),
+                ..Principals::default()
+            },
+            4 => Principals {
+                groups: vec!["g1".into()],
+                attributes: [("department".to_string(), "d1".to_string())].into(),
+                ..Principals::default()
+            },
+            _ => Principals { users: vec![random.pick(&["U1@x", "u2@x"]).to_string()], ..Principals::default() },
         };
         if random.next().is_multiple_of(2) {
             rule.tools = vec![random.pick(&["t1", "t*", "t2"]).to_string()];
@@ -490,7 +573,12 @@ mod tests {
     #[test]
     fn deny_wins_nothing_allows_without_an_allow_and_order_never_matters() {
         let mut random = Random(0x9e37_79b9_7f4a_7c15);
-        let subjects = [person("u1@x", &["g1"], &[], ""), person("u2@x", &["g2"], &[], "")];
+        let subjects = [
+            person("u1@x", &["g1"], &["r1"], "d1"),
+            person("u2@x", &["g2"], &[], "d2"),
+            person("u3@x", &["g1", "g2"], &["R2"], ""),
+            Subject { anonymous: true, ..Subject::default() },
+        ];
         let contexts = [
             json!({"payload": {"n": 3, "s": "x"}, "meta": {"request": {"ip": "10.0.0.1"}}}),
             json!({"payload": {"n": 9}, "meta": {"request": {"ip": "192.0.2.1"}}}),
@@ -508,21 +596,18 @@ mod tests {
             let others = [RuleSet::compile(reversed).unwrap(), RuleSet::compile(rotated).unwrap()];
             for subject in &subjects {
                 for context in &contexts {
+                    let lazy = Context::of(context.clone());
                     for server in ["a", "b"] {
                         for target in targets {
-                            let decision = set.decide(subject, server, target, context, 0);
+                            let decision = set.decide(subject, server, target, &lazy, 0);
                             for other in &others {
-                                assert_eq!(
-                                    other.decide(subject, server, target, context, 0),
-                                    decision,
-                                    "order matters"
-                                );
+                                assert_eq!(other.decide(subject, server, target, &lazy, 0), decision, "order matters");
                             }
                             let applicable = |effect: Effect| {
                                 rules.iter().any(|rule| {
                                     rule.effect == effect
                                         && (rule.global || rule.servers.iter().any(|s| s == server))
-                                        && rule.principals.matches(subject)
+                                        && rule.principals.matches(subject, effect == Effect::Deny)
                                         && set.rules.iter().any(|c| c.rule.name == rule.name && c.covers(target))
                                         && rule_applies(&rule.conditions, context, effect == Effect::Deny)
                                 })

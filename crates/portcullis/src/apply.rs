@@ -1,4 +1,5 @@
-//! `portcullis apply -f FILE`: declarative servers, groups, users and grants from TOML.
+//! `portcullis apply -f FILE`: declarative servers, groups, users, grants and access rules
+//! from TOML.
 //!
 //! Idempotent: applying the same file twice changes nothing the second time. It adds and
 //! updates; it deletes only with `--prune`. Everything happens in one transaction, so a file
@@ -45,6 +46,9 @@ struct Document {
     users: Vec<UserDocument>,
     #[serde(default)]
     grants: Vec<GrantDocument>,
+    /// Access rules; see [`crate::rules::RuleSpec`].
+    #[serde(default)]
+    rules: Vec<crate::rules::RuleSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +292,15 @@ pub async fn apply_text(
         users.push((email, user, groups, roles));
     }
 
+    let mut rule_names = BTreeSet::new();
+    for rule in &document.rules {
+        // Checked here for everything but the servers it names (those may be in this file).
+        rule.compile(None)?;
+        if !rule_names.insert(rule.name.trim().to_owned()) {
+            return Err(ApplyError::Invalid(format!("rule {:?} is listed twice", rule.name.trim())));
+        }
+    }
+
     let mut transaction = store.begin_write().await.map_err(StoreError::from)?;
     let mut report = Report::default();
     for spec in &specs {
@@ -428,7 +441,30 @@ pub async fn apply_text(
         }
     }
 
+    let existing_rules = store::rules::list_rules(&mut transaction).await?;
+    for rule in &document.rules {
+        let existing = existing_rules.iter().find(|stored| stored.spec.name == rule.name.trim());
+        let saved =
+            crate::rules::save(&mut transaction, rule, existing.map(|stored| stored.id.as_str()), "apply", "cli")
+                .await
+                .map_err(|error| match error {
+                    crate::rules::SaveError::Invalid(text) => ApplyError::Invalid(text),
+                    crate::rules::SaveError::Store(error) => ApplyError::Store(error),
+                })?;
+        match (existing, saved) {
+            (None, _) => report.changes.push(format!("+ rule {}", rule.name.trim())),
+            (Some(_), (_, true)) => report.changes.push(format!("~ rule {}", rule.name.trim())),
+            (Some(_), (_, false)) => {}
+        }
+    }
+
     if options.prune {
+        for rule in &existing_rules {
+            if !rule_names.contains(&rule.spec.name) {
+                crate::rules::delete(&mut transaction, &rule.id, "apply", "cli").await?;
+                report.changes.push(format!("- rule {}", rule.spec.name));
+            }
+        }
         for grant in &existing_grants {
             let server_id = servers.iter().find(|server| server.name == grant.server).map(|server| server.id.clone());
             let kept = wanted_grants.iter().any(|(id, grantee, principal_id, _)| {

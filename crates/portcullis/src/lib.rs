@@ -23,6 +23,7 @@
 //! - [`cli`]: the subcommands other than `serve`.
 //! - [`mod@bench`]: the gateway-versus-direct benchmark.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod apply;
@@ -36,9 +37,12 @@ pub mod crypto;
 pub mod demo;
 pub mod edge;
 pub mod metrics;
+pub mod policy_test;
 pub mod proxy;
 pub mod registry;
+pub mod rules;
 pub mod scim;
 pub mod snapshot;
 pub mod store;
+pub mod time;
 pub mod upstream;

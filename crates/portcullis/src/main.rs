@@ -82,7 +82,7 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
-    /// Apply a TOML file of servers, groups, users and grants.
+    /// Apply a TOML file of servers, groups, users, grants and access rules.
     Apply {
         #[command(flatten)]
         store: StoreArgs,
@@ -95,6 +95,11 @@ enum Command {
         /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Check access rules: run a table of cases against the rules in the store.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Manage API keys.
     ApiKey {
@@ -181,6 +186,22 @@ enum ScimTokenCommand {
         store: StoreArgs,
         /// The token's id or name.
         token: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Decide each `[[cases]]` entry of a TOML file as the gateway would, print one line per
+    /// case and a last line "N passed, M failed"; exit non-zero when a case fails. A case:
+    /// user = "ann@example.com" (or agent = "ci-bot"), server = "db", tool = "query" (or
+    /// resource / prompt; none = connecting), payload = { table = "orders" }, ip = "10.1.2.3",
+    /// client = "cursor", user_agent, client_version, oauth = true, expect = "allow" or "deny".
+    Test {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The file of cases.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
     },
 }
 
@@ -355,6 +376,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match report.changes.len() {
                 0 => println!("nothing to change"),
                 count => println!("{verb} {count} item{}", if count == 1 { "" } else { "s" }),
+            }
+            Ok(())
+        }
+        Command::Policy { command: PolicyCommand::Test { store, file } } => {
+            let config = store.load(RawSettings::new())?;
+            init_logging(None);
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let keys = config.secret_key()?.derive();
+            let opened = Store::open(&config.store).await?;
+            let snapshot = portcullis::snapshot::Snapshot::load(&opened, &keys).await;
+            opened.close().await;
+            let outcome = portcullis::policy_test::run(&snapshot?, &text, &file.display().to_string())?;
+            for line in &outcome.lines {
+                println!("{line}");
+            }
+            println!("{} passed, {} failed", outcome.passed, outcome.failed);
+            if outcome.failed > 0 {
+                anyhow::bail!("{} of {} cases failed", outcome.failed, outcome.passed + outcome.failed);
             }
             Ok(())
         }

@@ -240,6 +240,11 @@ pub struct User {
     pub admin_roles: Vec<AdminRole>,
     pub status: Status,
     pub groups: Vec<String>,
+    /// Job-function roles (from the identity provider or an admin), for access rules.
+    pub roles: Vec<String>,
+    /// Identity attributes rules can match: department, title and team when set, and the
+    /// directory's other text attributes.
+    pub attributes: BTreeMap<String, String>,
     pub created_at: i64,
 }
 

@@ -14,7 +14,7 @@
 use crate::crypto::Keys;
 use crate::registry::{Grantee, Server, ServerSecrets};
 use crate::store::{self, Store, StoreError};
-use policy::{Grant, PolicySet, Principal};
+use policy::{Grant, PolicySet};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -60,16 +60,15 @@ pub struct UserEntry {
     pub admin_roles: Vec<crate::registry::AdminRole>,
     pub status: crate::registry::Status,
     pub groups: Vec<String>,
+    /// Who the user is as rules see them: email, groups, job-function roles, attributes
+    /// (department, title, team and the rest of the directory's attributes).
+    pub subject: policy::Subject,
 }
 
 impl UserEntry {
     /// Does one of the user's admin roles allow `power`?
     pub fn can(&self, power: crate::registry::Power) -> bool {
         self.admin_roles.iter().any(|role| role.can(power))
-    }
-
-    pub fn principal(&self) -> Principal {
-        Principal::User { id: self.id.clone(), email: self.email.clone(), groups: self.groups.clone() }
     }
 }
 
@@ -82,14 +81,19 @@ pub struct Snapshot {
     /// Active API keys: SHA-256 of the key → user id.
     pub api_keys: HashMap<String, String>,
     /// Live OAuth access tokens: SHA-256 of the token → what it grants.
-    pub oauth_tokens: HashMap<String, OAuthAccess>,
+    pub oauth_tokens: HashMap<String, Arc<OAuthAccess>>,
     pub policy: PolicySet,
+    /// When the next rule expires (milliseconds since the epoch): the refresher republishes
+    /// then, so streams of callers who lose access end.
+    pub next_expiry: Option<i64>,
 }
 
 /// What an OAuth access token grants: one user, on one resource, until a time.
 #[derive(Debug, Clone)]
 pub struct OAuthAccess {
     pub user_id: String,
+    /// The OAuth client the token was issued to.
+    pub client_id: String,
     /// The endpoint path the token is bound to: `/mcp/{server}` or `/mcp`.
     pub resource: String,
     pub expires_at: i64,
@@ -103,6 +107,7 @@ impl Snapshot {
         let servers = store::registry::list_servers(&mut connection).await?;
         let users = store::registry::list_users(&mut connection).await?;
         let grants = store::registry::list_grants(&mut connection).await?;
+        let rules = store::rules::list_rules(&mut connection).await?;
         let api_keys = store::registry::list_api_keys(&mut connection).await?;
         let oauth_tokens = store::oauth::live_access_tokens(&mut connection).await?;
         drop(connection);
@@ -126,6 +131,14 @@ impl Snapshot {
         let user_map: HashMap<String, Arc<UserEntry>> = users
             .into_iter()
             .map(|user| {
+                let subject = policy::Subject {
+                    anonymous: false,
+                    agent: None,
+                    email: user.email.clone(),
+                    groups: user.groups.clone(),
+                    roles: user.roles,
+                    attributes: user.attributes,
+                };
                 let entry = UserEntry {
                     id: user.id.clone(),
                     email: user.email,
@@ -134,6 +147,7 @@ impl Snapshot {
                     admin_roles: user.admin_roles,
                     status: user.status,
                     groups: user.groups,
+                    subject,
                 };
                 (user.id, Arc::new(entry))
             })
@@ -142,12 +156,30 @@ impl Snapshot {
             .iter()
             .map(|grant| {
                 let (users, groups) = match grant.grantee {
-                    Grantee::User => (vec![grant.principal_id.clone()], Vec::new()),
+                    Grantee::User => (vec![grant.principal.clone()], Vec::new()),
                     Grantee::Group => (Vec::new(), vec![grant.principal.clone()]),
                 };
-                Grant { id: grant.id.clone(), server: grant.server.clone(), users, groups }
+                Grant { server: grant.server.clone(), users, groups }
             })
             .collect();
+        // A stored rule that no longer compiles (written by an older version, or edited in the
+        // database) stops the snapshot: the last good one stays until it is stale, then the
+        // data plane denies. Rules are checked on save, so this is not expected.
+        let mut compiled = Vec::with_capacity(rules.len());
+        let now = store::now_ms();
+        let mut next_expiry: Option<i64> = None;
+        for stored in &rules {
+            let rule = stored
+                .spec
+                .compile(None)
+                .map_err(|error| StoreError::Conflict(format!("stored rule cannot be used: {error}")))?;
+            if let Some(expires) = rule.expires_at.filter(|expires| *expires > now && rule.enabled) {
+                next_expiry = Some(next_expiry.map_or(expires, |next| next.min(expires)));
+            }
+            compiled.push(rule);
+        }
+        let policy = PolicySet::new(compiled, &policy_grants, public)
+            .map_err(|error| StoreError::Conflict(format!("stored rules cannot be used: {error}")))?;
         let api_key_map = api_keys
             .into_iter()
             .filter(|key| key.revoked_at.is_none())
@@ -160,9 +192,12 @@ impl Snapshot {
             api_keys: api_key_map,
             oauth_tokens: oauth_tokens
                 .into_iter()
-                .map(|(hash, user_id, resource, expires_at)| (hash, OAuthAccess { user_id, resource, expires_at }))
+                .map(|(hash, user_id, client_id, resource, expires_at)| {
+                    (hash, Arc::new(OAuthAccess { user_id, client_id, resource, expires_at }))
+                })
                 .collect(),
-            policy: PolicySet::new(&policy_grants, &public),
+            policy,
+            next_expiry,
         })
     }
 }
@@ -262,13 +297,16 @@ impl SnapshotHandle {
             if Arc::strong_count(&self.current) == 1 {
                 return;
             }
-            let known = self.current.read().map(|current| current.revision).unwrap_or(-1);
+            let (known, next_expiry) =
+                self.current.read().map(|current| (current.revision, current.next_expiry)).unwrap_or((-1, None));
+            // A rule expiring is a change too: republish, so streams re-check their callers.
+            let expired = next_expiry.is_some_and(|at| at <= store::now_ms());
             let revision = async {
                 let mut connection = store.pool.acquire().await?;
                 store::registry::revision(&mut connection).await
             };
             match tokio::time::timeout(Duration::from_secs(5), revision).await {
-                Ok(Ok(revision)) if revision == known => {
+                Ok(Ok(revision)) if revision == known && !expired => {
                     if let Ok(mut checked) = self.last_checked.lock() {
                         *checked = Instant::now();
                     }

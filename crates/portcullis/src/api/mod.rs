@@ -13,6 +13,7 @@
 
 mod openapi;
 
+use crate::access;
 use crate::app::AppState;
 use crate::apply::put_server;
 use crate::auth::{self, Caller};
@@ -43,6 +44,8 @@ pub fn router() -> Router<AppState> {
         .route("/groups", get(list_groups))
         .route("/grants", get(list_grants).post(add_grant))
         .route("/grants/{id}", delete(delete_grant))
+        .route("/rules", get(list_rules).post(create_rule))
+        .route("/rules/{id}", get(get_rule).put(update_rule).delete(delete_rule))
         .route("/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api-keys/{id}", delete(revoke_api_key))
         .route("/settings", get(get_settings).put(put_settings))
@@ -123,7 +126,7 @@ impl FromRequestParts<AppState> for ApiUser {
             .current()
             .map_err(|_| ApiError::Internal(StoreError::Open("the policy snapshot is stale".into())))?;
         match auth::authenticate(&snapshot, &parts.headers, None, &state.key_use) {
-            Ok(Caller::User(user)) => Ok(ApiUser(user)),
+            Ok(Caller::User { user, .. }) => Ok(ApiUser(user)),
             Ok(Caller::Anonymous) => {
                 Err(ApiError::Unauthorized("send an API key as \"Authorization: Bearer <key>\"".into()))
             }
@@ -155,20 +158,9 @@ async fn list_servers(State(state): State<AppState>, ApiUser(user): ApiUser) -> 
     let servers = store::registry::list_servers(&mut connection).await?;
     let snapshot =
         state.snapshot.current().map_err(|_| ApiError::Internal(StoreError::Open("stale snapshot".into())))?;
-    let principal = user.principal();
-    let visible: Vec<_> = servers
-        .into_iter()
-        .filter(|server| {
-            user.admin
-                || snapshot
-                    .policy
-                    .decide(
-                        &principal,
-                        &policy::Request { server: &server.name, action: policy::Action::Connect, name: "" },
-                    )
-                    .is_allowed()
-        })
-        .collect();
+    let usable = access::servers_of(&snapshot, &user);
+    let visible: Vec<_> =
+        servers.into_iter().filter(|server| user.admin || usable.contains(&server.name.as_str())).collect();
     Ok(Json(json!({ "servers": visible })))
 }
 
@@ -311,24 +303,8 @@ async fn get_user(
     let snapshot =
         state.snapshot.current().map_err(|_| ApiError::Internal(StoreError::Open("stale snapshot".into())))?;
     // What the data plane would decide now (a suspended person can use nothing).
-    let servers: Vec<&str> = match snapshot.users.get(&person.id) {
-        Some(entry) if entry.status == Status::Active => {
-            let principal = entry.principal();
-            let mut names: Vec<&str> = snapshot
-                .servers
-                .keys()
-                .filter(|server| {
-                    let request =
-                        policy::Request { server: server.as_str(), action: policy::Action::Connect, name: "" };
-                    snapshot.policy.decide(&principal, &request).is_allowed()
-                })
-                .map(String::as_str)
-                .collect();
-            names.sort_unstable();
-            names
-        }
-        _ => Vec::new(),
-    };
+    let servers: Vec<&str> =
+        snapshot.users.get(&person.id).map(|entry| access::servers_of(&snapshot, entry)).unwrap_or_default();
     let filter = store::audit::Filter { user_id: Some(person.id.clone()), limit: 20, ..Default::default() };
     let recent = store::audit::query(&mut connection, &filter).await?;
     let mut body = person_json(&person);
@@ -512,6 +488,100 @@ async fn delete_grant(
     let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
     store::registry::delete_grant(&mut connection, &id).await?;
     drop(connection);
+    reload(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesQuery {
+    /// Only rules naming this server (global rules apply to it too but are listed apart).
+    server: Option<String>,
+    /// Only global rules (`true`) or only server rules (`false`).
+    global: Option<bool>,
+}
+
+/// `GET /rules`: access rules, by name (any admin).
+async fn list_rules(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Query(query): Query<RulesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let rules: Vec<_> = store::rules::list_rules(&mut connection)
+        .await?
+        .into_iter()
+        .filter(|rule| query.server.as_ref().is_none_or(|server| rule.spec.servers.contains(server)))
+        .filter(|rule| query.global.is_none_or(|global| rule.spec.global == global))
+        .collect();
+    Ok(Json(json!({ "rules": rules })))
+}
+
+/// `GET /rules/{id}`: one rule.
+async fn get_rule(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let rule = store::rules::get_rule(&mut connection, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("there is no rule with id {id:?}")))?;
+    Ok(Json(json!({ "rule": rule })))
+}
+
+fn save_error(error: crate::rules::SaveError) -> ApiError {
+    match error {
+        crate::rules::SaveError::Invalid(text) => ApiError::BadRequest(text),
+        crate::rules::SaveError::Store(error) => ApiError::Internal(error),
+    }
+}
+
+/// `POST /rules`: a new rule, in force on every replica within a second (policy admins).
+async fn create_rule(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(spec): Json<crate::rules::RuleSpec>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let actor = admin.require(Power::ManagePolicies)?.email.clone();
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    let (rule, _) =
+        crate::rules::save(&mut transaction, &spec, None, &actor, &state.replica).await.map_err(save_error)?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    reload(&state).await;
+    Ok((StatusCode::CREATED, Json(json!({ "rule": rule }))))
+}
+
+/// `PUT /rules/{id}`: replace a rule (policy admins).
+async fn update_rule(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Json(spec): Json<crate::rules::RuleSpec>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = admin.require(Power::ManagePolicies)?.email.clone();
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    if store::rules::get_rule(&mut transaction, &id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("there is no rule with id {id:?}")));
+    }
+    let (rule, _) =
+        crate::rules::save(&mut transaction, &spec, Some(&id), &actor, &state.replica).await.map_err(save_error)?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    reload(&state).await;
+    Ok(Json(json!({ "rule": rule })))
+}
+
+/// `DELETE /rules/{id}`: delete a rule; callers who relied on it lose access at once, live
+/// streams included (policy admins).
+async fn delete_rule(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let actor = admin.require(Power::ManagePolicies)?.email.clone();
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    crate::rules::delete(&mut transaction, &id, &actor, &state.replica).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
     reload(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -47,6 +47,10 @@ struct Record {
     ip: Option<String>,
     correlation_id: String,
     replica: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
 }
 
 /// The bytes appended for `event`.
@@ -71,6 +75,8 @@ pub fn encode(event: &AuditEvent) -> Vec<u8> {
         ip: event.ip.clone(),
         correlation_id: event.correlation_id.clone(),
         replica: event.replica.clone(),
+        rules: event.rules.clone(),
+        detail: event.detail.clone(),
     };
     let json = serde_json::to_vec(&record).unwrap_or_default();
     let mut bytes = Vec::with_capacity(json.len() + 4);
@@ -106,6 +112,8 @@ fn decode(json: &[u8]) -> Option<AuditEvent> {
         ip: record.ip,
         correlation_id: record.correlation_id,
         replica: record.replica,
+        rules: record.rules,
+        detail: record.detail,
     })
 }
 
@@ -223,6 +231,7 @@ mod tests {
         let mut event = AuditEvent::action("ann@example.com", Some("u1"), "tools/call", Some("echo"), true, "ok", "r1");
         event.id = id.to_owned();
         event.sealed_arguments = Some(vec![0, 1, 2, 250]);
+        event.rules = vec!["engineers use github".into()];
         event
     }
 

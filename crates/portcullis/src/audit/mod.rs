@@ -46,6 +46,11 @@ pub struct AuditEvent {
     pub ip: Option<String>,
     pub correlation_id: String,
     pub replica: String,
+    /// The names of the rules that decided (the denying ones, or the allowing ones).
+    pub rules: Vec<String>,
+    /// For admin actions, what an auditor needs beyond the reason (JSON text: a rule change
+    /// carries the rule before and after).
+    pub detail: Option<String>,
 }
 
 /// The audit events for admin roles given to and taken from the user `email` by `actor`
@@ -102,6 +107,8 @@ impl AuditEvent {
             ip: None,
             correlation_id: crate::crypto::random_token(12),
             replica: replica.to_owned(),
+            rules: Vec::new(),
+            detail: None,
         }
     }
 }
@@ -569,6 +576,8 @@ impl AuditLog {
             ip: None,
             correlation_id: String::new(),
             replica: String::new(),
+            rules: Vec::new(),
+            detail: None,
         };
         let (done, wait) = oneshot::channel();
         if self.sender.send(Op::Insert(Box::new(marker), Some(done))).await {

@@ -10,7 +10,7 @@ pub mod password;
 pub mod totp;
 
 use crate::crypto::{random_token, sha256_hex};
-use crate::snapshot::{Snapshot, UserEntry};
+use crate::snapshot::{OAuthAccess, Snapshot, UserEntry};
 use axum::http::HeaderMap;
 use std::sync::Arc;
 
@@ -20,30 +20,54 @@ pub const API_KEY_PREFIX: &str = "pcs_";
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    User(Arc<UserEntry>),
+    /// A person (or agent) with an API key, or with an OAuth access token (`oauth`).
+    User {
+        user: Arc<UserEntry>,
+        oauth: Option<Arc<OAuthAccess>>,
+    },
     Anonymous,
 }
 
+/// The subject of anonymous callers (public servers only).
+static ANONYMOUS: policy::Subject = policy::Subject {
+    anonymous: true,
+    agent: None,
+    email: String::new(),
+    groups: Vec::new(),
+    roles: Vec::new(),
+    attributes: std::collections::BTreeMap::new(),
+};
+
 impl Caller {
-    pub fn principal(&self) -> policy::Principal {
+    /// Who the caller is, as rules see them.
+    pub fn subject(&self) -> &policy::Subject {
         match self {
-            Caller::User(user) => user.principal(),
-            Caller::Anonymous => policy::Principal::Anonymous,
+            Caller::User { user, .. } => &user.subject,
+            Caller::Anonymous => &ANONYMOUS,
         }
     }
 
-    pub fn user_id(&self) -> Option<&str> {
+    pub fn user(&self) -> Option<&Arc<UserEntry>> {
         match self {
-            Caller::User(user) => Some(&user.id),
+            Caller::User { user, .. } => Some(user),
             Caller::Anonymous => None,
         }
     }
 
-    pub fn label(&self) -> &str {
+    /// The OAuth grant the caller came with, if they did.
+    pub fn oauth(&self) -> Option<&OAuthAccess> {
         match self {
-            Caller::User(user) => &user.email,
-            Caller::Anonymous => "anonymous",
+            Caller::User { oauth, .. } => oauth.as_deref(),
+            Caller::Anonymous => None,
         }
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        self.user().map(|user| user.id.as_str())
+    }
+
+    pub fn label(&self) -> &str {
+        self.user().map_or("anonymous", |user| user.email.as_str())
     }
 }
 
@@ -90,7 +114,7 @@ pub fn authenticate(
         return Err(AuthError::Malformed);
     }
     let hash = sha256_hex(token.as_bytes());
-    let user_id = if token.starts_with(ACCESS_TOKEN_PREFIX) {
+    let (user_id, oauth) = if token.starts_with(ACCESS_TOKEN_PREFIX) {
         let access = snapshot.oauth_tokens.get(&hash).ok_or(AuthError::InvalidToken)?;
         if access.expires_at <= crate::store::now_ms() {
             return Err(AuthError::InvalidToken);
@@ -98,17 +122,17 @@ pub fn authenticate(
         if resource != Some(access.resource.as_str()) {
             return Err(AuthError::WrongResource(access.resource.clone()));
         }
-        &access.user_id
+        (&access.user_id, Some(access.clone()))
     } else {
         let user_id = snapshot.api_keys.get(&hash).ok_or(AuthError::InvalidKey)?;
         uses.note(hash);
-        user_id
+        (user_id, None)
     };
     let user = snapshot.users.get(user_id).ok_or(AuthError::InvalidKey)?;
     if user.status != crate::registry::Status::Active {
         return Err(AuthError::NotActive(user.status.as_str()));
     }
-    Ok(Caller::User(user.clone()))
+    Ok(Caller::User { user: user.clone(), oauth })
 }
 
 /// When API keys were used: noted on the request path without touching the store, written

@@ -1115,18 +1115,11 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
 fn servers_of(state: &AppState, user_id: &str) -> Vec<(String, String)> {
     let Ok(snapshot) = state.snapshot.current() else { return Vec::new() };
     let Some(user) = snapshot.users.get(user_id) else { return Vec::new() };
-    let principal = user.principal();
-    let mut servers: Vec<(String, String)> = snapshot
-        .servers
-        .values()
-        .filter(|entry| {
-            let request = policy::Request { server: &entry.server.name, action: policy::Action::Connect, name: "" };
-            snapshot.policy.decide(&principal, &request).is_allowed()
-        })
+    crate::access::servers_of(&snapshot, user)
+        .into_iter()
+        .filter_map(|name| snapshot.servers.get(name))
         .map(|entry| (entry.server.name.clone(), entry.server.description.clone()))
-        .collect();
-    servers.sort();
-    servers
+        .collect()
 }
 
 #[derive(Deserialize)]

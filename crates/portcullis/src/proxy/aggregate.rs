@@ -14,6 +14,7 @@ use super::{
     Answer, Identified, SESSION_HEADER, header_version, identify, initialize, into_response, json_response, request,
     revocable, sse_body, sse_response,
 };
+use crate::access::{self, Ask};
 use crate::app::AppState;
 use crate::audit::AuditEvent;
 use crate::store::now_ms;
@@ -90,6 +91,8 @@ fn aggregate_event(
         ip: Some(identified.ip.clone()),
         correlation_id: identified.correlation_id.clone(),
         replica: identified.state.replica.to_string(),
+        rules: Vec::new(),
+        detail: None,
     }
 }
 
@@ -106,15 +109,15 @@ fn refuse(
 }
 
 /// The servers the caller may connect to, by name.
-fn permitted(identified: &Identified) -> Vec<String> {
-    let principal = identified.caller.principal();
+fn permitted(identified: &Identified, client: Option<&(String, String)>) -> Vec<String> {
+    let origin = identified.owned_origin(client);
     let mut names: Vec<String> = identified
         .snapshot
         .servers
         .keys()
         .filter(|server| {
-            let request = policy::Request { server, action: policy::Action::Connect, name: "" };
-            identified.snapshot.policy.decide(&principal, &request).is_allowed()
+            access::decide(&identified.snapshot, &identified.caller, &origin.borrow(), &Ask::connect(server))
+                .is_allowed()
         })
         .cloned()
         .collect();
@@ -219,7 +222,7 @@ pub async fn post(
 /// Open a session on every permitted server.
 async fn initialize_all(identified: &Identified, message: Message) -> Response {
     let id = message.id.as_ref().map(mcp::Id::to_value);
-    let servers = permitted(identified);
+    let servers = permitted(identified, super::client_info(&message).as_ref());
     if servers.is_empty() {
         let text = "access denied: you may use no server yet; ask an administrator for access";
         identified.state.audit.record(aggregate_event(identified, "initialize", "deny", text, "denied"));
@@ -523,7 +526,17 @@ pub async fn get(
             }
         });
     }
-    sse_response(sse_body(None, revocable(&state, &headers, &identified.caller, None, receiver)))
+    sse_response(sse_body(
+        None,
+        revocable(
+            &state,
+            &headers,
+            &identified.caller,
+            identified.owned_origin(session.client.as_ref()),
+            None,
+            receiver,
+        ),
+    ))
 }
 
 /// `DELETE /mcp`: end every member session.

@@ -9,6 +9,7 @@
 use super::{
     Answer, SessionSource, begin, handle, json_response, plain_error, record_simple, revocable, sse_body, sse_response,
 };
+use crate::access::OwnedOrigin;
 use crate::app::AppState;
 use crate::crypto::random_token;
 use crate::proxy::session::SessionState;
@@ -115,7 +116,10 @@ pub async fn open(
     };
     let guard = StreamGuard { state: state.clone(), id };
     // The guard lives as long as the body stream: dropping the body closes the session.
-    let receiver = guarded(revocable(&state, &headers, &exchange.caller, Some(&server), receiver), guard);
+    let receiver = guarded(
+        revocable(&state, &headers, &exchange.caller, OwnedOrigin::of(&exchange.origin(None)), Some(&server), receiver),
+        guard,
+    );
     sse_response(sse_body(Some(endpoint), receiver))
 }
 

@@ -2,7 +2,7 @@
 //! names, and how its answer is filtered so that lists show exactly what the caller may use.
 
 use mcp::{ErrorCode, Message};
-use policy::{Action, PolicySet, Principal, Request};
+use policy::Action;
 use serde_json::Value;
 
 /// The authorization question a message asks.
@@ -83,15 +83,14 @@ fn list_shape(method: &str) -> Option<(&'static str, &'static str, Action)> {
     }
 }
 
-/// Remove from a list answer every entry the principal may not use. Entries without a name
-/// are removed too: what cannot be checked is not shown.
-pub fn filter_list(
-    method: &str,
-    response: &mut Value,
-    policy: &PolicySet,
-    principal: &Principal,
-    server: &str,
-) -> usize {
+/// Is `method` one whose answer lists tools, prompts, resources or templates?
+pub fn is_list(method: &str) -> bool {
+    list_shape(method).is_some()
+}
+
+/// Remove from a list answer every entry `allowed` refuses. Entries without a name are
+/// removed too: what cannot be checked is not shown.
+pub fn filter_list(method: &str, response: &mut Value, allowed: impl Fn(Action, &str) -> bool) -> usize {
     let Some((list_key, name_key, action)) = list_shape(method) else { return 0 };
     let Some(entries) =
         response.get_mut("result").and_then(|result| result.get_mut(list_key)).and_then(Value::as_array_mut)
@@ -99,12 +98,7 @@ pub fn filter_list(
         return 0;
     };
     let before = entries.len();
-    entries.retain(|entry| {
-        entry
-            .get(name_key)
-            .and_then(Value::as_str)
-            .is_some_and(|name| policy.decide(principal, &Request { server, action, name }).is_allowed())
-    });
+    entries.retain(|entry| entry.get(name_key).and_then(Value::as_str).is_some_and(|name| allowed(action, name)));
     before - entries.len()
 }
 

@@ -24,6 +24,7 @@ pub mod methods;
 pub mod session;
 pub mod stateless;
 
+use crate::access::{self, Ask, Origin, OwnedOrigin};
 use crate::app::AppState;
 use crate::audit::{AuditEvent, Completion};
 use crate::auth::{self, Caller};
@@ -57,6 +58,7 @@ struct Exchange {
     caller: Caller,
     entry: Arc<ServerEntry>,
     ip: String,
+    user_agent: Option<HeaderValue>,
     correlation_id: String,
     started: Instant,
     accepts_sse: bool,
@@ -77,6 +79,36 @@ enum Answer {
 impl Exchange {
     fn server(&self) -> &str {
         &self.entry.server.name
+    }
+
+    /// Where the request comes from, for rule conditions; `client` is the MCP client's name
+    /// and version (from the session, or from `initialize` itself).
+    fn origin<'a>(&'a self, client: Option<&'a (String, String)>) -> Origin<'a> {
+        Origin {
+            ip: Some(&self.ip),
+            user_agent: self.user_agent.as_ref().and_then(|value| value.to_str().ok()),
+            client: client.map(|(name, version)| (name.as_str(), version.as_str())),
+        }
+    }
+
+    /// Decide `ask` for this request's caller.
+    fn decide(&self, client: Option<&(String, String)>, ask: &Ask<'_>) -> policy::Decision {
+        let decision = access::decide(&self.snapshot, &self.caller, &self.origin(client), ask);
+        self.state.metrics.decision(decision.is_allowed());
+        decision
+    }
+
+    /// May the caller use this server at all (open a session, list, stream)?
+    fn connect_decision(&self, client: Option<&(String, String)>) -> policy::Decision {
+        self.decide(client, &Ask::connect(self.server()))
+    }
+
+    /// The audit event of a decided request.
+    fn decided_event(&self, method: &str, decision: &policy::Decision, outcome: &str) -> AuditEvent {
+        let mut event =
+            self.event(method, if decision.is_allowed() { "allow" } else { "deny" }, decision.reason.clone(), outcome);
+        event.rules = decision.matched_rules.clone();
+        event
     }
 
     fn event(&self, method: &str, decision: &'static str, reason: String, outcome: &str) -> AuditEvent {
@@ -100,6 +132,8 @@ impl Exchange {
             ip: Some(self.ip.clone()),
             correlation_id: self.correlation_id.clone(),
             replica: self.state.replica.to_string(),
+            rules: Vec::new(),
+            detail: None,
         }
     }
 
@@ -225,12 +259,22 @@ struct Identified {
     snapshot: Arc<Snapshot>,
     caller: Caller,
     ip: String,
+    user_agent: Option<HeaderValue>,
     correlation_id: String,
     started: Instant,
     accepts_sse: bool,
 }
 
 impl Identified {
+    /// Where the request comes from, for rules that outlive it.
+    fn owned_origin(&self, client: Option<&(String, String)>) -> OwnedOrigin {
+        OwnedOrigin {
+            ip: Some(self.ip.clone()),
+            user_agent: self.user_agent.as_ref().and_then(|value| value.to_str().ok()).map(str::to_owned),
+            client: client.cloned(),
+        }
+    }
+
     fn exchange(&self, entry: Arc<ServerEntry>) -> Exchange {
         Exchange {
             state: self.state.clone(),
@@ -238,6 +282,7 @@ impl Identified {
             caller: self.caller.clone(),
             entry,
             ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
             correlation_id: self.correlation_id.clone(),
             started: self.started,
             accepts_sse: self.accepts_sse,
@@ -280,6 +325,8 @@ fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap
                 ip: Some(ip),
                 correlation_id,
                 replica: state.replica.to_string(),
+                rules: Vec::new(),
+                detail: None,
             });
             return Err(unauthorized(state, headers, label, &error.to_string()));
         }
@@ -289,7 +336,8 @@ fn identify(state: &AppState, label: &str, peer: SocketAddr, headers: &HeaderMap
         .iter()
         .filter_map(|value| value.to_str().ok())
         .any(|value| value.contains("text/event-stream") || value.contains("*/*"));
-    Ok(Identified { state: state.clone(), snapshot, caller, ip, correlation_id, started, accepts_sse })
+    let user_agent = headers.get(header::USER_AGENT).cloned();
+    Ok(Identified { state: state.clone(), snapshot, caller, ip, user_agent, correlation_id, started, accepts_sse })
 }
 
 fn header_version(headers: &HeaderMap) -> Result<Option<ProtocolVersion>, Response> {
@@ -380,16 +428,15 @@ async fn handle(
             record_simple(exchange, &method, "none", "discovery outside the stateless era", "invalid", None);
             return Answer::Json(StatusCode::BAD_REQUEST, value, None);
         }
-        let decision = connect_decision(exchange);
-        exchange.state.metrics.decision(decision.is_allowed());
+        let decision = exchange.connect_decision(None);
         if !decision.is_allowed() {
-            record_simple(exchange, &method, "deny", &decision.reason, "denied", None);
+            record_decided(exchange, &method, &decision, "denied", None);
             let text = format!("access denied: {}", decision.reason);
             return Answer::Json(StatusCode::OK, error_response(id.as_ref(), ErrorCode::AccessDenied, &text), None);
         }
         return match exchange.state.stateless.session_for(exchange, &message).await {
             Ok((_, upstream)) => {
-                record_simple(exchange, &method, "allow", &decision.reason, "ok", None);
+                record_decided(exchange, &method, &decision, "ok", None);
                 Answer::Json(StatusCode::OK, stateless::discover_result(id.as_ref(), &upstream), None)
             }
             Err(answer) => answer,
@@ -449,9 +496,9 @@ async fn handle(
         MessageKind::Notification | MessageKind::Response => {
             // Notifications and answers to the server's own requests carry no new intent
             // beyond the session, which was authorised when it was opened and is re-checked here.
-            let decision = connect_decision(exchange);
+            let decision = exchange.connect_decision(session.client.as_ref());
             if !decision.is_allowed() {
-                record_simple(exchange, &method_label(&message), "deny", &decision.reason, "denied", Some(&session));
+                record_decided(exchange, &method_label(&message), &decision, "denied", Some(&session));
                 return Answer::Accepted;
             }
             let result = exchange.state.upstreams.send(&exchange.entry, &session.attachment, version, &message).await;
@@ -459,7 +506,7 @@ async fn handle(
                 Ok(()) => ("ok", None),
                 Err(error) => (outcome_of_error(error), Some(error.to_string())),
             };
-            let mut event = exchange.event(&method_label(&message), "allow", decision.reason, outcome);
+            let mut event = exchange.decided_event(&method_label(&message), &decision, outcome);
             event.error = error;
             fill_client(&mut event, Some(&session));
             event.latency_us = Some(exchange.latency_us());
@@ -481,11 +528,6 @@ fn method_label(message: &Message) -> String {
         MessageKind::Response => "(response)".to_owned(),
         _ => message.method().to_owned(),
     }
-}
-
-fn connect_decision(exchange: &Exchange) -> policy::Decision {
-    let request = policy::Request { server: exchange.server(), action: policy::Action::Connect, name: "" };
-    exchange.snapshot.policy.decide(&exchange.caller.principal(), &request)
 }
 
 /// Open the sealed session, and check it belongs to this caller and server.
@@ -512,6 +554,21 @@ fn fill_client(event: &mut AuditEvent, session: Option<&SessionState>) {
     }
 }
 
+/// Record a request answered by its decision alone.
+fn record_decided(
+    exchange: &Exchange,
+    method: &str,
+    decision: &policy::Decision,
+    outcome: &str,
+    session: Option<&SessionState>,
+) {
+    let mut event = exchange.decided_event(method, decision, outcome);
+    fill_client(&mut event, session);
+    event.latency_us = Some(exchange.latency_us());
+    exchange.state.metrics.request(method, outcome);
+    exchange.state.audit.record(event);
+}
+
 fn record_simple(
     exchange: &Exchange,
     method: &str,
@@ -527,24 +584,20 @@ fn record_simple(
     exchange.state.audit.record(event);
 }
 
+/// The client's name and version from an `initialize` (at most 128 characters each).
+fn client_info(message: &Message) -> Option<(String, String)> {
+    let info = message.params().and_then(|params| params.get("clientInfo"))?;
+    let text = |key: &str| info.get(key).and_then(Value::as_str).unwrap_or("").chars().take(128).collect::<String>();
+    Some((text("name"), text("version")))
+}
+
 /// `initialize`: authorise the connection, open the upstream session, seal it.
 async fn initialize(exchange: &Exchange, message: Message) -> Answer {
     let id = message.id.as_ref().map(mcp::Id::to_value);
-    let client_info = message.params().and_then(|params| params.get("clientInfo"));
-    let client = client_info.map(|info| {
-        let text =
-            |key: &str| info.get(key).and_then(Value::as_str).unwrap_or("").chars().take(128).collect::<String>();
-        (text("name"), text("version"))
-    });
+    let client = client_info(&message);
     let requested = message.param_str("protocolVersion").unwrap_or("").to_owned();
-    let decision = connect_decision(exchange);
-    exchange.state.metrics.decision(decision.is_allowed());
-    let mut event = exchange.event(
-        "initialize",
-        if decision.is_allowed() { "allow" } else { "deny" },
-        decision.reason.clone(),
-        "pending",
-    );
+    let decision = exchange.connect_decision(client.as_ref());
+    let mut event = exchange.decided_event("initialize", &decision, "pending");
     if let Some((name, version)) = &client {
         event.client_name = Some(name.clone());
         event.client_version = Some(version.clone());
@@ -654,19 +707,14 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
             return Answer::Json(StatusCode::OK, error_response(id.as_ref(), code, &text), None);
         }
     };
-    let principal = exchange.caller.principal();
-    let target = intent.target.clone().unwrap_or_default();
-    let decision = exchange
-        .snapshot
-        .policy
-        .decide(&principal, &policy::Request { server: exchange.server(), action: intent.action, name: &target });
-    exchange.state.metrics.decision(decision.is_allowed());
-    let mut event = exchange.event(
-        &method,
-        if decision.is_allowed() { "allow" } else { "deny" },
-        decision.reason.clone(),
-        "pending",
-    );
+    let ask = Ask {
+        server: exchange.server(),
+        action: intent.action,
+        name: intent.target.as_deref().unwrap_or(""),
+        payload: intent.arguments.as_ref(),
+    };
+    let decision = exchange.decide(session.client.as_ref(), &ask);
+    let mut event = exchange.decided_event(&method, &decision, "pending");
     event.target = intent.target.clone();
     fill_client(&mut event, Some(session));
     if let Some(arguments) = &intent.arguments {
@@ -733,7 +781,8 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
     let finish = Finish {
         state: exchange.state.clone(),
         snapshot: exchange.snapshot.clone(),
-        principal,
+        filter: methods::is_list(&method)
+            .then(|| (exchange.caller.clone(), OwnedOrigin::of(&exchange.origin(session.client.as_ref())))),
         entry: exchange.entry.clone(),
         attachment: session.attachment.clone(),
         version,
@@ -749,7 +798,8 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
 struct Finish {
     state: AppState,
     snapshot: Arc<Snapshot>,
-    principal: policy::Principal,
+    /// For list answers: whose list it is and where they call from, to hide what they may not use.
+    filter: Option<(Caller, OwnedOrigin)>,
     entry: Arc<ServerEntry>,
     attachment: Attachment,
     version: ProtocolVersion,
@@ -764,13 +814,13 @@ struct Finish {
 impl Finish {
     /// Filter the final answer and record the outcome.
     fn response(&self, mut value: Value) -> Value {
-        let hidden = methods::filter_list(
-            &self.method,
-            &mut value,
-            &self.snapshot.policy,
-            &self.principal,
-            &self.entry.server.name,
-        );
+        let hidden = self.filter.as_ref().map_or(0, |(caller, origin)| {
+            let server = self.entry.server.name.as_str();
+            methods::filter_list(&self.method, &mut value, |action, name| {
+                let ask = Ask { server, action, name, payload: None };
+                access::listed(&self.snapshot, caller, &origin.borrow(), &ask)
+            })
+        });
         if hidden > 0 {
             tracing::debug!(server = %self.entry.server.name, hidden, "list entries hidden by policy");
         }
@@ -912,6 +962,7 @@ fn revocable(
     state: &AppState,
     headers: &HeaderMap,
     caller: &Caller,
+    origin: OwnedOrigin,
     server: Option<&str>,
     mut receiver: mpsc::Receiver<Value>,
 ) -> mpsc::Receiver<Value> {
@@ -938,7 +989,7 @@ fn revocable(
                     let allowed = snapshot
                         .current()
                         .is_ok_and(|current| {
-                            still_allowed(&current, &caller, server.as_deref())
+                            still_allowed(&current, &caller, &origin.borrow(), server.as_deref())
                                 && credential.as_deref().is_none_or(|hash| auth::credential_live(&current, hash))
                         });
                     if !allowed {
@@ -953,23 +1004,18 @@ fn revocable(
 }
 
 /// May `caller` still use `server` (Portcullis, when `None`) under `snapshot`?
-fn still_allowed(snapshot: &Snapshot, caller: &Caller, server: Option<&str>) -> bool {
-    let principal = match caller {
-        Caller::User(user) => match snapshot.users.get(&user.id) {
-            Some(entry) if entry.status == crate::registry::Status::Active => entry.principal(),
+fn still_allowed(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, server: Option<&str>) -> bool {
+    let current = match caller {
+        Caller::User { user, oauth } => match snapshot.users.get(&user.id) {
+            Some(entry) if entry.status == crate::registry::Status::Active => {
+                Caller::User { user: entry.clone(), oauth: oauth.clone() }
+            }
             _ => return false,
         },
-        Caller::Anonymous => {
-            if !server.is_some_and(|server| snapshot.servers.get(server).is_some_and(|entry| entry.server.public)) {
-                return false;
-            }
-            policy::Principal::Anonymous
-        }
+        Caller::Anonymous if server.is_none() => return false,
+        Caller::Anonymous => Caller::Anonymous,
     };
-    server.is_none_or(|server| {
-        let request = policy::Request { server, action: policy::Action::Connect, name: "" };
-        snapshot.policy.decide(&principal, &request).is_allowed()
-    })
+    server.is_none_or(|server| access::decide(snapshot, &current, origin, &Ask::connect(server)).is_allowed())
 }
 
 /// An event stream of JSON-RPC messages, optionally preceded by one fixed event.
@@ -1090,9 +1136,9 @@ pub async fn get(
     if !exchange.accepts_sse {
         return plain_error(StatusCode::NOT_ACCEPTABLE, "GET opens an event stream: send Accept: text/event-stream");
     }
-    let decision = connect_decision(&exchange);
+    let decision = exchange.connect_decision(session.client.as_ref());
     if !decision.is_allowed() {
-        record_simple(&exchange, "(stream)", "deny", &decision.reason, "denied", Some(&session));
+        record_decided(&exchange, "(stream)", &decision, "denied", Some(&session));
         return json_response(
             StatusCode::FORBIDDEN,
             &error_response(None, ErrorCode::AccessDenied, &format!("access denied: {}", decision.reason)),
@@ -1115,7 +1161,17 @@ pub async fn get(
         }
     };
     record_simple(&exchange, "(stream)", "allow", &decision.reason, "ok", Some(&session));
-    sse_response(sse_body(None, revocable(&state, &headers, &exchange.caller, Some(&server), listener)))
+    sse_response(sse_body(
+        None,
+        revocable(
+            &state,
+            &headers,
+            &exchange.caller,
+            OwnedOrigin::of(&exchange.origin(session.client.as_ref())),
+            Some(&server),
+            listener,
+        ),
+    ))
 }
 
 /// `DELETE /mcp/{server}`: end the session.

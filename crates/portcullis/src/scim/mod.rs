@@ -217,23 +217,7 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     }
 }
 
-/// Milliseconds since the epoch as an RFC 3339 UTC time.
-pub fn iso_time(ms: i64) -> String {
-    let seconds = ms.div_euclid(1000);
-    let days = seconds.div_euclid(86_400);
-    let time = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", time / 3600, time % 3600 / 60, time % 60)
-}
+pub use crate::time::iso_time;
 
 fn meta(resource_type: &str, location: String, created: i64, updated: i64) -> Value {
     json!({"resourceType": resource_type, "created": iso_time(created), "lastModified": iso_time(updated),

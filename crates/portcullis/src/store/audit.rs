@@ -13,8 +13,8 @@ pub async fn insert(connection: &mut AnyConnection, events: &[AuditEvent]) -> Re
         let row = sqlx::query(
             "INSERT INTO audit_events (id, ts, user_id, principal, server, method, target, sealed_arguments, \
              arguments_digest, decision, reason, outcome, error, latency_us, client_name, client_version, ip, \
-             correlation_id, replica) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+             correlation_id, replica, rules, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
              RETURNING seq",
         )
         .bind(&event.id)
@@ -36,11 +36,18 @@ pub async fn insert(connection: &mut AnyConnection, events: &[AuditEvent]) -> Re
         .bind(&event.ip)
         .bind(&event.correlation_id)
         .bind(&event.replica)
+        .bind(rules_text(&event.rules))
+        .bind(&event.detail)
         .fetch_one(&mut *connection)
         .await?;
         sequence.push(row.try_get::<i64, _>(0)?);
     }
     Ok(sequence)
+}
+
+/// The rule names of an event as stored: a JSON list, or nothing when no rule decided.
+fn rules_text(rules: &[String]) -> Option<String> {
+    (!rules.is_empty()).then(|| serde_json::to_string(rules).unwrap_or_default())
 }
 
 /// Record how calls ended.
@@ -94,6 +101,11 @@ pub struct AuditRecord {
     pub client_version: Option<String>,
     pub ip: Option<String>,
     pub correlation_id: String,
+    /// The rules that decided.
+    pub rules: Vec<String>,
+    /// For admin actions: details such as a rule before and after a change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
     #[serde(skip)]
     pub sealed_arguments: Option<Vec<u8>>,
 }
@@ -130,7 +142,8 @@ pub async fn query(connection: &mut AnyConnection, filter: &Filter) -> Result<Ve
     // Finished and pending events are read apart: on SQLite the query indexes hold only
     // finished events (see migration 0002) and pending ones have their own index.
     let columns = "seq, id, ts, user_id, principal, server, method, target, sealed_arguments, arguments_digest, \
-                   decision, reason, outcome, error, latency_us, client_name, client_version, ip, correlation_id";
+                   decision, reason, outcome, error, latency_us, client_name, client_version, ip, correlation_id, \
+                   rules, detail";
     let sql = format!(
         "SELECT {columns} FROM audit_events WHERE outcome <> 'pending'{conditions} \
          UNION ALL SELECT {columns} FROM audit_events WHERE outcome = 'pending'{conditions} \
@@ -167,6 +180,11 @@ pub async fn query(connection: &mut AnyConnection, filter: &Filter) -> Result<Ve
                 client_version: row.try_get("client_version")?,
                 ip: row.try_get("ip")?,
                 correlation_id: row.try_get("correlation_id")?,
+                rules: row
+                    .try_get::<Option<String>, _>("rules")?
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default(),
+                detail: row.try_get::<Option<String>, _>("detail")?.and_then(|text| serde_json::from_str(&text).ok()),
                 sealed_arguments: row.try_get("sealed_arguments")?,
             })
         })
@@ -272,8 +290,9 @@ pub mod sqlite_writer {
             let mut insert = self.connection.prepare_cached(
                 "INSERT INTO audit_events (id, ts, user_id, principal, server, method, target, sealed_arguments, \
                  arguments_digest, decision, reason, outcome, error, latency_us, client_name, client_version, ip, \
-                 correlation_id, replica) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                 correlation_id, replica, rules, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+                 ?21)",
             )?;
             for event in inserts {
                 sequence.push(insert.insert(rusqlite::params![
@@ -296,6 +315,8 @@ pub mod sqlite_writer {
                     event.ip,
                     event.correlation_id,
                     event.replica,
+                    super::rules_text(&event.rules),
+                    event.detail,
                 ])?);
             }
             let mut complete = self

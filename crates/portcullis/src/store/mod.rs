@@ -21,6 +21,7 @@ pub mod directory;
 pub mod oauth;
 pub mod registry;
 pub mod replicas;
+pub mod rules;
 pub mod settings;
 
 use crate::config::StoreLocation;
@@ -119,6 +120,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "audit_journal",
         sqlite: include_str!("migrations/0009_audit_journal.sql"),
         postgres: include_str!("migrations/0009_audit_journal.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "rules",
+        sqlite: include_str!("migrations/0010_rules.sql"),
+        postgres: include_str!("migrations/0010_rules.sql"),
     },
 ];
 

@@ -187,13 +187,13 @@ pub async fn revoke_family(connection: &mut AnyConnection, family: &str) -> Resu
 /// Live access tokens for the snapshot: (hash, user id, resource, expires at).
 pub async fn live_access_tokens(
     connection: &mut AnyConnection,
-) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+) -> Result<Vec<(String, String, String, String, i64)>, StoreError> {
     let rows = sqlx::query(
-        "SELECT token_hash, user_id, resource, expires_at FROM oauth_tokens \
+        "SELECT token_hash, user_id, client_id, resource, expires_at FROM oauth_tokens \
          WHERE kind = 'access' AND revoked_at IS NULL AND expires_at > $1",
     )
     .bind(now_ms())
     .fetch_all(&mut *connection)
     .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3))).collect())
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))).collect())
 }

@@ -6,6 +6,7 @@ use crate::crypto::new_id;
 use crate::registry::{AdminRole, ApiKey, Grant, Grantee, Group, Server, Status, Transport, User};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
+use std::collections::{BTreeMap, HashMap};
 
 /// The current registry revision.
 pub async fn revision(connection: &mut AnyConnection) -> Result<i64, StoreError> {
@@ -127,22 +128,39 @@ pub async fn delete_server(connection: &mut AnyConnection, name: &str) -> Result
 }
 
 pub async fn list_users(connection: &mut AnyConnection) -> Result<Vec<User>, StoreError> {
-    let rows = sqlx::query("SELECT id, email, name, admin, admin_roles, status, created_at FROM users ORDER BY email")
-        .fetch_all(&mut *connection)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, email, name, admin, admin_roles, status, roles, department, title, team, attributes, created_at \
+         FROM users ORDER BY email",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
     let memberships =
         sqlx::query("SELECT m.user_id, g.name FROM group_members m JOIN groups g ON g.id = m.group_id ORDER BY g.name")
             .fetch_all(&mut *connection)
             .await?;
+    let mut groups_of: HashMap<String, Vec<String>> = HashMap::new();
+    for membership in &memberships {
+        groups_of.entry(membership.try_get(0)?).or_default().push(membership.try_get(1)?);
+    }
     let mut users = Vec::with_capacity(rows.len());
     for row in &rows {
         let id: String = row.try_get("id")?;
-        let groups = memberships
-            .iter()
-            .filter(|membership| membership.get::<String, _>(0) == id)
-            .map(|membership| membership.get::<String, _>(1))
-            .collect();
+        let mut attributes = BTreeMap::new();
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&row.try_get::<String, _>("attributes")?).unwrap_or_default();
+        for (key, value) in extra {
+            if let Some(text) = value.as_str() {
+                attributes.insert(key, text.to_owned());
+            }
+        }
+        for column in ["department", "title", "team"] {
+            let value: String = row.try_get(column)?;
+            if !value.is_empty() {
+                attributes.insert(column.to_owned(), value);
+            }
+        }
         users.push(User {
+            groups: groups_of.remove(&id).unwrap_or_default(),
             id,
             email: row.try_get("email")?,
             name: row.try_get("name")?,
@@ -152,7 +170,8 @@ pub async fn list_users(connection: &mut AnyConnection) -> Result<Vec<User>, Sto
                 &json_list(&row.try_get::<String, _>("admin_roles")?),
             ),
             status: Status::parse(&row.try_get::<String, _>("status")?).unwrap_or(Status::Inactive),
-            groups,
+            roles: json_list(&row.try_get::<String, _>("roles")?),
+            attributes,
             created_at: row.try_get("created_at")?,
         });
     }

@@ -107,7 +107,7 @@ async fn http_upstream_and_a_denied_user() {
     let reply = denied.initialize().await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.error_code(), Some(-32030));
-    assert!(reply.error_message().contains("bob@example.com has no grant for server \"echo\""), "{}", reply.text);
+    assert!(reply.error_message().contains("no rule allows bob@example.com for server \"echo\""), "{}", reply.text);
     // Bob cannot borrow Ann's session either.
     let mut borrowed = denied.clone();
     borrowed.session = client.session.clone();

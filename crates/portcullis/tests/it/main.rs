@@ -11,6 +11,7 @@ mod data_plane;
 mod oauth;
 mod peers;
 mod people;
+mod policies;
 mod replicas;
 mod scim;
 mod sso;

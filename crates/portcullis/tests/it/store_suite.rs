@@ -25,6 +25,8 @@ fn pending_event(user_id: &str) -> portcullis::audit::AuditEvent {
         ip: None,
         correlation_id: "test".into(),
         replica: String::new(),
+        rules: vec!["grant".into()],
+        detail: None,
     }
 }
 
