@@ -33,6 +33,31 @@ fn audit_parameters() -> Value {
     Value::Array(text.chain(numbers).collect())
 }
 
+/// An access rule, as in `[[rules]]` of `portcullis apply`.
+fn rule_schema() -> Value {
+    json!({"type": "object", "required": ["name", "effect"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "description": "unique; named in decisions and audit events"},
+                    "effect": {"type": "string", "enum": ["allow", "deny"]},
+                    "global": {"type": "boolean", "description": "every server, tool, resource and prompt (deny only)"},
+                    "servers": {"type": "array", "items": {"type": "string"}},
+                    "tools": {"type": "array", "items": {"type": "string"}, "description": "names or * globs; none of tools, resources and prompts = entire server"},
+                    "resources": {"type": "array", "items": {"type": "string"}},
+                    "prompts": {"type": "array", "items": {"type": "string"}},
+                    "everyone": {"type": "boolean"},
+                    "users": {"type": "array", "items": {"type": "string"}, "description": "emails"},
+                    "groups": {"type": "array", "items": {"type": "string"}},
+                    "roles": {"type": "array", "items": {"type": "string"}, "description": "job-function roles"},
+                    "agents": {"type": "array", "items": {"type": "string"}},
+                    "attributes": {"type": "object", "additionalProperties": {"type": "string"}, "description": "e.g. {\"department\": \"Finance\"}"},
+                    "conditions": {"type": "array", "items": {"type": "object", "required": ["field", "op"], "additionalProperties": false, "properties": {
+                        "field": {"type": "string", "description": "payload.<argument> or meta.request.ip, meta.client.name, meta.subject.groups, meta.oauth.user_verified, …"},
+                        "op": {"type": "string", "enum": ["eq", "ne", "in", "not_in", "starts_with", "not_starts_with", "ends_with", "not_ends_with", "contains", "not_contains", "glob", "lt", "le", "gt", "ge", "in_cidr", "not_in_cidr", "exists", "not_exists"]},
+                        "value": {}}}},
+                    "expires": {"type": "string", "description": "RFC 3339 time or a date"},
+                    "enabled": {"type": "boolean", "default": true},
+                    "notes": {"type": "string"}}})
+}
+
 pub fn build() -> Value {
     let string = json!({"type": "string"});
     json!({
@@ -80,6 +105,23 @@ pub fn build() -> Value {
             "/grants/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
                 "delete": operation("Remove a grant (admin)", None, "204")
+            },
+            "/rules": {
+                "get": {
+                    "summary": "Access rules by name (any admin)",
+                    "parameters": [
+                        {"name": "server", "in": "query", "description": "only rules naming this server", "schema": string},
+                        {"name": "global", "in": "query", "description": "only global (true) or server (false) rules", "schema": {"type": "boolean"}}
+                    ],
+                    "responses": error_responses()
+                },
+                "post": operation("Create an access rule, in force at once on every replica (policy admins; audited)", Some("Rule"), "201")
+            },
+            "/rules/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
+                "get": operation("One access rule (any admin)", None, "200"),
+                "put": operation("Replace an access rule (policy admins; audited with before and after)", Some("Rule"), "200"),
+                "delete": operation("Delete an access rule; callers relying on it lose access at once (policy admins; audited)", None, "204")
             },
             "/api-keys": {
                 "get": operation("The caller's API keys (admins: all), without the keys themselves", None, "200"),
@@ -129,6 +171,7 @@ pub fn build() -> Value {
                     "groups": {"type": "array", "items": {"type": "string"}}}},
                 "Grant": {"type": "object", "required": ["server"], "additionalProperties": false, "properties": {
                     "server": {"type": "string"}, "user": {"type": "string"}, "group": {"type": "string"}}},
+                "Rule": rule_schema(),
                 "ApiKey": {"type": "object", "additionalProperties": false, "properties": {
                     "user": {"type": "string"}, "name": {"type": "string"}}},
                 "ScimToken": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
@@ -140,4 +183,24 @@ pub fn build() -> Value {
 
 pub async fn document() -> Json<Value> {
     Json(build())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is in the document, and the document names no other.
+    #[test]
+    fn every_route_is_documented() {
+        let source = include_str!("mod.rs");
+        let routes: Vec<&str> =
+            source.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        assert!(routes.len() > 10, "{routes:?}");
+        let document = super::build();
+        let paths = document["paths"].as_object().unwrap();
+        for route in &routes {
+            assert!(paths.contains_key(*route), "{route} is served but not documented");
+        }
+        for path in paths.keys() {
+            assert!(routes.contains(&path.as_str()), "{path} is documented but not served");
+        }
+    }
 }
