@@ -131,6 +131,20 @@ impl Cidr {
         (prefix <= width).then_some(Cidr { address, prefix })
     }
 
+    /// The network in Cedar's `ip("…")` form: the address with the host bits cleared.
+    pub fn network(&self) -> String {
+        match self.address {
+            IpAddr::V4(address) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+                format!("{}/{}", std::net::Ipv4Addr::from(u32::from(address) & mask), self.prefix)
+            }
+            IpAddr::V6(address) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+                format!("{}/{}", std::net::Ipv6Addr::from(u128::from(address) & mask), self.prefix)
+            }
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -156,14 +170,19 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// A `*`/`?` pattern (`write_*`, `db://orders/*`); `*` matches any run of characters,
-/// including none, `?` exactly one.
+/// A `*` pattern (`write_*`, `db://orders/*`): `*` matches any run of characters, including
+/// none; every other character matches itself (as in Cedar's `like`, which rules compile to).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob(Vec<char>);
 
 impl Glob {
     pub fn new(pattern: &str) -> Glob {
         Glob(pattern.chars().collect())
+    }
+
+    /// The pattern as written.
+    pub fn pattern(&self) -> String {
+        self.0.iter().collect()
     }
 
     pub fn matches(&self, text: &str) -> bool {
@@ -178,10 +197,6 @@ impl Glob {
                 Some('*') => {
                     star = Some((p, t));
                     p += 1;
-                }
-                Some('?') => {
-                    p += 1;
-                    t += 1;
                 }
                 Some(c) if *c == text[t] => {
                     p += 1;
@@ -435,6 +450,136 @@ fn contains(field: &Value, needle: &Value) -> Outcome {
     }
 }
 
+/// The Cedar rendering of a condition, in terms of the field's typed view `slot` (see
+/// [`crate::cedar`]): an expression that is true exactly when the condition holds, and one
+/// that is true exactly when it fails. Neither can raise an error (every optional part of the
+/// view is guarded with `has`), so "missing or of the wrong type" is neither — Unknown.
+impl Condition {
+    pub(crate) fn cedar(&self, slot: &str) -> (String, String) {
+        use crate::cedar::{literal, pattern_literal};
+        let both = |guard: String, test: String| (format!("({guard} && {test})"), format!("({guard} && !({test}))"));
+        let equals = |value: &Value| -> String {
+            match value {
+                Value::String(text) => format!("({slot} has s && {slot}.s == {})", literal(text)),
+                Value::Bool(flag) => format!("({slot} has b && {slot}.b == {flag})"),
+                Value::Number(number) => match integral(number.as_f64().unwrap_or(f64::NAN)) {
+                    Some(whole) => format!("({slot} has n && {slot}.n == {whole})"),
+                    None => format!("({slot} has json && {slot}.json == {})", literal(&canonical(value))),
+                },
+                other => format!("({slot} has json && {slot}.json == {})", literal(&canonical(other))),
+            }
+        };
+        let text = |pattern: String| both(format!("{slot} has s"), format!("{slot}.s like {pattern}"));
+        let swap = |(holds, fails): (String, String)| (fails, holds);
+        match (&self.operand, self.op) {
+            (_, Operator::Exists) => (format!("{slot}.present"), format!("!{slot}.present")),
+            (_, Operator::NotExists) => (format!("!{slot}.present"), format!("{slot}.present")),
+            (Operand::Value(value), Operator::Eq) => both(format!("{slot}.present"), equals(value)),
+            (Operand::Value(value), Operator::Ne) => swap(both(format!("{slot}.present"), equals(value))),
+            (Operand::List(items), op) => {
+                let any = items.iter().map(equals).collect::<Vec<_>>().join(" || ");
+                let pair = both(format!("{slot}.present"), format!("({any})"));
+                if op == Operator::In { pair } else { swap(pair) }
+            }
+            (Operand::Text(prefix), Operator::StartsWith) => text(pattern_literal(prefix, false, true)),
+            (Operand::Text(prefix), Operator::NotStartsWith) => swap(text(pattern_literal(prefix, false, true))),
+            (Operand::Text(suffix), Operator::EndsWith) => text(pattern_literal(suffix, true, false)),
+            (Operand::Text(suffix), Operator::NotEndsWith) => swap(text(pattern_literal(suffix, true, false))),
+            (Operand::Glob(glob), _) => text(literal(&glob.pattern())),
+            (Operand::Value(needle), op) => {
+                let member = format!("{slot}.items.contains({})", literal(&canonical(needle)));
+                let (holds, fails) = match needle {
+                    Value::String(part) => {
+                        let like = format!("{slot}.s like {}", pattern_literal(part, true, true));
+                        (
+                            format!("(({slot} has s && {like}) || ({slot} has items && {member}))"),
+                            format!("(({slot} has s && !({like})) || ({slot} has items && !{member}))"),
+                        )
+                    }
+                    _ => both(format!("{slot} has items"), member),
+                };
+                if op == Operator::Contains { (holds, fails) } else { (fails, holds) }
+            }
+            (Operand::Number(limit), op) => {
+                // Cedar compares whole numbers (Long); for a whole field, x < 5.5 is x < 6.
+                let test = match op {
+                    Operator::Lt => format!("{slot}.n < {}", limit.ceil() as i64),
+                    Operator::Le => format!("{slot}.n <= {}", limit.floor() as i64),
+                    Operator::Gt => format!("{slot}.n > {}", limit.floor() as i64),
+                    _ => format!("{slot}.n >= {}", limit.ceil() as i64),
+                };
+                both(format!("{slot} has n"), test)
+            }
+            (Operand::Cidrs(cidrs), op) => {
+                let any = cidrs
+                    .iter()
+                    .map(|cidr| format!("{slot}.ip.isInRange(ip({}))", literal(&cidr.network())))
+                    .collect::<Vec<_>>()
+                    .join(" || ");
+                let pair = both(format!("{slot} has ip"), format!("({any})"));
+                if op == Operator::InCidr { pair } else { swap(pair) }
+            }
+            // Operands are built to fit their operators; nothing else is reachable.
+            _ => ("false".into(), "false".into()),
+        }
+    }
+
+    /// The field's value in `context`, for building the typed views Cedar sees.
+    pub(crate) fn found<'a>(&self, context: &'a Value) -> Option<&'a Value> {
+        self.lookup(context)
+    }
+}
+
+/// A number that is whole (and small enough to be exact), as an integer.
+pub(crate) fn integral(number: f64) -> Option<i64> {
+    (number.fract() == 0.0 && number.abs() < 9.0e15).then_some(number as i64)
+}
+
+/// A value as text such that two values are [`same`] exactly when their texts are equal:
+/// numbers by value at the top (1 and 1.0 alike), everything else as JSON with sorted keys.
+pub(crate) fn canonical(value: &Value) -> String {
+    fn nested(value: &Value, out: &mut String) {
+        match value {
+            Value::Array(items) => {
+                out.push('[');
+                for (at, item) in items.iter().enumerate() {
+                    if at > 0 {
+                        out.push(',');
+                    }
+                    nested(item, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (at, key) in keys.into_iter().enumerate() {
+                    if at > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(key.clone()).to_string());
+                    out.push(':');
+                    nested(&map[key], out);
+                }
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    match value {
+        Value::Number(number) => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            integral(float).map_or_else(|| float.to_string(), |whole| whole.to_string())
+        }
+        other => {
+            let mut out = String::new();
+            nested(other, &mut out);
+            out
+        }
+    }
+}
+
 /// Does a rule with these conditions apply? An allow rule needs every condition to hold; a
 /// deny rule applies unless one of them fails (a missing field keeps a deny in force).
 pub fn rule_applies(conditions: &[Condition], context: &Value, deny: bool) -> bool {
@@ -492,7 +637,7 @@ mod tests {
             ("payload.path", "not_contains", json!("secret"), Holds),
             ("payload.path", "glob", json!("/srv/*/*.csv"), Holds),
             ("payload.path", "glob", json!("/srv/*.exe"), Fails),
-            ("meta.client.version", "glob", json!("1.?.0"), Holds),
+            ("meta.client.version", "glob", json!("1.*.0"), Holds),
             ("payload.limit", "lt", json!(100), Holds),
             ("payload.limit", "lt", json!(50), Fails),
             ("payload.limit", "le", json!(50), Holds),
@@ -591,7 +736,8 @@ mod tests {
             ("a*b*c", "aXXbYYc", true),
             ("a*b*c", "aXXbYY", false),
             ("db://orders/*", "db://orders/2024", true),
-            ("?", "ab", false),
+            ("?", "a", false),
+            ("a?", "a?", true),
             ("*a", "baaa", true),
         ] {
             assert_eq!(Glob::new(pattern).matches(text), expected, "{pattern} ~ {text}");

@@ -16,6 +16,7 @@
 //! Semantics: deny by default, any applicable deny wins, the order of rules never matters, a
 //! missing context field never grants access.
 
+pub mod cedar;
 pub mod condition;
 pub mod rules;
 

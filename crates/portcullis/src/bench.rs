@@ -418,3 +418,150 @@ async fn revocation_in(database: &str, rounds: usize) -> anyhow::Result<()> {
     drop(second);
     Ok(())
 }
+
+/// `portcullis bench --policy`: decision latency of the fast evaluator and of Cedar's own
+/// authorizer side by side, on the same rules and questions, with 10, 1,000 and 10,000 rules
+/// spread over 100 servers; and filtering a `tools/list` of 500 tools.
+pub fn policy(seconds_per_case: f64) -> anyhow::Result<()> {
+    use policy::cedar::Oracle;
+    use policy::{Condition, Context, Effect, Principals, Rule, RuleSet, Subject, Target};
+    use serde_json::json;
+
+    // A deterministic generator, so runs compare.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let tables = json!(["orders", "invoices", "customers"]);
+    let make_rules = |count: usize, next: &mut dyn FnMut(u64) -> u64| -> Vec<Rule> {
+        (0..count)
+            .map(|index| {
+                let deny = next(5) == 0;
+                let global = deny && next(100) == 0;
+                let principals = match next(4) {
+                    0 => Principals { users: vec![format!("user{}@example.com", next(200))], ..Principals::default() },
+                    1 | 2 => Principals { groups: vec![format!("group{}", next(50))], ..Principals::default() },
+                    _ => Principals { roles: vec![format!("role{}", next(20))], ..Principals::default() },
+                };
+                let tools = match next(3) {
+                    0 => Vec::new(),
+                    1 => vec![format!("tool{}", next(500))],
+                    _ => vec![format!("tool{}*", next(50))],
+                };
+                let conditions = match next(4) {
+                    0 => vec![Condition::compile("payload.table", "in", tables.clone()).expect("valid")],
+                    1 => vec![Condition::compile("meta.request.ip", "in_cidr", json!("10.0.0.0/8")).expect("valid")],
+                    _ => Vec::new(),
+                };
+                Rule {
+                    name: format!("rule {index}"),
+                    effect: if deny { Effect::Deny } else { Effect::Allow },
+                    global,
+                    servers: if global { Vec::new() } else { vec![format!("server{}", next(100))] },
+                    principals,
+                    tools,
+                    resources: Vec::new(),
+                    prompts: Vec::new(),
+                    conditions,
+                    expires_at: None,
+                    enabled: true,
+                }
+            })
+            .collect()
+    };
+    let subjects: Vec<Subject> = (0..50)
+        .map(|index| Subject {
+            email: format!("user{index}@example.com"),
+            groups: (0..3).map(|group| format!("group{}", (index * 3 + group) % 50)).collect(),
+            roles: vec![format!("role{}", index % 20)],
+            ..Subject::default()
+        })
+        .collect();
+    let context =
+        json!({"payload": {"table": "orders"}, "meta": {"request": {"ip": "10.1.2.3"}, "client": {"name": "cursor"}}});
+    let fixed = Context::of(context.clone());
+
+    let summary = |label: &str, count: usize, samples: &mut Vec<u64>, allowed: usize| {
+        samples.sort_unstable();
+        println!(
+            "{count:>7}  {label:<9} {:>10.2} {:>10.2} {:>10}  {:>5.1} %",
+            percentile(samples, 0.50),
+            percentile(samples, 0.99),
+            samples.len(),
+            100.0 * allowed as f64 / samples.len().max(1) as f64
+        );
+    };
+    println!("decision latency (µs), one decision at a time, same rules and questions for both");
+    println!("{:>7}  {:<9} {:>10} {:>10} {:>10}  {:>7}", "rules", "evaluator", "p50", "p99", "decisions", "allowed");
+    for count in [10, 1_000, 10_000] {
+        let rules = make_rules(count, &mut next);
+        let fast = RuleSet::compile(rules.clone()).map_err(|error| anyhow::anyhow!("{error}"))?;
+        let oracle = Oracle::new(&rules).map_err(|error| anyhow::anyhow!(error))?;
+        let questions: Vec<(usize, String, String)> = (0..1_000)
+            .map(|_| (next(50) as usize, format!("server{}", next(100)), format!("tool{}", next(500))))
+            .collect();
+        for evaluator in ["fast", "cedar"] {
+            let mut samples = Vec::new();
+            let mut allowed = 0;
+            let started = std::time::Instant::now();
+            let mut round = 0;
+            while started.elapsed().as_secs_f64() < seconds_per_case && samples.len() < 200_000 {
+                let (subject, server, tool) = &questions[round % questions.len()];
+                round += 1;
+                let subject = &subjects[*subject];
+                let target = Target::Tool(tool);
+                let (took, allow) = if evaluator == "fast" {
+                    let at = std::time::Instant::now();
+                    let allow = fast.decide(subject, server, target, &fixed, 0).allowed;
+                    (at.elapsed(), allow)
+                } else {
+                    let question =
+                        oracle.prepare(subject, server, target, &context, 0).map_err(|error| anyhow::anyhow!(error))?;
+                    let at = std::time::Instant::now();
+                    let allow = oracle.authorize(&question).map_err(|error| anyhow::anyhow!(error))?;
+                    (at.elapsed(), allow)
+                };
+                samples.push(took.as_nanos() as u64);
+                allowed += usize::from(allow);
+            }
+            summary(evaluator, count, &mut samples, allowed);
+        }
+    }
+
+    println!();
+    println!("tools/list of 500 tools filtered for one caller (µs per list), fast evaluator");
+    println!("{:>7}  {:>10} {:>10} {:>10}  {:>7}", "rules", "p50", "p99", "lists", "shown");
+    let tools: Vec<String> = (0..500).map(|index| format!("tool{index}")).collect();
+    for count in [10, 1_000, 10_000] {
+        let rules = make_rules(count, &mut next);
+        let fast = RuleSet::compile(rules).map_err(|error| anyhow::anyhow!("{error}"))?;
+        let listing = || context.clone();
+        let mut samples = Vec::new();
+        let mut shown = 0;
+        let started = std::time::Instant::now();
+        let mut round = 0;
+        while started.elapsed().as_secs_f64() < seconds_per_case && samples.len() < 20_000 {
+            let subject = &subjects[round % subjects.len()];
+            let server = format!("server{}", round % 100);
+            round += 1;
+            let at = std::time::Instant::now();
+            let context = Context::listing(&listing);
+            shown = tools
+                .iter()
+                .filter(|tool| fast.decide(subject, &server, Target::Tool(tool), &context, 0).allowed)
+                .count();
+            samples.push(at.elapsed().as_nanos() as u64);
+        }
+        samples.sort_unstable();
+        println!(
+            "{count:>7}  {:>10.1} {:>10.1} {:>10}  {shown:>7}",
+            percentile(&samples, 0.50),
+            percentile(&samples, 0.99),
+            samples.len()
+        );
+    }
+    Ok(())
+}

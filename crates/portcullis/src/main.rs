@@ -144,6 +144,10 @@ enum Command {
         /// database created (and dropped) on this PostgreSQL server.
         #[arg(long, value_name = "POSTGRES_URL")]
         revocation: Option<String>,
+        /// Instead, measure access decisions: the fast evaluator and Cedar side by side with
+        /// 10, 1,000 and 10,000 rules, and tools/list filtering of 500 tools.
+        #[arg(long)]
+        policy: bool,
     },
     /// The built-in demo MCP server on stdio (started by the gateway for `--demo`).
     #[command(hide = true)]
@@ -467,11 +471,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", SecretKey::generate().encode());
             Ok(())
         }
+        Command::Bench { policy: true, duration, .. } => {
+            init_logging(None);
+            portcullis::bench::policy(duration as f64 / 2.0)
+        }
         Command::Bench { revocation: Some(url), .. } => {
             init_logging(None);
             portcullis::bench::revocation(&url, 50).await
         }
-        Command::Bench { duration, warmup, concurrency, revocation: None } => {
+        Command::Bench { duration, warmup, concurrency, revocation: None, policy: false } => {
             init_logging(None);
             let settings = portcullis::bench::Settings {
                 duration: std::time::Duration::from_secs(duration),

@@ -175,6 +175,13 @@ impl RuleSpec {
     }
 }
 
+impl RuleSpec {
+    /// The rule as the Cedar policy that defines it, for admins who want to read it.
+    pub fn cedar(&self) -> Option<String> {
+        self.compile(None).ok().map(|rule| policy::cedar::policy_text(&rule))
+    }
+}
+
 /// A stored rule: the written form and its bookkeeping.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredRule {
@@ -231,6 +238,8 @@ pub async fn save(
 ) -> Result<(StoredRule, bool), SaveError> {
     let servers = known_servers(&mut *connection).await?;
     let rule = spec.compile(Some(&Known { servers: &servers })).map_err(|error| SaveError::Invalid(error.0))?;
+    // Cedar defines what the rule means; a rule that does not validate there is not saved.
+    policy::cedar::validate(&rule).map_err(SaveError::Invalid)?;
     let spec = spec.normalized(&rule);
     let (stored, before) = match id {
         None => (crate::store::rules::insert_rule(&mut *connection, &spec, actor).await?, None),

@@ -527,7 +527,7 @@ async fn get_rule(
     let rule = store::rules::get_rule(&mut connection, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("there is no rule with id {id:?}")))?;
-    Ok(Json(json!({ "rule": rule })))
+    Ok(Json(json!({ "rule": rule, "cedar": rule.spec.cedar() })))
 }
 
 fn save_error(error: crate::rules::SaveError) -> ApiError {
@@ -549,7 +549,7 @@ async fn create_rule(
         crate::rules::save(&mut transaction, &spec, None, &actor, &state.replica).await.map_err(save_error)?;
     transaction.commit().await.map_err(StoreError::from)?;
     reload(&state).await;
-    Ok((StatusCode::CREATED, Json(json!({ "rule": rule }))))
+    Ok((StatusCode::CREATED, Json(json!({ "rule": rule, "cedar": rule.spec.cedar() }))))
 }
 
 /// `PUT /rules/{id}`: replace a rule (policy admins).
@@ -568,7 +568,7 @@ async fn update_rule(
         crate::rules::save(&mut transaction, &spec, Some(&id), &actor, &state.replica).await.map_err(save_error)?;
     transaction.commit().await.map_err(StoreError::from)?;
     reload(&state).await;
-    Ok(Json(json!({ "rule": rule })))
+    Ok(Json(json!({ "rule": rule, "cedar": rule.spec.cedar() })))
 }
 
 /// `DELETE /rules/{id}`: delete a rule; callers who relied on it lose access at once, live

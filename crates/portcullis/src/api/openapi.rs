@@ -191,8 +191,7 @@ mod tests {
     #[test]
     fn every_route_is_documented() {
         let source = include_str!("mod.rs");
-        let routes: Vec<&str> =
-            source.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        let routes: Vec<&str> = source.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
         assert!(routes.len() > 10, "{routes:?}");
         let document = super::build();
         let paths = document["paths"].as_object().unwrap();

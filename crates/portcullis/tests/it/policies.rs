@@ -251,6 +251,9 @@ async fn rules_through_the_api_are_checked_audited_and_revoke_at_once() {
     let id = created["rule"]["id"].as_str().unwrap().to_owned();
     assert_eq!(created["rule"]["author"], "root@example.com");
     assert_eq!(created["rule"]["notes"], "access review 2026-Q4");
+    let cedar = created["cedar"].as_str().unwrap();
+    assert!(cedar.starts_with("@id(\"finance uses echo\")\npermit(principal, action, resource)"), "{cedar}");
+    assert!(cedar.contains("principal.groups.contains(\"finance\")"), "{cedar}");
     let (status, listed) = api.send(reqwest::Method::GET, "/rules?server=echo", None).await;
     assert_eq!(status, 200);
     assert_eq!(listed["rules"].as_array().unwrap().len(), 1);
