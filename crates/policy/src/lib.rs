@@ -246,6 +246,17 @@ impl PolicySet {
         self.public.contains(server)
     }
 
+    /// The same answer as [`PolicySet::decide`], without the reason (for filtering lists).
+    pub fn allows(&self, subject: &Subject, request: &Request<'_>) -> bool {
+        let public = self.public.contains(request.server);
+        if subject.anonymous && !public {
+            return false;
+        }
+        let target = request.action.target(request.name);
+        self.rules.allows(subject, request.server, target, request.context, request.now_ms)
+            || (public && self.decide(subject, request).is_allowed())
+    }
+
     /// The single authorization function.
     pub fn decide(&self, subject: &Subject, request: &Request<'_>) -> Decision {
         let server = request.server;

@@ -206,10 +206,10 @@ struct Index {
 
 impl Index {
     fn add(&mut self, principals: &Principals, rule: usize) {
-        let keyed = principals.users.iter().map(|user| format!("user:{}", user.to_lowercase()));
+        let keyed = principals.users.iter().map(|user| format!("user:{}", user.to_ascii_lowercase()));
         let keyed = keyed
-            .chain(principals.groups.iter().map(|group| format!("group:{}", group.to_lowercase())))
-            .chain(principals.roles.iter().map(|role| format!("role:{}", role.to_lowercase())))
+            .chain(principals.groups.iter().map(|group| format!("group:{}", group.to_ascii_lowercase())))
+            .chain(principals.roles.iter().map(|role| format!("role:{}", role.to_ascii_lowercase())))
             .chain(principals.agents.iter().map(|agent| format!("agent:{agent}")));
         let mut any = false;
         for key in keyed {
@@ -227,20 +227,29 @@ impl Index {
         if self.named.is_empty() || subject.anonymous {
             return;
         }
-        let mut look = |key: String| {
-            if let Some(rules) = self.named.get(&key) {
+        // One buffer for every key looked up: no allocation per group or role.
+        let mut key = String::with_capacity(64);
+        let mut look = |kind: &str, name: &str, fold: bool| {
+            key.clear();
+            key.push_str(kind);
+            if fold {
+                key.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+            } else {
+                key.push_str(name);
+            }
+            if let Some(rules) = self.named.get(key.as_str()) {
                 into.extend_from_slice(rules);
             }
         };
         match &subject.agent {
-            Some(agent) => look(format!("agent:{agent}")),
-            None => look(format!("user:{}", subject.email.to_lowercase())),
+            Some(agent) => look("agent:", agent, false),
+            None => look("user:", &subject.email, true),
         }
         for group in &subject.groups {
-            look(format!("group:{}", group.to_lowercase()));
+            look("group:", group, true);
         }
         for role in &subject.roles {
-            look(format!("role:{}", role.to_lowercase()));
+            look("role:", role, true);
         }
     }
 }
@@ -291,6 +300,57 @@ impl RuleSet {
         self.rules.iter().map(|compiled| &compiled.rule)
     }
 
+    /// The rules that may be about `subject` on `server`, each once, in index order.
+    fn candidates(&self, subject: &Subject, server: &str) -> Vec<usize> {
+        let mut candidates = Vec::new();
+        self.global.candidates(subject, &mut candidates);
+        if let Some(index) = self.by_server.get(server) {
+            index.candidates(subject, &mut candidates);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+    }
+
+    /// Does rule `index` apply to this request?
+    fn applies_to(
+        &self,
+        index: usize,
+        subject: &Subject,
+        target: Target<'_>,
+        context: &Context<'_>,
+        now_ms: i64,
+    ) -> bool {
+        let compiled = &self.rules[index];
+        let rule = &compiled.rule;
+        let deny = rule.effect == Effect::Deny;
+        compiled.live(now_ms)
+            && compiled.covers(target)
+            && rule.principals.matches(subject, deny)
+            && applies(&rule.conditions, context, deny)
+    }
+
+    /// The same answer as [`RuleSet::decide`], without the reason (for filtering lists).
+    pub fn allows(
+        &self,
+        subject: &Subject,
+        server: &str,
+        target: Target<'_>,
+        context: &Context<'_>,
+        now_ms: i64,
+    ) -> bool {
+        let mut allowed = false;
+        for index in self.candidates(subject, server) {
+            if self.applies_to(index, subject, target, context, now_ms) {
+                if self.rules[index].rule.effect == Effect::Deny {
+                    return false;
+                }
+                allowed = true;
+            }
+        }
+        allowed
+    }
+
     /// Decide whether `subject` may reach `target` on `server`, given the request `context`.
     pub fn decide(
         &self,
@@ -300,26 +360,13 @@ impl RuleSet {
         context: &Context<'_>,
         now_ms: i64,
     ) -> RuleDecision {
-        let mut candidates = Vec::new();
-        self.global.candidates(subject, &mut candidates);
-        if let Some(index) = self.by_server.get(server) {
-            index.candidates(subject, &mut candidates);
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
         let mut denies = Vec::new();
         let mut allows = Vec::new();
-        for index in candidates {
-            let compiled = &self.rules[index];
-            let rule = &compiled.rule;
-            let deny = rule.effect == Effect::Deny;
-            if !compiled.live(now_ms) || !compiled.covers(target) || !rule.principals.matches(subject, deny) {
-                continue;
+        for index in self.candidates(subject, server) {
+            if self.applies_to(index, subject, target, context, now_ms) {
+                let compiled = &self.rules[index];
+                if compiled.rule.effect == Effect::Deny { denies.push(compiled) } else { allows.push(compiled) }
             }
-            if !applies(&rule.conditions, context, deny) {
-                continue;
-            }
-            if deny { denies.push(compiled) } else { allows.push(compiled) }
         }
         if !denies.is_empty() {
             let mut names: Vec<String> = denies.iter().map(|compiled| compiled.rule.name.clone()).collect();
@@ -600,6 +647,7 @@ mod tests {
                     for server in ["a", "b"] {
                         for target in targets {
                             let decision = set.decide(subject, server, target, &lazy, 0);
+                            assert_eq!(set.allows(subject, server, target, &lazy, 0), decision.allowed);
                             for other in &others {
                                 assert_eq!(other.decide(subject, server, target, &lazy, 0), decision, "order matters");
                             }

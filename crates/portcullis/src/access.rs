@@ -144,7 +144,17 @@ pub fn decide(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &A
 /// May an entry of a list answer (`tools/list`, …) be shown? Decided like a call, with the
 /// arguments of the call unknown: conditions on `payload.*` are taken in the caller's favour.
 pub fn listed(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &Ask<'_>) -> bool {
-    decide_in(snapshot, caller, origin, ask, true).is_allowed()
+    let entry = snapshot.servers.get(ask.server).map(|entry| &**entry);
+    let build = || context(caller, origin, entry, ask);
+    let context = Context::listing(&build);
+    let request = Request {
+        server: ask.server,
+        action: ask.action,
+        name: ask.name,
+        context: &context,
+        now_ms: crate::store::now_ms(),
+    };
+    snapshot.policy.allows(caller.subject(), &request)
 }
 
 fn decide_in(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &Ask<'_>, listing: bool) -> Decision {
