@@ -48,7 +48,8 @@ pub struct Subject {
 }
 
 impl Principals {
-    fn matches(&self, subject: &Subject, deny: bool) -> bool {
+    /// Is `subject` among these principals, for a rule of this effect (`deny`)?
+    pub fn matches(&self, subject: &Subject, deny: bool) -> bool {
         if subject.anonymous {
             return deny && self.everyone;
         }
@@ -328,6 +329,18 @@ impl RuleSet {
             && compiled.covers(target)
             && rule.principals.matches(subject, deny)
             && applies(&rule.conditions, context, deny)
+    }
+
+    /// The rules in force at `now_ms` that are about `subject` on `server` (global ones
+    /// included), whatever their tools and conditions: what an access review lists.
+    pub fn about<'a>(&'a self, subject: &'a Subject, server: &str, now_ms: i64) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.candidates(subject, server)
+            .into_iter()
+            .map(|index| &self.rules[index])
+            .filter(move |compiled| {
+                compiled.live(now_ms) && compiled.rule.principals.matches(subject, compiled.rule.effect == Effect::Deny)
+            })
+            .map(|compiled| &compiled.rule)
     }
 
     /// The same answer as [`RuleSet::decide`], without the reason (for filtering lists).

@@ -138,7 +138,7 @@ fn subject(caller: &Caller) -> Value {
 /// Connecting (opening a session, listing, streaming) carries no arguments, so it is decided
 /// like a list entry: conditions on `payload.*` wait for the calls themselves.
 pub fn decide(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &Ask<'_>) -> Decision {
-    decide_in(snapshot, caller, origin, ask, ask.action == Action::Connect)
+    decide_under(&snapshot.policy, snapshot, caller, origin, ask)
 }
 
 /// May an entry of a list answer (`tools/list`, …) be shown? Decided like a call, with the
@@ -157,7 +157,16 @@ pub fn listed(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &A
     snapshot.policy.allows(caller.subject(), &request)
 }
 
-fn decide_in(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &Ask<'_>, listing: bool) -> Decision {
+/// Decide `ask` under `policy` — the snapshot's, or a draft being simulated — as
+/// [`decide`] does.
+pub fn decide_under(
+    policy: &policy::PolicySet,
+    snapshot: &Snapshot,
+    caller: &Caller,
+    origin: &Origin<'_>,
+    ask: &Ask<'_>,
+) -> Decision {
+    let listing = ask.action == Action::Connect;
     let entry = snapshot.servers.get(ask.server).map(|entry| &**entry);
     let build = || self::context(caller, origin, entry, ask);
     let context = if listing { Context::listing(&build) } else { Context::lazy(&build) };
@@ -168,7 +177,7 @@ fn decide_in(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &As
         context: &context,
         now_ms: crate::store::now_ms(),
     };
-    snapshot.policy.decide(caller.subject(), &request)
+    policy.decide(caller.subject(), &request)
 }
 
 /// Could `caller` get what `ask` asks for, given suitable circumstances? For views ("my

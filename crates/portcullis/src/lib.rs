@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod policy_test;
 pub mod proxy;
 pub mod registry;
+pub mod review;
 pub mod rules;
 pub mod scim;
 pub mod snapshot;

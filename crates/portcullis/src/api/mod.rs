@@ -45,6 +45,9 @@ pub fn router() -> Router<AppState> {
         .route("/grants", get(list_grants).post(add_grant))
         .route("/grants/{id}", delete(delete_grant))
         .route("/rules", get(list_rules).post(create_rule))
+        .route("/rules/simulate", axum::routing::post(simulate_rule))
+        .route("/access", get(effective_access))
+        .route("/access/stale", get(stale_access))
         .route("/rules/{id}", get(get_rule).put(update_rule).delete(delete_rule))
         .route("/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api-keys/{id}", delete(revoke_api_key))
@@ -584,6 +587,92 @@ async fn delete_rule(
     transaction.commit().await.map_err(StoreError::from)?;
     reload(&state).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimulateBody {
+    /// `{"create": rule}`, `{"update": {"id": …, "rule": rule}}` or `{"delete": id}`.
+    #[serde(flatten)]
+    draft: crate::review::Draft,
+    /// How many days of recorded calls to replay (default 30).
+    days: Option<u32>,
+}
+
+/// `POST /rules/simulate`: what a draft rule change would decide differently over the calls
+/// recorded in the last days (policy admins). Nothing is saved.
+async fn simulate_rule(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(body): Json<SimulateBody>,
+) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ManagePolicies)?;
+    let snapshot =
+        state.snapshot.current().map_err(|_| ApiError::Internal(StoreError::Open("stale snapshot".into())))?;
+    let days = body.days.unwrap_or(30).clamp(1, 365);
+    let simulation =
+        crate::review::simulate(&state.store, &state.audit, &snapshot, &body.draft, days).await.map_err(|error| {
+            match error {
+                crate::review::SimulationError::Invalid(text) => ApiError::BadRequest(text),
+                crate::review::SimulationError::Store(error) => ApiError::Internal(error),
+            }
+        })?;
+    Ok(Json(json!({ "simulation": simulation })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessQuery {
+    server: Option<String>,
+    user: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// `GET /access`: effective access — who can use which server through which rules (admins
+/// who read audit); `format=csv` for access reviews in a spreadsheet.
+async fn effective_access(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(query): Query<AccessQuery>,
+) -> Result<Response, ApiError> {
+    admin.require(Power::ReadAudit)?;
+    let snapshot =
+        state.snapshot.current().map_err(|_| ApiError::Internal(StoreError::Open("stale snapshot".into())))?;
+    let rows = crate::review::effective_access(&snapshot, query.server.as_deref(), query.user.as_deref());
+    match query.format.as_deref() {
+        None | Some("json") => Ok(Json(json!({ "access": rows })).into_response()),
+        Some("csv") => Ok((
+            [
+                (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"portcullis-access.csv\""),
+            ],
+            crate::review::access_csv(&rows),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::BadRequest(format!("format {other:?} is not json or csv"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaleQuery {
+    /// Unused for this many days (default 90).
+    days: Option<u32>,
+}
+
+/// `GET /access/stale`: allow rules with people who have not used them for N days.
+async fn stale_access(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(query): Query<StaleQuery>,
+) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ReadAudit)?;
+    let snapshot =
+        state.snapshot.current().map_err(|_| ApiError::Internal(StoreError::Open("stale snapshot".into())))?;
+    let days = query.days.unwrap_or(90).clamp(1, 3650);
+    let stale = crate::review::stale_access(&state.store, &snapshot, days).await?;
+    Ok(Json(json!({ "days": days, "stale": stale })))
 }
 
 async fn list_api_keys(State(state): State<AppState>, ApiUser(user): ApiUser) -> Result<Json<Value>, ApiError> {

@@ -117,6 +117,23 @@ pub fn build() -> Value {
                 },
                 "post": operation("Create an access rule, in force at once on every replica (policy admins; audited)", Some("Rule"), "201")
             },
+            "/rules/simulate": {
+                "post": operation("Replay the calls recorded in the last days under a draft rule change — {\"create\": rule}, {\"update\": {\"id\", \"rule\"}} or {\"delete\": id}, and \"days\" (default 30) — and list the decisions that would change, who gains and who loses; nothing is saved (policy admins)", None, "200")
+            },
+            "/access": {"get": {
+                "summary": "Effective access: who can use which server, through which rules (admins who read audit)",
+                "parameters": [
+                    {"name": "server", "in": "query", "schema": string},
+                    {"name": "user", "in": "query", "description": "an email", "schema": string},
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}}
+                ],
+                "responses": error_responses()
+            }},
+            "/access/stale": {"get": {
+                "summary": "Allow rules with people who have not used them for the given days (admins who read audit)",
+                "parameters": [{"name": "days", "in": "query", "schema": {"type": "integer", "default": 90}}],
+                "responses": error_responses()
+            }},
             "/rules/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
                 "get": operation("One access rule (any admin)", None, "200"),

@@ -191,6 +191,28 @@ pub async fn query(connection: &mut AnyConnection, filter: &Filter) -> Result<Ve
         .collect()
 }
 
+/// Who used which allow rules since `since_ms`: (principal, the rules that allowed a call,
+/// when last), from the calls (tools, resources, prompts) the rules allowed.
+pub async fn rule_use(
+    connection: &mut AnyConnection,
+    since_ms: i64,
+) -> Result<Vec<(String, Vec<String>, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT principal, rules, MAX(ts) AS last FROM audit_events \
+         WHERE ts >= $1 AND decision = 'allow' AND rules IS NOT NULL \
+         AND method IN ('tools/call', 'resources/read', 'prompts/get') GROUP BY principal, rules",
+    )
+    .bind(since_ms)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let rules: String = row.try_get("rules")?;
+            Ok((row.try_get("principal")?, serde_json::from_str(&rules).unwrap_or_default(), row.try_get("last")?))
+        })
+        .collect()
+}
+
 /// The SQLite audit writer's own connection: a plain synchronous connection on a dedicated
 /// thread, because a `tools/call` waits for its event's commit and every hop between threads
 /// is on its path. (sqlx's SQLite driver runs each statement on a worker thread and answers

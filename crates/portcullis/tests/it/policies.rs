@@ -444,3 +444,109 @@ expect = "allow"
     assert!(stderr.contains("2 of 6 cases failed"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn access_reviews_simulate_changes_and_find_stale_access() {
+    let gw = TestGateway::start().await;
+    let rules = r#"
+        [[groups]]
+        name = "engineering"
+
+        [[rules]]
+        name = "finance uses echo"
+        effect = "allow"
+        servers = ["echo"]
+        groups = ["finance"]
+
+        [[rules]]
+        name = "engineering uses echo"
+        effect = "allow"
+        servers = ["echo"]
+        groups = ["engineering"]
+        expires = "2099-12-31"
+    "#;
+    gw.apply(&(people_and_server(None) + rules)).await;
+    let api = Api { http: reqwest::Client::new(), base: gw.url("/api/v1"), key: gw.api_key("root@example.com").await };
+    let ann = gw.api_key("ann@example.com").await;
+    let bob = gw.api_key("bob@example.com").await;
+    let mut client = gw.client("echo", Some(&ann));
+    assert_eq!(client.initialize().await.status, 200);
+    for message in ["hello", "hello", "bye"] {
+        assert_eq!(text_of(&client.call_tool("echo", json!({"message": message})).await), message);
+    }
+    let mut client = gw.client("echo", Some(&bob));
+    assert_eq!(client.initialize().await.status, 200);
+    gw.audit().await;
+
+    // Effective access: who, where, through which rule; as JSON and as CSV.
+    let (status, body) = api.send(reqwest::Method::GET, "/access?server=echo", None).await;
+    assert_eq!(status, 200, "{body}");
+    let rows: Vec<(String, String, bool)> = body["access"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (row["user"].as_str().unwrap().into(), row["rule"].as_str().unwrap().into(), row["can_connect"] == true)
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("ann@example.com".into(), "finance uses echo".into(), true),
+            ("bob@example.com".into(), "engineering uses echo".into(), true)
+        ]
+    );
+    let csv = api
+        .http
+        .get(gw.url("/api/v1/access?user=bob@example.com&format=csv"))
+        .bearer_auth(&api.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        csv.text().await.unwrap(),
+        "user,server,can_connect,effect,rule,global,scope,conditions,expires\n\
+         bob@example.com,echo,true,allow,engineering uses echo,false,entire server,,2099-12-31T00:00:00Z\n"
+    );
+
+    // Stale access: Bob never called a tool through his team's rule.
+    let (status, body) = api.send(reqwest::Method::GET, "/access/stale?days=30", None).await;
+    assert_eq!(status, 200, "{body}");
+    let stale = body["stale"].as_array().unwrap();
+    assert_eq!(stale.len(), 1, "{body}");
+    assert_eq!(stale[0]["rule"], "engineering uses echo");
+    assert_eq!(stale[0]["unused_by"], json!(["bob@example.com"]));
+
+    // The simulator: a draft deny on greetings would have refused two of Ann's calls ...
+    let draft = json!({"create": {
+        "name": "no greetings for finance", "effect": "deny", "servers": ["echo"], "tools": ["echo"],
+        "groups": ["finance"], "conditions": [{"field": "payload.message", "op": "eq", "value": "hello"}]
+    }, "days": 1});
+    let (status, body) = api.send(reqwest::Method::POST, "/rules/simulate", Some(draft)).await;
+    assert_eq!(status, 200, "{body}");
+    let simulation = &body["simulation"];
+    assert_eq!(simulation["losses"], json!({"ann@example.com": 2}), "{body}");
+    assert_eq!(simulation["gains"], json!({}));
+    assert!(simulation["replayed"].as_u64().unwrap() >= 5, "{body}");
+    let change = &simulation["changes"][0];
+    assert_eq!((change["now"].as_str(), change["with_change"].as_str()), (Some("allow"), Some("deny")));
+    assert!(change["reason"].as_str().unwrap().contains("denied by rule \"no greetings for finance\""), "{body}");
+    // ... deleting Bob's team rule would have refused his session; and nothing was saved.
+    let (_, listed) = api.send(reqwest::Method::GET, "/rules", None).await;
+    let id =
+        listed["rules"].as_array().unwrap().iter().find(|rule| rule["name"] == "engineering uses echo").unwrap()["id"]
+            .clone();
+    let (status, body) = api.send(reqwest::Method::POST, "/rules/simulate", Some(json!({"delete": id}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["simulation"]["losses"], json!({"bob@example.com": 1}), "{body}");
+    assert_eq!(listed["rules"].as_array().unwrap().len(), 2);
+    let (_, after) = api.send(reqwest::Method::GET, "/rules", None).await;
+    assert_eq!(after["rules"].as_array().unwrap().len(), 2, "the simulator saved nothing");
+    // A draft that cannot be a rule is refused as such.
+    let bad = json!({"create": {"name": "x", "effect": "allow", "global": true, "everyone": true}});
+    let (status, body) = api.send(reqwest::Method::POST, "/rules/simulate", Some(bad)).await;
+    assert_eq!(status, 400);
+    assert!(body["message"].as_str().unwrap().contains("global rules can only deny"), "{body}");
+    gw.stop().await;
+}
