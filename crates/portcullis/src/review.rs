@@ -42,8 +42,8 @@ fn scope_of(rule: &Rule) -> String {
 }
 
 /// Effective access now: for every active person (or only `user`) and every server (or only
-/// `server`), the rules about them there. People with no rule on a server are left out, except
-/// on public servers.
+/// `server`), the rules about them there — allows and the denies that narrow them. People no
+/// rule lets in on a server are left out, except on public servers.
 pub fn effective_access(snapshot: &Snapshot, server: Option<&str>, user: Option<&str>) -> Vec<AccessRow> {
     let now = store::now_ms();
     let mut users: Vec<&Arc<UserEntry>> = snapshot
@@ -76,9 +76,14 @@ pub fn effective_access(snapshot: &Snapshot, server: Option<&str>, user: Option<
                 conditions: Vec::new(),
                 expires: None,
             };
-            let mut found = false;
-            for rule in snapshot.policy.rules().about(&entry.subject, server, now) {
-                found = true;
+            let about: Vec<&Rule> = snapshot.policy.rules().about(&entry.subject, server, now).collect();
+            let public = snapshot.policy.is_public(server);
+            // Only people something lets in: denies alone are listed with the rules that
+            // let them in, not for everyone on every server.
+            if !public && !about.iter().any(|rule| rule.effect == Effect::Allow) {
+                continue;
+            }
+            for rule in about {
                 let mut line = row(
                     rule.name.clone(),
                     if rule.effect == Effect::Allow { "allow" } else { "deny" },
@@ -93,10 +98,8 @@ pub fn effective_access(snapshot: &Snapshot, server: Option<&str>, user: Option<
                 line.expires = rule.expires_at.map(iso_time);
                 rows.push(line);
             }
-            if snapshot.policy.is_public(server) {
+            if public {
                 rows.push(row("(public server)".into(), "allow", false, "entire server".into()));
-            } else if !found {
-                continue;
             }
         }
     }

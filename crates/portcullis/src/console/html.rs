@@ -216,10 +216,10 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, content: Html) -> String {
         if viewer.admin {
             out.push_str("<a href=\"/console/servers\">Servers</a>");
             out.push_str("<a href=\"/console/users\">Users</a><a href=\"/console/groups\">Groups</a>");
+            out.push_str("<a href=\"/console/policies\">Policies</a>");
             // Sections that arrive with later parts of Portcullis: named, not yet links.
             for (section, arrives) in [
                 ("Requests", "server requests and approvals"),
-                ("Policies", "access policies"),
                 ("Agents", "agent accounts"),
                 ("Analytics", "analytics"),
                 ("Alerts", "security alerts"),

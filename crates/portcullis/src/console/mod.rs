@@ -10,6 +10,7 @@
 
 mod activity;
 pub mod html;
+mod policies;
 mod servers;
 mod sso;
 
@@ -63,6 +64,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/groups", get(groups))
         .route("/console/audit", get(activity::page))
         .route("/console/servers", get(servers::page))
+        .route("/console/servers/{name}/permissions", get(policies::permissions))
+        .route("/console/policies", get(policies::policies))
+        .route("/console/rules", post(policies::save))
+        .route("/console/rules/{id}", get(policies::edit))
+        .route("/console/rules/{id}/delete", post(policies::delete))
+        .route("/console/access", get(policies::access))
+        .route("/console/access.csv", get(policies::access_csv))
         .route("/console/settings", get(settings_page).post(change_settings))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }

@@ -62,7 +62,10 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
             }
             let credentials = if credentials.is_empty() { "none".to_owned() } else { credentials.join(", ") };
             vec![
-                cell(&server.name),
+                super::html::link(
+                    &format!("/console/servers/{}/permissions", super::url_encode(&server.name)),
+                    &server.name,
+                ),
                 cell(&server.description),
                 cell(server.transport.as_str()),
                 cell(&address),
@@ -73,7 +76,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         .collect();
     if !rows.is_empty() {
         content.push(rich_table(
-            &["Name", "Description", "Transport", "Address", "Credentials set", "Who may use it"],
+            &["Name (permissions)", "Description", "Transport", "Address", "Credentials set", "Granted to"],
             &rows,
         ));
         content.push(note("hint", "Credentials are stored encrypted and never shown; only their names are listed."));

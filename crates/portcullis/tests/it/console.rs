@@ -528,3 +528,131 @@ async fn person_id(gw: &TestGateway, email: &str) -> String {
     let mut connection = gw.store().pool.acquire().await.unwrap();
     portcullis::store::accounts::by_email(&mut connection, email).await.unwrap().unwrap().user_id
 }
+
+/// Permissions tab, Admin → Policies, simulate-then-save, edit, delete and effective access,
+/// all through forms; only policy admins change rules.
+#[tokio::test]
+async fn admins_write_rules_in_the_console_without_writing_cedar() {
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "{}\n[[groups]]\nname = \"Finance\"\n[[users]]\nemail = \"ann@example.com\"\ngroups = [\"Finance\"]\n",
+        demo_server_toml("demo", &[])
+    ))
+    .await;
+    let mut browser = signed_in_admin(&gw, "sec@example.com", "security-admin").await;
+    let tab = browser.get("/console/servers/demo/permissions").await;
+    assert_eq!(tab.status, 200, "{}", tab.body);
+    assert!(tab.body.contains("No rules name this server yet"), "{}", tab.body);
+    assert!(browser.get("/console/servers").await.body.contains("/console/servers/demo/permissions"));
+
+    let rule = |intent: &'static str, conditions: &'static str| {
+        vec![
+            ("intent", intent),
+            ("name", "finance demo"),
+            ("effect", "allow"),
+            ("servers", "demo"),
+            ("groups", "Finance"),
+            ("tools", "echo, add"),
+            ("conditions", conditions),
+            ("notes", "ticket FIN-42"),
+        ]
+    };
+    let post = |csrf: String, fields: Vec<(&'static str, &'static str)>| {
+        let mut all: Vec<(String, String)> = vec![("csrf".into(), csrf)];
+        all.extend(fields.into_iter().map(|(name, value)| (name.to_owned(), value.to_owned())));
+        all
+    };
+    // A bad condition is refused with the part named, and the form keeps what was typed.
+    let fields = post(tab.csrf(), rule("save", "meta.request.ip in_cidr 10.0.0.0/40"));
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let refused = browser.post("/console/rules", &fields).await;
+    assert_eq!(refused.status, 200);
+    assert!(
+        refused.body.contains("Rule not saved") && refused.body.contains("condition 1 (meta.request.ip)"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains("ticket FIN-42"));
+    // Simulate first: nothing saved, the report and the form come back.
+    let fields = post(refused.csrf(), rule("simulate", "payload.message in [\"hi\"]"));
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let simulated = browser.post("/console/rules", &fields).await;
+    assert!(
+        simulated.body.contains("Calls replayed") && simulated.body.contains("Nothing is saved"),
+        "{}",
+        simulated.body
+    );
+    assert!(browser.get("/console/servers/demo/permissions").await.body.contains("No rules name this server yet"));
+    // Then save.
+    let fields = post(simulated.csrf(), rule("save", "payload.message in [\"hi\"]"));
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let saved = browser.post("/console/rules", &fields).await;
+    assert_eq!((saved.status, saved.location()), (303, "/console/servers/demo/permissions"), "{}", saved.body);
+    let tab = browser.get("/console/servers/demo/permissions").await;
+    assert!(
+        tab.body.contains("finance demo") && tab.body.contains("payload.message in [&quot;hi&quot;]"),
+        "{}",
+        tab.body
+    );
+    assert!(tab.body.contains("principal.groups.contains(&quot;finance&quot;)"), "the Cedar text is shown");
+
+    // A global rule on Admin → Policies.
+    let policies = browser.get("/console/policies").await;
+    assert!(policies.body.contains("No global rules yet"));
+    let saved = browser
+        .post(
+            "/console/rules",
+            &[
+                ("csrf", &policies.csrf()),
+                ("intent", "save"),
+                ("name", "Cursor only"),
+                ("effect", "deny"),
+                ("global", "on"),
+                ("everyone", "on"),
+                ("conditions", "meta.client.name ne cursor"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.location(), "/console/policies", "{}", saved.body);
+    assert!(browser.get("/console/policies").await.body.contains("Cursor only"));
+
+    // Effective access, on the page and as CSV.
+    let access = browser.get("/console/access?server=demo").await;
+    assert!(access.body.contains("ann@example.com") && access.body.contains("finance demo"), "{}", access.body);
+    let csv = browser.get("/console/access.csv?server=demo&user=").await;
+    assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+    assert!(
+        csv.body.contains("ann@example.com,demo,true,allow,finance demo,false,\"tools: echo, add\""),
+        "{}",
+        csv.body
+    );
+    assert!(!csv.body.contains("sec@example.com"), "people with no allow on the server are not listed: {}", csv.body);
+
+    // Edit, then delete, from the tab.
+    let tab = browser.get("/console/servers/demo/permissions").await;
+    let id = between(&tab.body, "action=\"/console/rules/", "/delete").unwrap();
+    let form = browser.get(&format!("/console/rules/{id}")).await;
+    assert!(form.body.contains("value=\"finance demo\"") && form.body.contains("ticket FIN-42"), "{}", form.body);
+    let deleted = browser.post(&format!("/console/rules/{id}/delete"), &[("csrf", &tab.csrf())]).await;
+    assert_eq!(deleted.location(), "/console/servers/demo/permissions");
+    assert!(browser.get("/console/servers/demo/permissions").await.body.contains("No rules name this server yet"));
+    let events = gw.audit().await;
+    let methods: Vec<&str> =
+        events.iter().filter(|event| event.method.starts_with("rule/")).map(|event| event.method.as_str()).collect();
+    assert_eq!(methods, ["rule/delete", "rule/create", "rule/create"]);
+    assert!(
+        events
+            .iter()
+            .filter(|event| event.method.starts_with("rule/"))
+            .all(|event| event.principal == "sec@example.com")
+    );
+
+    // An analytics admin reviews access but changes no rule.
+    let mut analyst = signed_in_admin(&gw, "numbers@example.com", "analytics-admin").await;
+    let tab = analyst.get("/console/servers/demo/permissions").await;
+    assert!(!tab.body.contains("New rule"));
+    assert_eq!(analyst.get("/console/access").await.status, 200);
+    let refused = analyst.post("/console/rules", &[("csrf", &tab.csrf()), ("intent", "save"), ("name", "x")]).await;
+    assert_eq!(refused.status, 403);
+    gw.stop().await;
+}
