@@ -292,6 +292,14 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// A line for whoever started `serve`. The gateway keeps serving when nobody reads its
+/// standard output any more (a closed pipe is not a reason to stop).
+fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The runtime's size is a setting of `serve`; a bad configuration is reported by `run`.
@@ -348,7 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let public_url = config.public_url.clone();
             let app = App::build(config).await?;
             let address = app.address();
-            println!("listening on http://{address}");
+            say(&format!("listening on http://{address}"));
             if let Some(key) = demo_key {
                 print_demo_instructions(address, &key);
             }
@@ -358,10 +366,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("http://{host}:{}", address.port())
             });
             if let Some(link) = portcullis::console::first_run_link(&app.state().store, &base).await? {
-                println!();
-                println!("First run: no super admin can sign in yet. Open this link to create one");
-                println!("(it works once, for 24 hours; restart for a new one):");
-                println!("  {link}");
+                say("");
+                say("First run: no super admin can sign in yet. Open this link to create one");
+                say("(it works once, for 24 hours; restart for a new one):");
+                say(&format!("  {link}"));
             }
             app.run_until_stopped(shutdown_signal()).await
         }
@@ -520,23 +528,17 @@ async fn set_status(store: StoreArgs, user: &str, status: Status) -> anyhow::Res
 
 fn print_demo_instructions(address: std::net::SocketAddr, key: &str) {
     let url = format!("http://{address}/mcp/demo");
-    println!();
-    println!("Demo ready. Server \"demo\" (tools: echo, add) for user {}.", portcullis::cli::DEMO_USER);
-    println!("  URL:     {url}");
-    println!("  API key: {key}");
-    println!();
-    println!("Try it:");
-    println!(
-        "  curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -H 'Accept: application/json, text/event-stream' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' -D -"
-    );
-    println!();
-    println!("Client configuration (Claude Code, Cursor, VS Code and others that speak Streamable HTTP):");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&serde_json::json!({
-            "mcpServers": {"demo": {"type": "http", "url": url, "headers": {"Authorization": format!("Bearer {key}")}}}
-        }))
-        .unwrap_or_default()
-    );
-    println!("Clients that only speak stdio: portcullis connect {url} --api-key {key}");
+    let config = serde_json::to_string_pretty(&serde_json::json!({
+        "mcpServers": {"demo": {"type": "http", "url": url, "headers": {"Authorization": format!("Bearer {key}")}}}
+    }))
+    .unwrap_or_default();
+    say(&format!(
+        "\nDemo ready. Server \"demo\" (tools: echo, add) for user {user}.\n  URL:     {url}\n  API key: {key}\n\nTry it:\n  \
+         curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    \
+         -H 'Accept: application/json, text/event-stream' \\\n    \
+         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"1\"}}}}}}' -D -\n\n\
+         Client configuration (Claude Code, Cursor, VS Code and others that speak Streamable HTTP):\n{config}\n\
+         Clients that only speak stdio: portcullis connect {url} --api-key {key}",
+        user = portcullis::cli::DEMO_USER
+    ));
 }

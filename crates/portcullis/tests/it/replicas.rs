@@ -202,3 +202,43 @@ async fn a_suspension_on_one_replica_refuses_calls_and_ends_streams_on_the_other
     second.stop().await;
     drop_postgres_database(&name).await;
 }
+
+/// Deleting a rule on one replica ends a live stream that relied on it on another, and the next
+/// call there is denied (the snapshot refresher of every replica is woken by the change).
+#[tokio::test]
+async fn a_deleted_rule_ends_access_on_another_replica() {
+    let (url, name) = fresh_postgres_database().await;
+    let key = SecretKey::generate();
+    let store = StoreKind::Postgres(url, name.clone());
+    let first = TestGateway::start_with(Options { store: store.clone(), key: key.clone(), ..Options::default() }).await;
+    let second = TestGateway::start_with(Options { store, key, ..Options::default() }).await;
+    first
+        .apply(&format!(
+            "{}\n[[users]]\nemail = \"ann@example.com\"\n[[rules]]\nname = \"ann uses demo\"\neffect = \"allow\"\n\
+             servers = [\"demo\"]\nusers = [\"ann@example.com\"]\n",
+            demo_server_toml("demo", &[])
+        ))
+        .await;
+    let api_key = first.api_key("ann@example.com").await;
+    second.state.snapshot.reload(second.store(), &second.state.keys).await.unwrap();
+    let mut client = second.client("demo", Some(&api_key));
+    assert_eq!(client.initialize().await.status, 200);
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "hi"})).await), "hi");
+    let stream =
+        client.request_builder(reqwest::Method::GET).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+
+    let deleted_at = std::time::Instant::now();
+    let mut connection = first.store().begin_write().await.unwrap();
+    let rules = portcullis::store::rules::list_rules(&mut connection).await.unwrap();
+    portcullis::rules::delete(&mut connection, &rules[0].id, "admin@example.com", "test").await.unwrap();
+    connection.commit().await.unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), stream.text()).await;
+    assert!(ended.is_ok(), "the stream on the other replica outlived the rule");
+    eprintln!("stream ended {:?} after the rule was deleted on the other replica", deleted_at.elapsed());
+    let denied = client.call_tool("echo", json!({"message": "hi"})).await;
+    assert_eq!(denied.error_code(), Some(-32030), "{}", denied.text);
+    first.stop().await;
+    second.stop().await;
+    drop_postgres_database(&name).await;
+}
