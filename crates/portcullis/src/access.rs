@@ -144,17 +144,7 @@ pub fn decide(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &A
 /// May an entry of a list answer (`tools/list`, …) be shown? Decided like a call, with the
 /// arguments of the call unknown: conditions on `payload.*` are taken in the caller's favour.
 pub fn listed(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &Ask<'_>) -> bool {
-    let entry = snapshot.servers.get(ask.server).map(|entry| &**entry);
-    let build = || context(caller, origin, entry, ask);
-    let context = Context::listing(&build);
-    let request = Request {
-        server: ask.server,
-        action: ask.action,
-        name: ask.name,
-        context: &context,
-        now_ms: crate::store::now_ms(),
-    };
-    snapshot.policy.allows(caller.subject(), &request)
+    asking(snapshot, caller, origin, ask, Judge::Listing, |request| snapshot.policy.allows(caller.subject(), request))
 }
 
 /// Decide `ask` under `policy` — the snapshot's, or a draft being simulated — as
@@ -166,25 +156,44 @@ pub fn decide_under(
     origin: &Origin<'_>,
     ask: &Ask<'_>,
 ) -> Decision {
-    let listing = ask.action == Action::Connect;
-    let entry = snapshot.servers.get(ask.server).map(|entry| &**entry);
-    let build = || self::context(caller, origin, entry, ask);
-    let context = if listing { Context::listing(&build) } else { Context::lazy(&build) };
-    let request = Request {
-        server: ask.server,
-        action: ask.action,
-        name: ask.name,
-        context: &context,
-        now_ms: crate::store::now_ms(),
-    };
-    policy.decide(caller.subject(), &request)
+    let judge = if ask.action == Action::Connect { Judge::Listing } else { Judge::Call };
+    asking(snapshot, caller, origin, ask, judge, |request| policy.decide(caller.subject(), request))
 }
 
 /// Could `caller` get what `ask` asks for, given suitable circumstances? For views ("my
 /// servers", effective access): allow rules count whatever their conditions, deny rules only
 /// when they have none.
 pub fn reachable(snapshot: &Snapshot, caller: &Caller, ask: &Ask<'_>) -> Decision {
-    let context = Context::potential();
+    let origin = Origin::default();
+    asking(snapshot, caller, &origin, ask, Judge::Potential, |request| {
+        snapshot.policy.decide(caller.subject(), request)
+    })
+}
+
+/// What the context of a question can judge (see [`policy::Context`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judge {
+    Call,
+    Listing,
+    Potential,
+}
+
+/// Build the question — the request and its lazily built context — and hand it to `answer`.
+fn asking<T>(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    origin: &Origin<'_>,
+    ask: &Ask<'_>,
+    judge: Judge,
+    answer: impl FnOnce(&Request<'_>) -> T,
+) -> T {
+    let entry = snapshot.servers.get(ask.server).map(|entry| &**entry);
+    let build = || self::context(caller, origin, entry, ask);
+    let context = match judge {
+        Judge::Call => Context::lazy(&build),
+        Judge::Listing => Context::listing(&build),
+        Judge::Potential => Context::potential(),
+    };
     let request = Request {
         server: ask.server,
         action: ask.action,
@@ -192,7 +201,7 @@ pub fn reachable(snapshot: &Snapshot, caller: &Caller, ask: &Ask<'_>) -> Decisio
         context: &context,
         now_ms: crate::store::now_ms(),
     };
-    snapshot.policy.decide(caller.subject(), &request)
+    answer(&request)
 }
 
 /// The servers `user` could use, by name (none when they are not active).

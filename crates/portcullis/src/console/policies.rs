@@ -597,24 +597,33 @@ fn may_review(signed: &Signed) -> bool {
     signed.account.admin_roles.iter().any(|role| role.can(Power::ReadAudit))
 }
 
-/// `GET /console/access`: effective access, for a server or a person, with a CSV download.
-pub async fn access(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<AccessQuery>) -> Response {
-    let signed = match require_admin(&state, &headers).await {
-        Ok(signed) => signed,
-        Err(response) => return response,
-    };
+/// The effective-access rows asked for, for a signed-in admin who reads audit.
+async fn access_rows(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &AccessQuery,
+) -> Result<(Signed, Vec<review::AccessRow>), Response> {
+    let signed = require_admin(state, headers).await?;
     if !may_review(&signed) {
-        return html_response(
+        return Err(html_response(
             StatusCode::FORBIDDEN,
             page("Not allowed", None, note("error", "Access reviews need an admin role that reads audit.")),
-        );
+        ));
     }
     let Ok(snapshot) = state.snapshot.current() else {
-        return failure(&StoreError::Open("the policy snapshot is stale".into()));
+        return Err(failure(&StoreError::Open("the policy snapshot is stale".into())));
     };
     let server = Some(query.server.trim()).filter(|text| !text.is_empty());
     let user = Some(query.user.trim()).filter(|text| !text.is_empty());
-    let rows = review::effective_access(&snapshot, server, user);
+    Ok((signed, review::effective_access(&snapshot, server, user)))
+}
+
+/// `GET /console/access`: effective access, for a server or a person, with a CSV download.
+pub async fn access(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<AccessQuery>) -> Response {
+    let (signed, rows) = match access_rows(&state, &headers, &query).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
     let (csrf_token, set) = csrf(&state, &headers);
     let mut content = Html::new();
     content.push(super::html::filters(
@@ -662,19 +671,10 @@ pub async fn access_csv(
     headers: HeaderMap,
     Query(query): Query<AccessQuery>,
 ) -> Response {
-    let signed = match require_admin(&state, &headers).await {
-        Ok(signed) => signed,
+    let rows = match access_rows(&state, &headers, &query).await {
+        Ok((_, rows)) => rows,
         Err(response) => return response,
     };
-    if !may_review(&signed) {
-        return StatusCode::FORBIDDEN.into_response();
-    }
-    let Ok(snapshot) = state.snapshot.current() else {
-        return failure(&StoreError::Open("the policy snapshot is stale".into()));
-    };
-    let server = Some(query.server.trim()).filter(|text| !text.is_empty());
-    let user = Some(query.user.trim()).filter(|text| !text.is_empty());
-    let rows = review::effective_access(&snapshot, server, user);
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),

@@ -24,6 +24,22 @@ fn rule_from_row(row: &AnyRow) -> Result<StoredRule, StoreError> {
     })
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Bind the rule's columns, in table order: name, effect, global_scope, spec, notes,
+/// expires_at, enabled, author.
+fn with_spec<'q>(query: AnyQuery<'q>, spec: &'q RuleSpec, author: &'q str) -> AnyQuery<'q> {
+    query
+        .bind(&spec.name)
+        .bind(&spec.effect)
+        .bind(i64::from(spec.global))
+        .bind(serde_json::to_string(spec).unwrap_or_default())
+        .bind(&spec.notes)
+        .bind(spec.expires.as_deref().and_then(crate::time::parse_iso_time))
+        .bind(i64::from(spec.enabled))
+        .bind(author)
+}
+
 /// Every rule, by name.
 pub async fn list_rules(connection: &mut AnyConnection) -> Result<Vec<StoredRule>, StoreError> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM rules ORDER BY name")).fetch_all(connection).await?;
@@ -64,23 +80,12 @@ pub async fn insert_rule(
         created_at: now,
         updated_at: now,
     };
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO rules (id, name, effect, global_scope, spec, notes, expires_at, enabled, author, created_at, \
          updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
-    .bind(&rule.id)
-    .bind(&spec.name)
-    .bind(&spec.effect)
-    .bind(i64::from(spec.global))
-    .bind(serde_json::to_string(spec).unwrap_or_default())
-    .bind(&spec.notes)
-    .bind(spec.expires.as_deref().and_then(crate::time::parse_iso_time))
-    .bind(i64::from(spec.enabled))
-    .bind(author)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *connection)
-    .await?;
+    .bind(&rule.id);
+    with_spec(insert, spec, author).bind(now).bind(now).execute(&mut *connection).await?;
     bump_revision(connection).await?;
     Ok(rule)
 }
@@ -104,22 +109,11 @@ pub async fn update_rule(
         )));
     }
     let now = now_ms();
-    sqlx::query(
+    let update = sqlx::query(
         "UPDATE rules SET name = $1, effect = $2, global_scope = $3, spec = $4, notes = $5, expires_at = $6, \
          enabled = $7, author = $8, updated_at = $9 WHERE id = $10",
-    )
-    .bind(&spec.name)
-    .bind(&spec.effect)
-    .bind(i64::from(spec.global))
-    .bind(serde_json::to_string(spec).unwrap_or_default())
-    .bind(&spec.notes)
-    .bind(spec.expires.as_deref().and_then(crate::time::parse_iso_time))
-    .bind(i64::from(spec.enabled))
-    .bind(author)
-    .bind(now)
-    .bind(id)
-    .execute(&mut *connection)
-    .await?;
+    );
+    with_spec(update, spec, author).bind(now).bind(id).execute(&mut *connection).await?;
     bump_revision(connection).await?;
     Ok(StoredRule { spec: spec.clone(), author: author.to_owned(), updated_at: now, ..before })
 }

@@ -32,23 +32,6 @@ email = "ann@example.com"
 groups = ["ops"]
 "#;
 
-struct Api {
-    http: reqwest::Client,
-    gw_url: String,
-}
-
-impl Api {
-    async fn call(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}/api/v1{path}", self.gw_url)).bearer_auth(key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
-
 #[tokio::test]
 async fn admin_roles_have_distinct_powers_and_changes_are_audited() {
     let gw = TestGateway::start().await;
@@ -64,7 +47,7 @@ async fn admin_roles_have_distinct_powers_and_changes_are_audited() {
         key("numbers@example.com").await,
         key("ann@example.com").await,
     );
-    let api = Api { http: reqwest::Client::new(), gw_url: gw.url("") };
+    let api = Api::new(&gw, "");
     use reqwest::Method;
     let server = json!({"transport": "streamable-http", "url": "http://127.0.0.1:9/mcp"});
     let grant = json!({"server": "echo", "user": "ann@example.com"});

@@ -214,29 +214,11 @@ async fn rules_decide_calls_and_lists_and_say_why() {
     gw.stop().await;
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    key: String,
-}
-
-impl Api {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
-
 #[tokio::test]
 async fn rules_through_the_api_are_checked_audited_and_revoke_at_once() {
     let gw = TestGateway::start().await;
     gw.apply(&people_and_server(None)).await;
-    let api = Api { http: reqwest::Client::new(), base: gw.url("/api/v1"), key: gw.api_key("root@example.com").await };
+    let api = Api::new(&gw, &gw.api_key("root@example.com").await);
     let ann = gw.api_key("ann@example.com").await;
 
     let rule = json!({
@@ -466,7 +448,7 @@ async fn access_reviews_simulate_changes_and_find_stale_access() {
         expires = "2099-12-31"
     "#;
     gw.apply(&(people_and_server(None) + rules)).await;
-    let api = Api { http: reqwest::Client::new(), base: gw.url("/api/v1"), key: gw.api_key("root@example.com").await };
+    let api = Api::new(&gw, &gw.api_key("root@example.com").await);
     let ann = gw.api_key("ann@example.com").await;
     let bob = gw.api_key("bob@example.com").await;
     let mut client = gw.client("echo", Some(&ann));

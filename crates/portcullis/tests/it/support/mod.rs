@@ -415,3 +415,30 @@ impl ClientDocuments {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The REST API (`/api/v1`) as a client: `send` with its own API key, `call` with another.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub key: String,
+}
+
+impl Api {
+    pub fn new(gw: &TestGateway, key: &str) -> Api {
+        Api { http: reqwest::Client::new(), base: gw.url("/api/v1"), key: key.to_owned() }
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(&self.key, method, path, body).await
+    }
+
+    pub async fn call(&self, key: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
