@@ -74,8 +74,13 @@ enum Assume {
     /// A call: every condition is judged on the context.
     Nothing,
     /// A list entry (`tools/list`): the arguments of a later call are not known yet, so
-    /// `payload.*` conditions are assumed; the rest (network, client, identity) is judged.
+    /// `payload.*` conditions are assumed; the rest (network, client, identity, the tool) is
+    /// judged.
     Payload,
+    /// Connecting to a server: neither the arguments nor the tool, resource or prompt of later
+    /// calls are known, so `payload.*`, `meta.tool.*`, `meta.resource.*` and `meta.prompt.*`
+    /// are assumed.
+    Target,
     /// Not a call but the question "could this subject get in at all?" (views such as "my
     /// servers" and effective access): every condition is assumed.
     Everything,
@@ -97,6 +102,13 @@ impl<'a> Context<'a> {
         Context { value: OnceCell::new(), build, assume: Assume::Payload }
     }
 
+    /// The context of a connection (opening a session, listing, streaming): like
+    /// [`Context::listing`], and conditions on the tool, resource or prompt of later calls are
+    /// assumed too.
+    pub fn connecting(build: &'a dyn Fn() -> Value) -> Context<'a> {
+        Context { value: OnceCell::new(), build, assume: Assume::Target }
+    }
+
     /// The context of the question "could the subject get in, under some conditions?".
     pub fn potential() -> Context<'static> {
         Context { value: OnceCell::new(), build: &empty, assume: Assume::Everything }
@@ -106,7 +118,10 @@ impl<'a> Context<'a> {
     pub fn assumes(&self, condition: &Condition) -> bool {
         match self.assume {
             Assume::Nothing => false,
-            Assume::Payload => condition.field == "payload" || condition.field.starts_with("payload."),
+            Assume::Payload => under(&condition.field, "payload"),
+            Assume::Target => ["payload", "meta.tool", "meta.resource", "meta.prompt"]
+                .iter()
+                .any(|root| under(&condition.field, root)),
             Assume::Everything => true,
         }
     }
@@ -128,6 +143,11 @@ impl fmt::Debug for Context<'_> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.debug_struct("Context").field("value", &self.value.get()).finish()
     }
+}
+
+/// Is `field` the path `root` or below it?
+fn under(field: &str, root: &str) -> bool {
+    field.strip_prefix(root).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 /// One authorization question.
@@ -416,6 +436,11 @@ mod tests {
         assert!(ask(vec![tables.clone(), no_drop.clone()], &Context::listing(&inside)));
         // ... but what is known counts: from outside the network it is hidden.
         assert!(!ask(vec![tables.clone(), network.clone()], &Context::listing(&outside)));
+        // Connecting assumes the tool too; a list entry judges it.
+        let read_only =
+            conditional("read-only", Effect::Allow, "meta.tool.annotations.readOnlyHint", "eq", json!(true));
+        assert!(ask(vec![read_only.clone()], &Context::connecting(&inside)));
+        assert!(!ask(vec![read_only.clone()], &Context::listing(&inside)));
         // A view of who could get in assumes every condition.
         assert!(ask(vec![tables, no_drop, network], &Context::potential()));
     }

@@ -13,6 +13,7 @@
 //! | `meta.oauth.user_verified`, `meta.oauth.client_id` | present when the caller signed in through OAuth |
 //! | `meta.server.name`, `.transport`, `.public` | the server |
 //! | `meta.tool.name`, `meta.resource.uri`, `meta.prompt.name` | what is asked for |
+//! | `meta.tool.annotations.*`, `meta.tool.title` | from the server's last known tool list |
 //!
 //! The context is built only when a rule that could apply has conditions.
 
@@ -76,7 +77,13 @@ impl<'a> Ask<'a> {
 }
 
 /// The context rule conditions read, for one call.
-pub fn context(caller: &Caller, origin: &Origin<'_>, entry: Option<&ServerEntry>, ask: &Ask<'_>) -> Value {
+pub fn context(
+    caller: &Caller,
+    origin: &Origin<'_>,
+    snapshot: Option<&Snapshot>,
+    entry: Option<&ServerEntry>,
+    ask: &Ask<'_>,
+) -> Value {
     let mut meta = Map::new();
     let mut request = Map::new();
     if let Some(ip) = origin.ip {
@@ -102,7 +109,17 @@ pub fn context(caller: &Caller, origin: &Origin<'_>, entry: Option<&ServerEntry>
     match ask.action {
         Action::Connect => {}
         Action::CallTool => {
-            meta.insert("tool".into(), json!({ "name": ask.name }));
+            let mut tool = json!({ "name": ask.name });
+            let known = snapshot.and_then(|snapshot| snapshot.tools.get(ask.server)?.tools.get(ask.name));
+            if let Some(known) = known {
+                if !known.annotations.is_null() {
+                    tool["annotations"] = known.annotations.clone();
+                }
+                if let Some(title) = &known.title {
+                    tool["title"] = title.as_str().into();
+                }
+            }
+            meta.insert("tool".into(), tool);
         }
         Action::ReadResource => {
             meta.insert("resource".into(), json!({ "uri": ask.name }));
@@ -135,8 +152,8 @@ fn subject(caller: &Caller) -> Value {
 /// Decide `ask` for `caller` under `snapshot`: the single authorization function of the
 /// gateway (data plane, API and console all come here).
 ///
-/// Connecting (opening a session, listing, streaming) carries no arguments, so it is decided
-/// like a list entry: conditions on `payload.*` wait for the calls themselves.
+/// Connecting (opening a session, listing, streaming) names no tool and carries no arguments,
+/// so conditions on `payload.*` and on the tool, resource or prompt wait for the calls.
 pub fn decide(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, ask: &Ask<'_>) -> Decision {
     decide_under(&snapshot.policy, snapshot, caller, origin, ask)
 }
@@ -156,7 +173,7 @@ pub fn decide_under(
     origin: &Origin<'_>,
     ask: &Ask<'_>,
 ) -> Decision {
-    let judge = if ask.action == Action::Connect { Judge::Listing } else { Judge::Call };
+    let judge = if ask.action == Action::Connect { Judge::Connect } else { Judge::Call };
     asking(snapshot, caller, origin, ask, judge, |request| policy.decide(caller.subject(), request))
 }
 
@@ -174,6 +191,7 @@ pub fn reachable(snapshot: &Snapshot, caller: &Caller, ask: &Ask<'_>) -> Decisio
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Judge {
     Call,
+    Connect,
     Listing,
     Potential,
 }
@@ -188,9 +206,10 @@ fn asking<T>(
     answer: impl FnOnce(&Request<'_>) -> T,
 ) -> T {
     let entry = snapshot.servers.get(ask.server).map(|entry| &**entry);
-    let build = || self::context(caller, origin, entry, ask);
+    let build = || self::context(caller, origin, Some(snapshot), entry, ask);
     let context = match judge {
         Judge::Call => Context::lazy(&build),
+        Judge::Connect => Context::connecting(&build),
         Judge::Listing => Context::listing(&build),
         Judge::Potential => Context::potential(),
     };

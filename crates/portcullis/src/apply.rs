@@ -108,6 +108,8 @@ struct GrantDocument {
 #[derive(Debug, Default)]
 pub struct Report {
     pub changes: Vec<String>,
+    /// What was applied but deserves a second look (a rule naming a tool its server never listed).
+    pub warnings: Vec<String>,
 }
 
 /// Options of one run.
@@ -451,10 +453,13 @@ pub async fn apply_text(
                     crate::rules::SaveError::Invalid(text) => ApplyError::Invalid(text),
                     crate::rules::SaveError::Store(error) => ApplyError::Store(error),
                 })?;
-        match (existing, saved) {
+        match (existing, saved.changed) {
             (None, _) => report.changes.push(format!("+ rule {}", rule.name.trim())),
-            (Some(_), (_, true)) => report.changes.push(format!("~ rule {}", rule.name.trim())),
-            (Some(_), (_, false)) => {}
+            (Some(_), true) => report.changes.push(format!("~ rule {}", rule.name.trim())),
+            (Some(_), false) => {}
+        }
+        if saved.changed {
+            report.warnings.extend(saved.warnings);
         }
     }
 

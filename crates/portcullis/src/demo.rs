@@ -30,6 +30,7 @@ pub fn answer(message: &Value) -> Option<Value> {
         "ping" => json!({}),
         "tools/list" => json!({"tools": [
             {"name": "echo", "description": "Repeat a message back.",
+             "annotations": {"readOnlyHint": true, "openWorldHint": false},
              "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]}},
             {"name": "add", "description": "Add two numbers.",
              "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}

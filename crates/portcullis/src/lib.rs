@@ -30,6 +30,7 @@ pub mod apply;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod console;

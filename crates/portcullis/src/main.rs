@@ -384,6 +384,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for change in &report.changes {
                 println!("{change}");
             }
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
             let verb = if dry_run { "would change" } else { "changed" };
             match report.changes.len() {
                 0 => println!("nothing to change"),

@@ -226,34 +226,73 @@ pub enum SaveError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// A rule as saved.
+#[derive(Debug)]
+pub struct Saved {
+    pub rule: StoredRule,
+    /// False when the rule was already exactly so.
+    pub changed: bool,
+    /// What deserves a second look but is no reason to refuse: tools the servers never listed.
+    pub warnings: Vec<String>,
+}
+
+/// Tool patterns of `rule` that match no tool in the last known list of a server it names
+/// (servers whose tools were never seen are not judged).
+pub async fn unknown_tools(
+    connection: &mut sqlx::AnyConnection,
+    rule: &Rule,
+) -> Result<Vec<String>, crate::store::StoreError> {
+    let mut warnings = Vec::new();
+    if rule.tools.is_empty() {
+        return Ok(warnings);
+    }
+    for server in &rule.servers {
+        let known = crate::store::catalog::tools_of(&mut *connection, server).await?;
+        if known.is_empty() {
+            continue;
+        }
+        for pattern in &rule.tools {
+            let glob = policy::condition::Glob::new(pattern);
+            if !known.iter().any(|tool| glob.matches(&tool.name)) {
+                warnings.push(format!(
+                    "rule {:?}: tool {pattern:?} is not in server {server:?}'s last known tool list ({} tools); saved anyway",
+                    rule.name,
+                    known.len()
+                ));
+            }
+        }
+    }
+    Ok(warnings)
+}
+
 /// Check `spec` against the registry and store it — as a new rule (`id` = `None`) or in place
-/// of rule `id` — with its audit event, in the caller's transaction. Returns the stored rule and
-/// whether anything changed.
+/// of rule `id` — with its audit event, in the caller's transaction.
 pub async fn save(
     connection: &mut sqlx::AnyConnection,
     spec: &RuleSpec,
     id: Option<&str>,
     actor: &str,
     replica: &str,
-) -> Result<(StoredRule, bool), SaveError> {
+) -> Result<Saved, SaveError> {
     let servers = known_servers(&mut *connection).await?;
     let rule = spec.compile(Some(&Known { servers: &servers })).map_err(|error| SaveError::Invalid(error.0))?;
     // Cedar defines what the rule means; a rule that does not validate there is not saved.
     policy::cedar::validate(&rule).map_err(SaveError::Invalid)?;
     let spec = spec.normalized(&rule);
+    let warnings = unknown_tools(&mut *connection, &rule).await?;
     let (stored, before) = match id {
         None => (crate::store::rules::insert_rule(&mut *connection, &spec, actor).await?, None),
         Some(id) => {
             let before = crate::store::rules::get_rule(&mut *connection, id).await?;
             if let Some(before) = before.as_ref().filter(|before| before.spec == spec) {
-                return Ok((before.clone(), false));
+                return Ok(Saved { rule: before.clone(), changed: false, warnings });
             }
             (crate::store::rules::update_rule(&mut *connection, id, &spec, actor).await?, before.map(|rule| rule.spec))
         }
     };
     let event = change_event(actor, before.as_ref(), Some(&stored.spec), replica);
     crate::store::audit::insert(connection, &[event]).await?;
-    Ok((stored, true))
+    Ok(Saved { rule: stored, changed: true, warnings })
 }
 
 /// Delete rule `id` with its audit event, in the caller's transaction.

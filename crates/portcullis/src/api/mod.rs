@@ -533,6 +533,11 @@ async fn get_rule(
     Ok(Json(json!({ "rule": rule, "cedar": rule.spec.cedar() })))
 }
 
+/// A saved rule as the API answers: the rule, its Cedar policy and any warnings.
+fn saved_json(saved: &crate::rules::Saved) -> Value {
+    json!({ "rule": saved.rule, "cedar": saved.rule.spec.cedar(), "warnings": saved.warnings })
+}
+
 fn save_error(error: crate::rules::SaveError) -> ApiError {
     match error {
         crate::rules::SaveError::Invalid(text) => ApiError::BadRequest(text),
@@ -548,11 +553,10 @@ async fn create_rule(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let actor = admin.require(Power::ManagePolicies)?.email.clone();
     let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
-    let (rule, _) =
-        crate::rules::save(&mut transaction, &spec, None, &actor, &state.replica).await.map_err(save_error)?;
+    let saved = crate::rules::save(&mut transaction, &spec, None, &actor, &state.replica).await.map_err(save_error)?;
     transaction.commit().await.map_err(StoreError::from)?;
     reload(&state).await;
-    Ok((StatusCode::CREATED, Json(json!({ "rule": rule, "cedar": rule.spec.cedar() }))))
+    Ok((StatusCode::CREATED, Json(saved_json(&saved))))
 }
 
 /// `PUT /rules/{id}`: replace a rule (policy admins).
@@ -567,11 +571,11 @@ async fn update_rule(
     if store::rules::get_rule(&mut transaction, &id).await?.is_none() {
         return Err(ApiError::NotFound(format!("there is no rule with id {id:?}")));
     }
-    let (rule, _) =
+    let saved =
         crate::rules::save(&mut transaction, &spec, Some(&id), &actor, &state.replica).await.map_err(save_error)?;
     transaction.commit().await.map_err(StoreError::from)?;
     reload(&state).await;
-    Ok(Json(json!({ "rule": rule, "cedar": rule.spec.cedar() })))
+    Ok(Json(saved_json(&saved)))
 }
 
 /// `DELETE /rules/{id}`: delete a rule; callers who relied on it lose access at once, live

@@ -324,7 +324,18 @@ pub async fn permissions(State(state): State<AppState>, headers: HeaderMap, Path
     let (csrf_token, set) = csrf(&state, &headers);
     let changeable = may_change(&signed);
     let mut content = Html::new();
-    content.push(facts(&[("Server", server.clone())]));
+    let known: Vec<String> = state
+        .snapshot
+        .current()
+        .ok()
+        .and_then(|snapshot| snapshot.tools.get(&server).map(|tools| tools.tools.keys().cloned().collect()))
+        .unwrap_or_default();
+    let known = if known.is_empty() {
+        "not seen yet (they are recorded the first time someone lists them)".to_owned()
+    } else {
+        known.join(", ")
+    };
+    content.push(facts(&[("Server", server.clone()), ("Last known tools", known)]));
     content.push(link(
         &format!("/console/access?server={}", super::url_encode(&server)),
         "Who can use it (effective access)",
@@ -487,11 +498,19 @@ pub async fn save(State(state): State<AppState>, headers: HeaderMap, Form(form):
     }
     .await;
     match saved {
-        Ok((rule, _)) => {
+        Ok(saved) => {
             if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
                 tracing::warn!(%error, "snapshot reload after a rule change failed; the refresher will retry");
             }
-            redirect(&home_of(&rule.spec))
+            if saved.warnings.is_empty() {
+                return redirect(&home_of(&saved.rule.spec));
+            }
+            let mut content = Html::new();
+            for warning in &saved.warnings {
+                content.push(note("hint", warning));
+            }
+            content.push(link(&home_of(&saved.rule.spec), "Back to the rules"));
+            respond(signed, &csrf_token, set, "Rule saved, with warnings", content)
         }
         Err(
             crate::rules::SaveError::Invalid(problem) | crate::rules::SaveError::Store(StoreError::Conflict(problem)),

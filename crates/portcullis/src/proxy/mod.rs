@@ -783,6 +783,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
         snapshot: exchange.snapshot.clone(),
         filter: methods::is_list(&method)
             .then(|| (exchange.caller.clone(), OwnedOrigin::of(&exchange.origin(session.client.as_ref())))),
+        whole_tool_list: method == "tools/list" && message.params().is_none_or(|params| params.get("cursor").is_none()),
         entry: exchange.entry.clone(),
         attachment: session.attachment.clone(),
         version,
@@ -800,6 +801,8 @@ struct Finish {
     snapshot: Arc<Snapshot>,
     /// For list answers: whose list it is and where they call from, to hide what they may not use.
     filter: Option<(Caller, OwnedOrigin)>,
+    /// A `tools/list` from its first page: a complete answer is the server's tool list.
+    whole_tool_list: bool,
     entry: Arc<ServerEntry>,
     attachment: Attachment,
     version: ProtocolVersion,
@@ -814,6 +817,12 @@ struct Finish {
 impl Finish {
     /// Filter the final answer and record the outcome.
     fn response(&self, mut value: Value) -> Value {
+        if self.whole_tool_list
+            && let Some(tools) = crate::catalog::from_answer(&value)
+        {
+            let server = &self.entry.server.name;
+            self.state.catalog.seen(server, self.snapshot.tools.get(server), tools);
+        }
         let hidden = self.filter.as_ref().map_or(0, |(caller, origin)| {
             let server = self.entry.server.name.as_str();
             methods::filter_list(&self.method, &mut value, |action, name| {

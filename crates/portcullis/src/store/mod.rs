@@ -17,6 +17,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod catalog;
 pub mod directory;
 pub mod oauth;
 pub mod registry;
@@ -126,6 +127,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "rules",
         sqlite: include_str!("migrations/0010_rules.sql"),
         postgres: include_str!("migrations/0010_rules.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "server_tools",
+        sqlite: include_str!("migrations/0011_server_tools.sql"),
+        postgres: include_str!("migrations/0011_server_tools.sql"),
     },
 ];
 

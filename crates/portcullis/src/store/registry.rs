@@ -124,6 +124,7 @@ pub async fn delete_server(connection: &mut AnyConnection, name: &str) -> Result
     if result.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("no server named {name:?}")));
     }
+    sqlx::query("DELETE FROM server_tools WHERE server = $1").bind(name).execute(&mut *connection).await?;
     bump_revision(connection).await
 }
 

@@ -532,3 +532,62 @@ async fn access_reviews_simulate_changes_and_find_stale_access() {
     assert!(body["message"].as_str().unwrap().contains("global rules can only deny"), "{body}");
     gw.stop().await;
 }
+
+/// "Read-only tools for finance": a condition on the tool's annotations, known from the
+/// server's last tool list; and a rule naming a tool the server never listed is saved with a
+/// warning.
+#[tokio::test]
+async fn conditions_read_tool_annotations_from_the_last_known_tool_list() {
+    let gw = TestGateway::start().await;
+    let (upstream, upstream_task) = echo_upstream().await;
+    let rules = r#"
+        [[rules]]
+        name = "finance read-only tools"
+        effect = "allow"
+        servers = ["echo"]
+        groups = ["finance"]
+        conditions = [ { field = "meta.tool.annotations.readOnlyHint", op = "eq", value = true } ]
+
+        [[rules]]
+        name = "engineering uses echo"
+        effect = "allow"
+        servers = ["echo"]
+        groups = ["engineering"]
+    "#;
+    gw.apply(&(people_and_server(Some(upstream)) + rules)).await;
+    let ann = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("echo", Some(&ann));
+    assert_eq!(client.initialize().await.status, 200);
+    // Nobody has listed the tools yet: whether echo is read-only is unknown, so no allow.
+    let unknown = client.call_tool("echo", json!({"message": "hi"})).await;
+    assert_eq!(unknown.error_code(), Some(-32030), "{}", unknown.text);
+    // A complete tools/list is recorded (off the request path) and published.
+    let bob = gw.api_key("bob@example.com").await;
+    let mut listing = gw.client("echo", Some(&bob));
+    assert_eq!(listing.initialize().await.status, 200);
+    assert_eq!(listing.tool_names().await, ["echo", "add"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.state.snapshot.current().unwrap().tools.contains_key("echo") {
+        assert!(Instant::now() < deadline, "the tool list was not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gw.state.snapshot.reload(gw.store(), &gw.state.keys).await.unwrap();
+    }
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "hi"})).await), "hi");
+    let add = client.call_tool("add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(add.error_code(), Some(-32030), "add is not marked read-only: {}", add.text);
+    assert_eq!(client.tool_names().await, ["echo"]);
+
+    // A tool the server never listed: saved, with a warning.
+    let api = Api::new(&gw, &gw.api_key("root@example.com").await);
+    let rule = json!({"name": "no dropping", "effect": "deny", "servers": ["echo"], "tools": ["drop_*", "echo"], "everyone": true, "enabled": false});
+    let (status, body) = api.send(reqwest::Method::POST, "/rules", Some(rule)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["warnings"],
+        json!([
+            "rule \"no dropping\": tool \"drop_*\" is not in server \"echo\"'s last known tool list (2 tools); saved anyway"
+        ])
+    );
+    upstream_task.abort();
+    gw.stop().await;
+}
