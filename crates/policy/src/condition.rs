@@ -225,6 +225,54 @@ pub enum Outcome {
     Unknown,
 }
 
+/// The `meta.*` fields of the request context (the gateway builds exactly these).
+pub const META_FIELDS: [&str; 18] = [
+    "meta.request.ip",
+    "meta.request.user_agent",
+    "meta.client.name",
+    "meta.client.version",
+    "meta.subject.type",
+    "meta.subject.email",
+    "meta.subject.name",
+    "meta.subject.groups",
+    "meta.subject.roles",
+    "meta.oauth.user_verified",
+    "meta.oauth.client_id",
+    "meta.server.name",
+    "meta.server.transport",
+    "meta.server.public",
+    "meta.tool.name",
+    "meta.tool.title",
+    "meta.resource.uri",
+    "meta.prompt.name",
+];
+
+/// `meta.*` objects whose members are open-ended: a person's attributes, a tool's hints.
+pub const META_OPEN: [&str; 2] = ["meta.subject.attributes", "meta.tool.annotations"];
+
+fn known_meta(field: &str) -> bool {
+    META_FIELDS.contains(&field)
+        || META_OPEN
+            .iter()
+            .any(|open| field.strip_prefix(open).is_some_and(|rest| rest.len() > 1 && rest.starts_with('.')))
+}
+
+/// Edit distance, for suggesting the field someone meant.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = (previous + usize::from(ca != *cb)).min(row[j] + 1).min(current + 1);
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
 /// The compiled form of an operator's value.
 #[derive(Debug, Clone, PartialEq)]
 enum Operand {
@@ -265,6 +313,21 @@ impl Condition {
         if field.is_empty() || path.iter().any(String::is_empty) || !known_root {
             return Err(ConditionError(format!(
                 "field {field:?} is not a context path: use payload.<argument>… or meta.request.ip, meta.client.name, meta.subject.groups, …"
+            )));
+        }
+        if path[0] == "meta" && !known_meta(field) {
+            let nearest = META_FIELDS
+                .iter()
+                .map(|known| (distance(field, known), known))
+                .min()
+                .filter(|(distance, _)| *distance <= 3)
+                .map(|(_, known)| format!("did you mean {known:?}? "))
+                .unwrap_or_default();
+            return Err(ConditionError(format!(
+                "field {field:?} is not in the request context; {nearest}meta fields are {}, {}.<name> and {}.<hint>",
+                META_FIELDS.join(", "),
+                META_OPEN[0],
+                META_OPEN[1]
             )));
         }
         let wrong = |needs: &str| {
@@ -716,6 +779,16 @@ mod tests {
         );
         assert!(error("payload.table", "in", json!("orders")).contains("needs a non-empty list"));
         assert!(error("table", "eq", json!("x")).contains("is not a context path"));
+        assert!(
+            error("meta.requst.ip", "eq", json!("x")).starts_with(
+                "field \"meta.requst.ip\" is not in the request context; did you mean \"meta.request.ip\"?"
+            ),
+            "{}",
+            error("meta.requst.ip", "eq", json!("x"))
+        );
+        assert!(error("meta.tool.annotations", "exists", Value::Null).contains("is not in the request context"));
+        assert!(Condition::compile("meta.tool.annotations.readOnlyHint", "eq", json!(true)).is_ok());
+        assert!(Condition::compile("meta.subject.attributes.cost_center", "eq", json!("42")).is_ok());
         assert!(error("payload..x", "eq", json!("x")).contains("is not a context path"));
         assert!(error("payload.x", "exists", json!("yes")).contains("needs no value"));
     }

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/rules/{id}/delete", post(policies::delete))
         .route("/console/access", get(policies::access))
         .route("/console/access.csv", get(policies::access_csv))
+        .route("/console/access/stale", get(policies::stale))
         .route("/console/settings", get(settings_page).post(change_settings))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }

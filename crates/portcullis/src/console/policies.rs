@@ -616,12 +616,8 @@ fn may_review(signed: &Signed) -> bool {
     signed.account.admin_roles.iter().any(|role| role.can(Power::ReadAudit))
 }
 
-/// The effective-access rows asked for, for a signed-in admin who reads audit.
-async fn access_rows(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: &AccessQuery,
-) -> Result<(Signed, Vec<review::AccessRow>), Response> {
+/// A signed-in admin whose roles read audit, who may review access.
+async fn require_reviewer(state: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
     let signed = require_admin(state, headers).await?;
     if !may_review(&signed) {
         return Err(html_response(
@@ -629,6 +625,16 @@ async fn access_rows(
             page("Not allowed", None, note("error", "Access reviews need an admin role that reads audit.")),
         ));
     }
+    Ok(signed)
+}
+
+/// The effective-access rows asked for, for a signed-in admin who reads audit.
+async fn access_rows(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &AccessQuery,
+) -> Result<(Signed, Vec<review::AccessRow>), Response> {
+    let signed = require_reviewer(state, headers).await?;
     let Ok(snapshot) = state.snapshot.current() else {
         return Err(failure(&StoreError::Open("the policy snapshot is stale".into())));
     };
@@ -658,6 +664,7 @@ pub async fn access(State(state): State<AppState>, headers: HeaderMap, Query(que
         super::url_encode(&query.user)
     );
     content.push(link(&csv, "Download as CSV"));
+    content.push(link("/console/access/stale?days=90", "Stale access: rules people have not used in 90 days"));
     if rows.is_empty() {
         content.push(note("hint", "Nobody has a rule on what you chose."));
     } else {
@@ -702,4 +709,50 @@ pub async fn access_csv(
         review::access_csv(&rows),
     )
         .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StaleQuery {
+    days: Option<u32>,
+}
+
+/// `GET /console/access/stale?days=N`: allow rules with people who made no call through them
+/// in N days ("regularly audit access").
+pub async fn stale(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<StaleQuery>) -> Response {
+    let signed = match require_reviewer(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let Ok(snapshot) = state.snapshot.current() else {
+        return failure(&StoreError::Open("the policy snapshot is stale".into()));
+    };
+    let days = query.days.unwrap_or(90).clamp(1, 3650);
+    let stale = match review::stale_access(&state.store, &snapshot, days).await {
+        Ok(stale) => stale,
+        Err(error) => return failure(&error),
+    };
+    let (csrf_token, set) = csrf(&state, &headers);
+    let mut content = Html::new();
+    content.push(note(
+        "hint",
+        &format!("Allow rules whose people made no call through them in the last {days} days: candidates to narrow or remove."),
+    ));
+    if stale.is_empty() {
+        content.push(note("hint", "Every allow rule was used by everyone it covers."));
+    } else {
+        let rows: Vec<Vec<Html>> = stale
+            .iter()
+            .map(|rule| {
+                vec![
+                    cell(&rule.rule),
+                    cell(&rule.servers.join(", ")),
+                    cell(&format!("{} of {}", rule.unused_by.len(), rule.people)),
+                    cell(&rule.unused_by.join(", ")),
+                    cell(rule.last_used.as_deref().unwrap_or("never")),
+                ]
+            })
+            .collect();
+        content.push(rich_table(&["Rule", "Servers", "Unused by", "People", "Last used"], &rows));
+    }
+    respond(signed, &csrf_token, set, "Stale access", content)
 }

@@ -628,6 +628,10 @@ async fn admins_write_rules_in_the_console_without_writing_cedar() {
     );
     assert!(!csv.body.contains("sec@example.com"), "people with no allow on the server are not listed: {}", csv.body);
 
+    // Nobody called a tool through the rule yet: it is stale for Ann.
+    let stale = browser.get("/console/access/stale?days=30").await;
+    assert!(stale.body.contains("finance demo") && stale.body.contains("ann@example.com"), "{}", stale.body);
+
     // Edit, then delete, from the tab.
     let tab = browser.get("/console/servers/demo/permissions").await;
     let id = between(&tab.body, "action=\"/console/rules/", "/delete").unwrap();
