@@ -456,9 +456,15 @@ impl Condition {
 
     /// Why the condition holds or fails for `context`, for a person:
     /// `203.0.113.7 not in 10.0.0.0/8`.
+    ///
+    /// Tool arguments are never repeated: reasons are stored in the clear on audit events,
+    /// where arguments are kept sealed, so a `payload.*` value is not shown.
     pub fn explain(&self, context: &Value) -> String {
         match self.lookup(context) {
             None => format!("{} is missing", self.field),
+            Some(_) if self.path[0] == "payload" => {
+                format!("the argument matches the rule: {} {} {}", self.field, self.op, describe(&self.value))
+            }
             Some(found) => format!(
                 "{} is {}; rule: {} {} {}",
                 self.field,
@@ -829,5 +835,11 @@ mod tests {
             "meta.request.ip is \"203.0.113.7\"; rule: meta.request.ip in_cidr \"10.0.0.0/8\""
         );
         assert_eq!(condition.explain(&json!({})), "meta.request.ip is missing");
+        let tables = Condition::compile("payload.table", "not_in", json!(["orders"])).unwrap();
+        assert_eq!(
+            tables.explain(&json!({"payload": {"table": "salaries"}})),
+            "the argument matches the rule: payload.table not_in [\"orders\"]",
+            "arguments stay out of reasons"
+        );
     }
 }
