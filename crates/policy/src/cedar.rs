@@ -11,18 +11,18 @@
 //! - actions `connect`, `call_tool`, `read_resource`, `get_prompt`;
 //! - resource `Target`, with `server` and `name` (tool, resource URI or prompt);
 //! - context `now` (milliseconds since the epoch, for expiry) and `f`, one typed view per
-//!   field a rule's conditions name: `present`, and — only when the value has that form — `s`
-//!   (string), `n` (whole number), `b` (boolean), `ip` (an address), `items` (a list, each
-//!   element as canonical JSON) and `json` (the value as canonical JSON).
+//!   field a rule's conditions name: `present`, and when present `kind` (`string`, `number`,
+//!   `boolean`, `array`, `object`) and `json` (the value as canonical JSON), and — only when the
+//!   value has that form — `s` (string), `n` (whole number), `b` (boolean), `ip` (an address),
+//!   and for a list `items` (each element as canonical JSON), `all_s`/`all_n`/`all_b` (every
+//!   element a string, number, boolean) and `texts` (its strings, joined by U+001F).
 //!
 //! The typed views make every policy total: a condition on a missing field, or on a value of
 //! the wrong type, is neither true nor false but guarded away, so an allow needs its
 //! conditions to hold and a deny stays in force unless one of its conditions fails — the
-//! evaluator's three-valued semantics, written in Cedar. (Cedar compares whole numbers only;
-//! the evaluator also compares fractions, so a fractional field under `lt`/`gt` is where the
-//! two could differ.)
+//! evaluator's three-valued semantics, written in Cedar. (Both order whole numbers only.)
 
-use crate::condition::{Condition, canonical, integral};
+use crate::condition::{Condition, TEXT_SEPARATOR, canonical, integral, scalar_kind};
 use crate::rules::{Rule, Subject, Target};
 use crate::{Effect, Principals};
 use cedar_policy::{
@@ -173,6 +173,11 @@ pub fn schema(fields: &BTreeSet<String>) -> Result<Schema, String> {
     };
     let field = json!({"type": "Record", "attributes": {
         "present": {"type": "Boolean"},
+        "kind": optional(json!({"type": "String"})),
+        "all_s": optional(json!({"type": "Boolean"})),
+        "all_n": optional(json!({"type": "Boolean"})),
+        "all_b": optional(json!({"type": "Boolean"})),
+        "texts": optional(json!({"type": "String"})),
         "s": optional(json!({"type": "String"})),
         "n": optional(json!({"type": "Long"})),
         "b": optional(json!({"type": "Boolean"})),
@@ -340,7 +345,14 @@ pub struct Question {
 /// The typed view of one field's value (see the module documentation).
 fn view(found: Option<&Value>) -> Value {
     let Some(value) = found else { return json!({"present": false}) };
-    let mut view = json!({"present": true, "json": canonical(value)});
+    let kind = match value {
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "boolean",
+        Value::Array(_) => "array",
+        _ => "object",
+    };
+    let mut view = json!({"present": true, "kind": kind, "json": canonical(value)});
     match value {
         Value::String(text) => {
             view["s"] = json!(text);
@@ -358,7 +370,15 @@ fn view(found: Option<&Value>) -> Value {
             }
         }
         Value::Bool(flag) => view["b"] = json!(flag),
-        Value::Array(items) => view["items"] = Value::Array(items.iter().map(|item| json!(canonical(item))).collect()),
+        Value::Array(items) => {
+            view["items"] = Value::Array(items.iter().map(|item| json!(canonical(item))).collect());
+            let all = |kind: u8| items.iter().all(|item| scalar_kind(item) == Some(kind));
+            view["all_s"] = json!(all(0));
+            view["all_n"] = json!(all(1));
+            view["all_b"] = json!(all(2));
+            let texts: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            view["texts"] = json!(texts.join(&TEXT_SEPARATOR.to_string()));
+        }
         _ => {}
     }
     view

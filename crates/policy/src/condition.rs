@@ -225,6 +225,9 @@ pub enum Outcome {
     Unknown,
 }
 
+/// What separates the texts of a list in its Cedar view (so no needle may hold it).
+pub(crate) const TEXT_SEPARATOR: char = '\u{1f}';
+
 /// The `meta.*` fields of the request context (the gateway builds exactly these).
 pub const META_FIELDS: [&str; 18] = [
     "meta.request.ip",
@@ -338,6 +341,9 @@ impl Condition {
                 if matches!(value, Value::Null) {
                     return wrong("a value");
                 }
+                if value.as_str().is_some_and(|text| text.contains(TEXT_SEPARATOR)) {
+                    return wrong("a text without the control character U+001F");
+                }
                 Operand::Value(value.clone())
             }
             Operator::In | Operator::NotIn => match &value {
@@ -419,10 +425,10 @@ impl Condition {
         }
         let Some(field) = found else { return Outcome::Unknown };
         match (&self.operand, self.op) {
-            (Operand::Value(expected), Operator::Eq) => outcome(same(field, expected)),
-            (Operand::Value(expected), Operator::Ne) => outcome(!same(field, expected)),
-            (Operand::List(items), Operator::In) => outcome(items.iter().any(|item| same(field, item))),
-            (Operand::List(items), Operator::NotIn) => outcome(!items.iter().any(|item| same(field, item))),
+            (Operand::Value(expected), Operator::Eq) => equals(field, expected),
+            (Operand::Value(expected), Operator::Ne) => negate(equals(field, expected)),
+            (Operand::List(items), Operator::In) => any(items.iter().map(|item| equals(field, item))),
+            (Operand::List(items), Operator::NotIn) => negate(any(items.iter().map(|item| equals(field, item)))),
             (Operand::Text(prefix), Operator::StartsWith) => text_test(field, |text| text.starts_with(prefix.as_str())),
             (Operand::Text(prefix), Operator::NotStartsWith) => {
                 negate(text_test(field, |text| text.starts_with(prefix.as_str())))
@@ -434,7 +440,9 @@ impl Condition {
             (Operand::Value(needle), Operator::Contains) => contains(field, needle),
             (Operand::Value(needle), Operator::NotContains) => negate(contains(field, needle)),
             (Operand::Glob(glob), Operator::Glob) => text_test(field, |text| glob.matches(text)),
-            (Operand::Number(limit), op) => match field.as_f64() {
+            // Whole numbers are ordered (as in Cedar, which rules compile to); a fraction, or a
+            // number too large to be exact, is not judged.
+            (Operand::Number(limit), op) => match field.as_f64().and_then(integral).map(|whole| whole as f64) {
                 Some(number) => outcome(match op {
                     Operator::Lt => number < *limit,
                     Operator::Le => number <= *limit,
@@ -498,7 +506,49 @@ fn text_test(field: &Value, test: impl Fn(&str) -> bool) -> Outcome {
     }
 }
 
-/// A string containing a substring, or a list containing an element.
+/// The JSON kind of a scalar; `None` for arrays and objects (compared as whole JSON).
+pub(crate) fn scalar_kind(value: &Value) -> Option<u8> {
+    match value {
+        Value::String(_) => Some(0),
+        Value::Number(_) => Some(1),
+        Value::Bool(_) => Some(2),
+        _ => None,
+    }
+}
+
+/// `field` equals `expected`: judged only when both are of one kind (a string is never "not
+/// equal" to a list holding it: a deny on `"users"` must not be lifted by sending
+/// `["users"]`); arrays and objects are compared as JSON with anything.
+fn equals(field: &Value, expected: &Value) -> Outcome {
+    match scalar_kind(expected) {
+        Some(kind) if scalar_kind(field) != Some(kind) => Outcome::Unknown,
+        _ => {
+            if same(field, expected) {
+                Outcome::Holds
+            } else {
+                Outcome::Fails
+            }
+        }
+    }
+}
+
+/// Three-valued OR: holds if one holds, fails if all fail, unknown otherwise.
+fn any(outcomes: impl Iterator<Item = Outcome>) -> Outcome {
+    let mut result = Outcome::Fails;
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Holds => return Outcome::Holds,
+            Outcome::Unknown => result = Outcome::Unknown,
+            Outcome::Fails => {}
+        }
+    }
+    result
+}
+
+/// A string containing a substring, or a list containing an element. A list fails only when
+/// it plainly lacks the element: for a text, when every element is a text and none contains
+/// it (`["DROP TABLE t"]` is not a list "without DROP"); for a number or boolean, when every
+/// element is of that kind and none equals it.
 fn contains(field: &Value, needle: &Value) -> Outcome {
     match (field, needle) {
         (Value::String(text), Value::String(part)) => {
@@ -510,10 +560,16 @@ fn contains(field: &Value, needle: &Value) -> Outcome {
         }
         (Value::Array(items), needle) => {
             if items.iter().any(|item| same(item, needle)) {
-                Outcome::Holds
-            } else {
-                Outcome::Fails
+                return Outcome::Holds;
             }
+            let plainly_without = match (needle, scalar_kind(needle)) {
+                (Value::String(part), _) => {
+                    items.iter().all(|item| item.as_str().is_some_and(|text| !text.contains(part.as_str())))
+                }
+                (_, Some(kind)) => items.iter().all(|item| scalar_kind(item) == Some(kind)),
+                (_, None) => true,
+            };
+            if plainly_without { Outcome::Fails } else { Outcome::Unknown }
         }
         _ => Outcome::Unknown,
     }
@@ -527,27 +583,36 @@ impl Condition {
     pub(crate) fn cedar(&self, slot: &str) -> (String, String) {
         use crate::cedar::{literal, pattern_literal};
         let both = |guard: String, test: String| (format!("({guard} && {test})"), format!("({guard} && !({test}))"));
-        let equals = |value: &Value| -> String {
+        // Equality, judged only between values of one kind (see `equals`): (holds, fails).
+        let equals = |value: &Value| -> (String, String) {
             match value {
-                Value::String(text) => format!("({slot} has s && {slot}.s == {})", literal(text)),
-                Value::Bool(flag) => format!("({slot} has b && {slot}.b == {flag})"),
-                Value::Number(number) => match integral(number.as_f64().unwrap_or(f64::NAN)) {
-                    Some(whole) => format!("({slot} has n && {slot}.n == {whole})"),
-                    None => format!("({slot} has json && {slot}.json == {})", literal(&canonical(value))),
-                },
-                other => format!("({slot} has json && {slot}.json == {})", literal(&canonical(other))),
+                Value::String(text) => both(format!("{slot} has s"), format!("{slot}.s == {}", literal(text))),
+                Value::Bool(flag) => both(format!("{slot} has b"), format!("{slot}.b == {flag}")),
+                Value::Number(number) => {
+                    let test = match integral(number.as_f64().unwrap_or(f64::NAN)) {
+                        Some(whole) => format!("({slot} has n && {slot}.n == {whole})"),
+                        None => format!("({slot} has json && {slot}.json == {})", literal(&canonical(value))),
+                    };
+                    both(format!("({slot} has kind && {slot}.kind == \"number\")"), test)
+                }
+                other => both(format!("{slot} has json"), format!("{slot}.json == {}", literal(&canonical(other)))),
             }
+        };
+        // Three-valued OR over items: holds if one holds, fails if all fail.
+        let any = |pairs: Vec<(String, String)>| -> (String, String) {
+            let holds: Vec<&str> = pairs.iter().map(|(holds, _)| holds.as_str()).collect();
+            let fails: Vec<&str> = pairs.iter().map(|(_, fails)| fails.as_str()).collect();
+            (format!("({})", holds.join(" || ")), format!("({})", fails.join(" && ")))
         };
         let text = |pattern: String| both(format!("{slot} has s"), format!("{slot}.s like {pattern}"));
         let swap = |(holds, fails): (String, String)| (fails, holds);
         match (&self.operand, self.op) {
             (_, Operator::Exists) => (format!("{slot}.present"), format!("!{slot}.present")),
             (_, Operator::NotExists) => (format!("!{slot}.present"), format!("{slot}.present")),
-            (Operand::Value(value), Operator::Eq) => both(format!("{slot}.present"), equals(value)),
-            (Operand::Value(value), Operator::Ne) => swap(both(format!("{slot}.present"), equals(value))),
+            (Operand::Value(value), Operator::Eq) => equals(value),
+            (Operand::Value(value), Operator::Ne) => swap(equals(value)),
             (Operand::List(items), op) => {
-                let any = items.iter().map(equals).collect::<Vec<_>>().join(" || ");
-                let pair = both(format!("{slot}.present"), format!("({any})"));
+                let pair = any(items.iter().map(equals).collect());
                 if op == Operator::In { pair } else { swap(pair) }
             }
             (Operand::Text(prefix), Operator::StartsWith) => text(pattern_literal(prefix, false, true)),
@@ -560,11 +625,22 @@ impl Condition {
                 let (holds, fails) = match needle {
                     Value::String(part) => {
                         let like = format!("{slot}.s like {}", pattern_literal(part, true, true));
+                        let within = format!("{slot}.texts like {}", pattern_literal(part, true, true));
                         (
                             format!("(({slot} has s && {like}) || ({slot} has items && {member}))"),
-                            format!("(({slot} has s && !({like})) || ({slot} has items && !{member}))"),
+                            format!(
+                                "(({slot} has s && !({like})) || ({slot} has all_s && {slot}.all_s && {slot} has texts && !({within})))"
+                            ),
                         )
                     }
+                    Value::Number(_) => (
+                        format!("({slot} has items && {member})"),
+                        format!("({slot} has items && {slot} has all_n && {slot}.all_n && !{member})"),
+                    ),
+                    Value::Bool(_) => (
+                        format!("({slot} has items && {member})"),
+                        format!("({slot} has items && {slot} has all_b && {slot}.all_b && !{member})"),
+                    ),
                     _ => both(format!("{slot} has items"), member),
                 };
                 if op == Operator::Contains { (holds, fails) } else { (fails, holds) }
@@ -662,7 +738,7 @@ mod tests {
 
     fn context() -> Value {
         json!({
-            "payload": {"table": "orders", "limit": 50, "tags": ["eu", "pii"], "path": "/srv/data/report.csv", "nested": {"deep": true}},
+            "payload": {"table": "orders", "limit": 50, "ratio": 0.5, "tags": ["eu", "pii"], "path": "/srv/data/report.csv", "nested": {"deep": true}},
             "meta": {
                 "request": {"ip": "10.1.2.3", "user_agent": "Cursor/1.2"},
                 "client": {"name": "cursor", "version": "1.2.0"},
@@ -688,6 +764,15 @@ mod tests {
             ("payload.table", "in", json!(["users"]), Fails),
             ("payload.table", "not_in", json!(["users"]), Holds),
             ("payload.table", "not_in", json!(["orders"]), Fails),
+            // A value of another kind is not judged: a deny on "pii" stays in force for ["pii"].
+            ("payload.tags", "eq", json!("pii"), Unknown),
+            ("payload.tags", "ne", json!("pii"), Unknown),
+            ("payload.limit", "in", json!(["50"]), Unknown),
+            ("payload.limit", "in", json!(["50", 50]), Holds),
+            ("payload.tags", "eq", json!(["eu", "pii"]), Holds),
+            ("payload.tags", "contains", json!("pi"), Unknown),
+            ("payload.tags", "contains", json!("us"), Fails),
+            ("payload.tags", "contains", json!(3), Unknown),
             ("payload.path", "starts_with", json!("/srv/"), Holds),
             ("payload.path", "starts_with", json!("/etc/"), Fails),
             ("payload.limit", "starts_with", json!("5"), Unknown),
@@ -713,6 +798,8 @@ mod tests {
             ("payload.limit", "gt", json!(50), Fails),
             ("payload.limit", "ge", json!(50), Holds),
             ("payload.table", "gt", json!(1), Unknown),
+            ("payload.limit", "lt", json!(50.5), Holds),
+            ("payload.ratio", "lt", json!(1), Unknown),
             ("meta.request.ip", "in_cidr", json!("10.0.0.0/8"), Holds),
             ("meta.request.ip", "in_cidr", json!(["192.168.0.0/16", "10.1.0.0/16"]), Holds),
             ("meta.request.ip", "in_cidr", json!("192.168.0.0/16"), Fails),

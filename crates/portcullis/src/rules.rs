@@ -122,8 +122,8 @@ impl RuleSpec {
         }
         let mut attributes = BTreeMap::new();
         for (key, value) in &self.attributes {
-            if key.trim().is_empty() {
-                return Err(bad("attributes has an empty name".into()));
+            if key.trim().is_empty() || key.contains('=') {
+                return Err(bad(format!("attribute name {key:?} must be non-empty and without '='")));
             }
             attributes.insert(key.trim().to_owned(), value.trim().to_owned());
         }
@@ -236,13 +236,43 @@ pub struct Saved {
     pub warnings: Vec<String>,
 }
 
-/// Tool patterns of `rule` that match no tool in the last known list of a server it names
-/// (servers whose tools were never seen are not judged).
-pub async fn unknown_tools(
+/// What deserves a second look in `rule` but is no reason to refuse it: agents (not available
+/// yet), a deny condition on what only some kinds of call carry, and tool patterns that match
+/// no tool in the last known list of a server it names (servers never listed are not judged).
+pub async fn warnings_for(
     connection: &mut sqlx::AnyConnection,
     rule: &Rule,
 ) -> Result<Vec<String>, crate::store::StoreError> {
     let mut warnings = Vec::new();
+    if !rule.principals.agents.is_empty() {
+        warnings.push(format!(
+            "rule {:?}: agents are named, but agent accounts are not available yet; until they are, the rule matches no agent",
+            rule.name
+        ));
+    }
+    // A condition on what a call is for is missing on other kinds of call, where a deny then
+    // stays in force: say so when the rule's scope reaches those calls.
+    let entire = rule.tools.is_empty() && rule.resources.is_empty() && rule.prompts.is_empty();
+    for (root, kind, own) in [
+        ("meta.tool.", "tool calls", &rule.tools),
+        ("meta.resource.", "resource reads", &rule.resources),
+        ("meta.prompt.", "prompt requests", &rule.prompts),
+    ] {
+        let reaches_others = entire
+            || [&rule.tools, &rule.resources, &rule.prompts]
+                .iter()
+                .any(|scope| !std::ptr::eq(*scope, own) && !scope.is_empty());
+        if rule.effect == policy::Effect::Deny
+            && reaches_others
+            && let Some(condition) = rule.conditions.iter().find(|condition| condition.field.starts_with(root))
+        {
+            warnings.push(format!(
+                "rule {:?}: {} exists only on {kind}; on every other request this deny applies, as its field is missing — \
+                 limit the rule's scope to {kind} if that is not meant",
+                rule.name, condition.field
+            ));
+        }
+    }
     if rule.tools.is_empty() {
         return Ok(warnings);
     }
@@ -279,7 +309,7 @@ pub async fn save(
     // Cedar defines what the rule means; a rule that does not validate there is not saved.
     policy::cedar::validate(&rule).map_err(SaveError::Invalid)?;
     let spec = spec.normalized(&rule);
-    let warnings = unknown_tools(&mut *connection, &rule).await?;
+    let warnings = warnings_for(&mut *connection, &rule).await?;
     let (stored, before) = match id {
         None => (crate::store::rules::insert_rule(&mut *connection, &spec, actor).await?, None),
         Some(id) => {

@@ -511,7 +511,24 @@ pub async fn get(
         Err(response) => return response,
     };
     let (sender, receiver) = mpsc::channel(64);
-    for member in &session.members {
+    // Only members the caller may still use are listened to, and the stream ends when one of
+    // them is taken away.
+    let origin = identified.owned_origin(session.client.as_ref());
+    let members: Vec<&Member> = session
+        .members
+        .iter()
+        .filter(|member| {
+            access::decide(&identified.snapshot, &identified.caller, &origin.borrow(), &Ask::connect(&member.server))
+                .is_allowed()
+        })
+        .collect();
+    if members.is_empty() {
+        let text = "access denied: you may use none of this session's servers any more; initialize a new session";
+        identified.state.audit.record(aggregate_event(&identified, "(stream)", "deny", text, "denied"));
+        return json_response(StatusCode::FORBIDDEN, &error_response(None, ErrorCode::AccessDenied, text), None);
+    }
+    let servers: Vec<String> = members.iter().map(|member| member.server.clone()).collect();
+    for member in members {
         let Some(entry) = identified.snapshot.servers.get(&member.server) else { continue };
         let version = ProtocolVersion::parse(&member.version).unwrap_or(ProtocolVersion::LATEST_SESSION);
         let Ok(mut listener) = state.upstreams.listen(entry, &member.attachment, version).await else { continue };
@@ -526,17 +543,7 @@ pub async fn get(
             }
         });
     }
-    sse_response(sse_body(
-        None,
-        revocable(
-            &state,
-            &headers,
-            &identified.caller,
-            identified.owned_origin(session.client.as_ref()),
-            None,
-            receiver,
-        ),
-    ))
+    sse_response(sse_body(None, revocable(&state, &headers, &identified.caller, origin, servers, receiver)))
 }
 
 /// `DELETE /mcp`: end every member session.

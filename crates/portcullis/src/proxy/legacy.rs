@@ -117,7 +117,14 @@ pub async fn open(
     let guard = StreamGuard { state: state.clone(), id };
     // The guard lives as long as the body stream: dropping the body closes the session.
     let receiver = guarded(
-        revocable(&state, &headers, &exchange.caller, OwnedOrigin::of(&exchange.origin(None)), Some(&server), receiver),
+        revocable(
+            &state,
+            &headers,
+            &exchange.caller,
+            OwnedOrigin::of(&exchange.origin(None)),
+            vec![server.clone()],
+            receiver,
+        ),
         guard,
     );
     sse_response(sse_body(Some(endpoint), receiver))

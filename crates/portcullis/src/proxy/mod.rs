@@ -962,8 +962,8 @@ async fn relay(
     Answer::Stream(receiver)
 }
 
-/// Relay `receiver` while the caller may still use `server` (or, for the aggregate, `None`,
-/// while they may use Portcullis at all). A published snapshot that suspends, deactivates or
+/// Relay `receiver` while the caller may still use every one of `servers` (the one server of
+/// the stream, or the members of an aggregate stream). A published snapshot that suspends, deactivates or
 /// deletes the user, or takes their access to the server away, ends the stream: revocation
 /// reaches live streams on every replica, not only the next call; so does revoking the very
 /// API key or OAuth token the stream was opened with.
@@ -972,14 +972,13 @@ fn revocable(
     headers: &HeaderMap,
     caller: &Caller,
     origin: OwnedOrigin,
-    server: Option<&str>,
+    servers: Vec<String>,
     mut receiver: mpsc::Receiver<Value>,
 ) -> mpsc::Receiver<Value> {
     let (sender, relayed) = mpsc::channel(32);
     let mut changes = state.snapshot.subscribe();
     let snapshot = state.snapshot.clone();
     let caller = caller.clone();
-    let server = server.map(str::to_owned);
     let credential = auth::credential_hash(headers);
     tokio::spawn(async move {
         loop {
@@ -998,11 +997,11 @@ fn revocable(
                     let allowed = snapshot
                         .current()
                         .is_ok_and(|current| {
-                            still_allowed(&current, &caller, &origin.borrow(), server.as_deref())
+                            still_allowed(&current, &caller, &origin.borrow(), &servers)
                                 && credential.as_deref().is_none_or(|hash| auth::credential_live(&current, hash))
                         });
                     if !allowed {
-                        tracing::info!(caller = caller.label(), server = ?server, "access revoked: ending the stream");
+                        tracing::info!(caller = caller.label(), ?servers, "access revoked: ending the stream");
                         return;
                     }
                 }
@@ -1012,8 +1011,8 @@ fn revocable(
     relayed
 }
 
-/// May `caller` still use `server` (Portcullis, when `None`) under `snapshot`?
-fn still_allowed(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, server: Option<&str>) -> bool {
+/// May `caller` still use every one of `servers` under `snapshot` (and be a caller at all)?
+fn still_allowed(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, servers: &[String]) -> bool {
     let current = match caller {
         Caller::User { user, oauth } => match snapshot.users.get(&user.id) {
             Some(entry) if entry.status == crate::registry::Status::Active => {
@@ -1021,10 +1020,10 @@ fn still_allowed(snapshot: &Snapshot, caller: &Caller, origin: &Origin<'_>, serv
             }
             _ => return false,
         },
-        Caller::Anonymous if server.is_none() => return false,
+        Caller::Anonymous if servers.is_empty() => return false,
         Caller::Anonymous => Caller::Anonymous,
     };
-    server.is_none_or(|server| access::decide(snapshot, &current, origin, &Ask::connect(server)).is_allowed())
+    servers.iter().all(|server| access::decide(snapshot, &current, origin, &Ask::connect(server)).is_allowed())
 }
 
 /// An event stream of JSON-RPC messages, optionally preceded by one fixed event.
@@ -1177,7 +1176,7 @@ pub async fn get(
             &headers,
             &exchange.caller,
             OwnedOrigin::of(&exchange.origin(session.client.as_ref())),
-            Some(&server),
+            vec![server.clone()],
             listener,
         ),
     ))
