@@ -195,18 +195,59 @@ pub struct RuleDecision {
     pub reason: String,
 }
 
-/// The rules of one server (or the global ones), indexed by the principals they name, so a
-/// decision looks only at rules that can be about the subject.
+/// Rules of one principal key, split by what they are for: rules that name only exact tool
+/// names are found under those names; the rest (entire server, `*` patterns, resources,
+/// prompts) are checked for every target.
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    any: Vec<usize>,
+    tools: HashMap<String, Vec<usize>>,
+}
+
+impl Bucket {
+    fn add(&mut self, rule: &Rule, index: usize) {
+        let exact_tools_only = !rule.tools.is_empty()
+            && rule.resources.is_empty()
+            && rule.prompts.is_empty()
+            && rule.tools.iter().all(|tool| !tool.contains('*'));
+        if exact_tools_only {
+            for tool in &rule.tools {
+                self.tools.entry(tool.clone()).or_default().push(index);
+            }
+        } else {
+            self.any.push(index);
+        }
+    }
+
+    /// Every rule of the bucket that may cover `target` (none is missed).
+    fn candidates(&self, target: Target<'_>, into: &mut Vec<usize>) {
+        into.extend_from_slice(&self.any);
+        match target {
+            Target::Tool(name) => {
+                if let Some(rules) = self.tools.get(name) {
+                    into.extend_from_slice(rules);
+                }
+            }
+            // Tool-scoped allow rules let their principals connect.
+            Target::Server => self.tools.values().for_each(|rules| into.extend_from_slice(rules)),
+            Target::Resource(_) | Target::Prompt(_) => {}
+        }
+    }
+}
+
+/// The rules of one server (or the global ones), indexed by the principals they name and then
+/// by tool, so a decision looks only at rules that can be about the subject and the target.
 #[derive(Debug, Clone, Default)]
 struct Index {
     /// Lower-cased `user:`, `group:`, `role:` and `agent:` keys → rules naming them.
-    named: HashMap<String, Vec<usize>>,
+    named: HashMap<String, Bucket>,
     /// Rules about everyone, or only about attributes: checked for every subject.
-    open: Vec<usize>,
+    open: Bucket,
 }
 
 impl Index {
-    fn add(&mut self, principals: &Principals, rule: usize) {
+    fn add(&mut self, rule: &Rule, index: usize) {
+        let principals = &rule.principals;
         let keyed = principals.users.iter().map(|user| format!("user:{}", user.to_ascii_lowercase()));
         let keyed = keyed
             .chain(principals.groups.iter().map(|group| format!("group:{}", group.to_ascii_lowercase())))
@@ -215,16 +256,17 @@ impl Index {
         let mut any = false;
         for key in keyed {
             any = true;
-            self.named.entry(key).or_default().push(rule);
+            self.named.entry(key).or_default().add(rule, index);
         }
         if principals.everyone || !any {
-            self.open.push(rule);
+            self.open.add(rule, index);
         }
     }
 
-    /// Every rule that may be about `subject` (more may be returned; none is missed).
-    fn candidates(&self, subject: &Subject, into: &mut Vec<usize>) {
-        into.extend_from_slice(&self.open);
+    /// Every rule that may be about `subject` and cover `target` (more may be returned; none
+    /// is missed).
+    fn candidates(&self, subject: &Subject, target: Target<'_>, into: &mut Vec<usize>) {
+        self.open.candidates(target, into);
         if self.named.is_empty() || subject.anonymous {
             return;
         }
@@ -238,8 +280,8 @@ impl Index {
             } else {
                 key.push_str(name);
             }
-            if let Some(rules) = self.named.get(key.as_str()) {
-                into.extend_from_slice(rules);
+            if let Some(bucket) = self.named.get(key.as_str()) {
+                bucket.candidates(target, into);
             }
         };
         match &subject.agent {
@@ -271,10 +313,10 @@ impl RuleSet {
             rule.check()?;
             let index = set.rules.len();
             if rule.global {
-                set.global.add(&rule.principals, index);
+                set.global.add(&rule, index);
             } else {
                 for server in &rule.servers {
-                    set.by_server.entry(server.clone()).or_default().add(&rule.principals, index);
+                    set.by_server.entry(server.clone()).or_default().add(&rule, index);
                 }
             }
             let globs = |patterns: &[String]| patterns.iter().map(|pattern| Glob::new(pattern)).collect();
@@ -301,12 +343,13 @@ impl RuleSet {
         self.rules.iter().map(|compiled| &compiled.rule)
     }
 
-    /// The rules that may be about `subject` on `server`, each once, in index order.
-    fn candidates(&self, subject: &Subject, server: &str) -> Vec<usize> {
+    /// The rules that may be about `subject` and `target` on `server`, each once, in index
+    /// order.
+    fn candidates(&self, subject: &Subject, server: &str, target: Target<'_>) -> Vec<usize> {
         let mut candidates = Vec::new();
-        self.global.candidates(subject, &mut candidates);
+        self.global.candidates(subject, target, &mut candidates);
         if let Some(index) = self.by_server.get(server) {
-            index.candidates(subject, &mut candidates);
+            index.candidates(subject, target, &mut candidates);
         }
         candidates.sort_unstable();
         candidates.dedup();
@@ -334,7 +377,7 @@ impl RuleSet {
     /// The rules in force at `now_ms` that are about `subject` on `server` (global ones
     /// included), whatever their tools and conditions: what an access review lists.
     pub fn about<'a>(&'a self, subject: &'a Subject, server: &str, now_ms: i64) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.candidates(subject, server)
+        self.candidates(subject, server, Target::Server)
             .into_iter()
             .map(|index| &self.rules[index])
             .filter(move |compiled| {
@@ -353,7 +396,7 @@ impl RuleSet {
         now_ms: i64,
     ) -> bool {
         let mut allowed = false;
-        for index in self.candidates(subject, server) {
+        for index in self.candidates(subject, server, target) {
             if self.applies_to(index, subject, target, context, now_ms) {
                 if self.rules[index].rule.effect == Effect::Deny {
                     return false;
@@ -375,7 +418,7 @@ impl RuleSet {
     ) -> RuleDecision {
         let mut denies = Vec::new();
         let mut allows = Vec::new();
-        for index in self.candidates(subject, server) {
+        for index in self.candidates(subject, server, target) {
             if self.applies_to(index, subject, target, context, now_ms) {
                 let compiled = &self.rules[index];
                 if compiled.rule.effect == Effect::Deny { denies.push(compiled) } else { allows.push(compiled) }
