@@ -182,12 +182,11 @@ impl Sender {
     }
 }
 
-/// SQLite group commit without hand-overs. An operation someone waits for is committed by the
-/// caller itself when the connection is free (it becomes the leader and commits everything
-/// queued, its own operation included); when another caller is committing, it queues and the
-/// leader (or, failing that, the writer thread) commits it. Waking another thread and being
-/// woken back cost more than the commit itself on small machines. What nobody waits for is
-/// left to the writer thread, which holds it up to [`DEFER`] to share a commit.
+/// SQLite group commit on one writer thread. A call's event is durable once it is in the
+/// journal (one `write` on the caller's thread); the writer thread moves queued events into
+/// the database, at once when someone waits (a flush), otherwise within [`DEFER`] so that
+/// many share a commit. Nothing commits on an async worker: one blocked on the database lock
+/// could hold up the very task that owns the lock (a registry write in the same process).
 struct SqliteShared {
     queue: std::sync::Mutex<Vec<Op>>,
     wake: std::sync::Condvar,
@@ -223,11 +222,13 @@ struct WriterState {
 const RUNNING_LIMIT: usize = 100_000;
 
 impl SqliteShared {
-    /// Queue `op`; when `lead` and the connection is free, commit right here.
-    fn push(&self, op: Op, lead: bool) -> bool {
+    /// Queue `op`; `waits` when someone waits for its commit (the writer thread is woken at
+    /// once). Nothing is committed on the caller's thread: a caller blocked on the database
+    /// lock would hold an async worker the lock's owner may need to finish its transaction.
+    fn push(&self, op: Op, waits: bool) -> bool {
         // While the store cannot write, the failed batch waits to be retried and nothing that
         // nobody waits for is queued behind it (it would only pile up in memory).
-        if !lead && !self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+        if !waits && !self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
         let Ok(mut queue) = self.queue.lock() else { return false };
@@ -237,13 +238,9 @@ impl SqliteShared {
         let was_empty = queue.is_empty();
         queue.push(op);
         drop(queue);
-        if lead && let Ok(mut state) = self.connection.try_lock() {
-            self.drain(&mut state, true);
-            return true;
-        }
         // The writer thread already has a deadline for a non-empty queue; waking it for every
         // deferred outcome would cost a thread switch per request for nothing.
-        if lead || was_empty {
+        if waits || was_empty {
             self.wake.notify_one();
         }
         true
@@ -278,11 +275,10 @@ impl SqliteShared {
         Ok(ticket)
     }
 
-    /// Commit until nothing is left that this caller must commit: everything, for the writer
-    /// thread; for a leader (`waited_only`), the operations someone waits for (flushes).
-    fn drain(&self, state: &mut WriterState, waited_only: bool) {
+    /// Commit until the queue is empty (the writer thread's work).
+    fn drain(&self, state: &mut WriterState) {
         loop {
-            let Some(mut batch) = self.take(waited_only) else { return };
+            let Some(mut batch) = self.take() else { return };
             if batch.is_empty() && state.retry.is_none() {
                 return;
             }
@@ -342,18 +338,10 @@ impl SqliteShared {
         }
     }
 
-    /// Take the next batch off the queue (see [`SqliteShared::drain`]). A flush waits for
-    /// everything queued before it, so while one is queued everything is taken.
-    fn take(&self, waited_only: bool) -> Option<Vec<Op>> {
+    /// Take everything queued, in order (a flush then follows what was queued before it).
+    fn take(&self) -> Option<Vec<Op>> {
         let mut queue = self.queue.lock().ok()?;
-        let flush_queued = || queue.iter().any(|op| matches!(op, Op::Insert(event, Some(_)) if event.id.is_empty()));
-        if !waited_only || flush_queued() {
-            return Some(std::mem::take(&mut *queue));
-        }
-        let (waited, deferred): (Vec<Op>, Vec<Op>) =
-            queue.drain(..).partition(|op| matches!(op, Op::Insert(_, Some(_))));
-        *queue = deferred;
-        Some(waited)
+        Some(std::mem::take(&mut *queue))
     }
 }
 
@@ -673,7 +661,7 @@ fn checkpointer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
 }
 
 /// The SQLite writer thread: commits what callers queued without leading (outcomes, events
-/// of requests without effect) after at most [`DEFER`], and what a leader could not take.
+/// of requests without effect) after at most [`DEFER`], and at once what someone waits for (a flush).
 /// Stops when the last handle to the audit log is gone, after a final commit.
 fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
     let mut last_attempt = std::time::Instant::now();
@@ -704,7 +692,7 @@ fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
         }
         drop(queue);
         let Ok(mut state) = shared.connection.lock() else { return };
-        shared.drain(&mut state, false);
+        shared.drain(&mut state);
         last_attempt = std::time::Instant::now();
     }
 }
