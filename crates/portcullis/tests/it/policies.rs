@@ -591,3 +591,26 @@ async fn conditions_read_tool_annotations_from_the_last_known_tool_list() {
     upstream_task.abort();
     gw.stop().await;
 }
+
+/// When the rule that let someone in expires, their open stream ends by itself (the refresher
+/// republishes the snapshot at the expiry, as it does after a change).
+#[tokio::test]
+async fn an_expiring_rule_ends_the_streams_it_allowed() {
+    let gw = TestGateway::start().await;
+    let expires = portcullis::time::iso_time(portcullis::store::now_ms() + 2_000);
+    gw.apply(&(people_and_server(None)
+        + &format!(
+            "[[rules]]\nname = \"ann, briefly\"\neffect = \"allow\"\nservers = [\"echo\"]\nusers = [\"ann@example.com\"]\nexpires = \"{expires}\"\n"
+        )))
+    .await;
+    let ann = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("echo", Some(&ann));
+    assert_eq!(client.initialize().await.status, 200);
+    let stream =
+        client.request_builder(reqwest::Method::GET).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(8), stream.text()).await;
+    assert!(ended.is_ok(), "the stream outlived the rule's expiry");
+    assert_eq!(client.call_tool("echo", json!({"message": "hi"})).await.error_code(), Some(-32030));
+    gw.stop().await;
+}
