@@ -1,6 +1,7 @@
 //! The console in a real browser: headless Chromium driven over the W3C WebDriver protocol
 //! (ChromeDriver), no JavaScript of ours involved. First-run setup, two-step enrolment, the
-//! home page with its stylesheet applied under the CSP, and an API key made through a form.
+//! home page with its stylesheet applied under the CSP, an API key made through a form, and an
+//! access rule written in a server's Permissions tab.
 
 use crate::support::*;
 use portcullis::auth::totp;
@@ -182,6 +183,23 @@ async fn a_new_super_admin_sets_up_portcullis_in_a_real_browser() {
     assert!(api_key.starts_with("pcs_"), "{api_key}");
     let servers = reqwest::Client::new().get(gw.url("/api/v1/servers")).bearer_auth(&api_key).send().await.unwrap();
     assert_eq!(servers.status(), 200);
+
+    // A rule written in the Permissions tab's form, saved, and listed with its Cedar policy.
+    browser.go(&gw.url("/console/servers/demo/permissions")).await;
+    browser.wait_for("Permissions: demo").await;
+    browser.type_into("#name", "root uses echo").await;
+    browser.type_into("#users", "root@example.com").await;
+    browser.type_into("#tools", "echo").await;
+    browser.type_into("#conditions", "payload.message starts_with hello").await;
+    browser.click("button[value=save]").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut page = browser.source().await;
+    while !page.contains("<summary>Cedar</summary>") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        page = browser.source().await;
+    }
+    assert!(page.contains("root uses echo") && page.contains("<summary>Cedar</summary>"), "{page}");
+    assert!(page.contains("payload.message starts_with \"hello\""), "{page}");
 
     let log = browser.console_log().await;
     assert!(log.iter().all(|line| !line.contains("Content Security Policy")), "CSP violations: {log:?}");
