@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// An event as the journal stores it.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Record {
     id: String,
     ts: i64,
@@ -53,35 +53,66 @@ struct Record {
     detail: Option<String>,
 }
 
+/// [`Record`], borrowed from the event: what `encode` writes (the same JSON, no copies).
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    id: &'a str,
+    ts: i64,
+    user_id: Option<&'a str>,
+    principal: &'a str,
+    server: Option<&'a str>,
+    method: &'a str,
+    target: Option<&'a str>,
+    sealed_arguments: Option<String>,
+    arguments_digest: Option<&'a str>,
+    decision: &'a str,
+    reason: &'a str,
+    outcome: &'a str,
+    error: Option<&'a str>,
+    latency_us: Option<i64>,
+    client_name: Option<&'a str>,
+    client_version: Option<&'a str>,
+    ip: Option<&'a str>,
+    correlation_id: &'a str,
+    replica: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    rules: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
 /// The bytes appended for `event`.
 pub fn encode(event: &AuditEvent) -> Vec<u8> {
-    let record = Record {
-        id: event.id.clone(),
+    let record = RecordRef {
+        id: &event.id,
         ts: event.ts,
-        user_id: event.user_id.clone(),
-        principal: event.principal.clone(),
-        server: event.server.clone(),
-        method: event.method.clone(),
-        target: event.target.clone(),
+        user_id: event.user_id.as_deref(),
+        principal: &event.principal,
+        server: event.server.as_deref(),
+        method: &event.method,
+        target: event.target.as_deref(),
         sealed_arguments: event.sealed_arguments.as_ref().map(|bytes| STANDARD_NO_PAD.encode(bytes)),
-        arguments_digest: event.arguments_digest.clone(),
-        decision: event.decision.to_owned(),
-        reason: event.reason.clone(),
-        outcome: event.outcome.clone(),
-        error: event.error.clone(),
+        arguments_digest: event.arguments_digest.as_deref(),
+        decision: event.decision,
+        reason: &event.reason,
+        outcome: &event.outcome,
+        error: event.error.as_deref(),
         latency_us: event.latency_us,
-        client_name: event.client_name.clone(),
-        client_version: event.client_version.clone(),
-        ip: event.ip.clone(),
-        correlation_id: event.correlation_id.clone(),
-        replica: event.replica.clone(),
-        rules: event.rules.clone(),
-        detail: event.detail.clone(),
+        client_name: event.client_name.as_deref(),
+        client_version: event.client_version.as_deref(),
+        ip: event.ip.as_deref(),
+        correlation_id: &event.correlation_id,
+        replica: &event.replica,
+        rules: &event.rules,
+        detail: event.detail.as_deref(),
     };
-    let json = serde_json::to_vec(&record).unwrap_or_default();
-    let mut bytes = Vec::with_capacity(json.len() + 4);
-    bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&json);
+    // Room for the length in front, so the record is written once.
+    let mut bytes = vec![0; 4];
+    if serde_json::to_writer(&mut bytes, &record).is_err() {
+        bytes.truncate(4);
+    }
+    let length = (bytes.len() - 4) as u32;
+    bytes[..4].copy_from_slice(&length.to_le_bytes());
     bytes
 }
 

@@ -734,8 +734,10 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
     // written, the call does not happen.
     let durable = method == "tools/call";
     let mut event_seq = 0;
-    if durable {
-        match exchange.state.audit.record_durable(event.clone()).await {
+    // A durable event is handed over whole (its outcome follows as a completion); any other
+    // is kept to be recorded with its outcome at the end.
+    let event = if durable {
+        match exchange.state.audit.record_durable(event).await {
             Ok(seq) => event_seq = seq,
             Err(_) => {
                 exchange.state.metrics.request(&method, "audit_unavailable");
@@ -747,7 +749,10 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
                 );
             }
         }
-    }
+        None
+    } else {
+        Some(event)
+    };
     let deadline = tokio::time::Instant::now() + exchange.state.config.upstream_timeout;
     let sent = match timeout_at(
         deadline,
@@ -761,7 +766,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
     let replies = match sent {
         Ok(replies) => replies,
         Err(error) => {
-            if durable {
+            let Some(event) = event else {
                 exchange.state.audit.complete(Completion {
                     event: event_seq,
                     outcome: outcome_of_error(&error).into(),
@@ -774,7 +779,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
                     if matches!(error, UpstreamError::SessionGone) { StatusCode::NOT_FOUND } else { StatusCode::OK };
                 let text = format!("server {:?}: {error}", exchange.server());
                 return Answer::Json(status, error_response(id.as_ref(), error_code_of(&error), &text), None);
-            }
+            };
             return upstream_failure(exchange, event, id.as_ref(), &error);
         }
     };
@@ -789,7 +794,7 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
         version,
         method,
         started: exchange.started,
-        event: if durable { None } else { Some(event) },
+        event,
         event_seq,
     };
     relay(finish, replies, id.unwrap_or(Value::Null), deadline, exchange.accepts_sse).await
