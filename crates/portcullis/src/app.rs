@@ -72,7 +72,7 @@ pub struct Shared {
     /// Client ID Metadata Documents fetched for OAuth clients that identify by URL.
     pub client_documents: Arc<crate::auth::cimd::Documents>,
     /// Records servers' tool lists when they change.
-    pub catalog: crate::catalog::CatalogWriter,
+    pub known_tools: crate::known_tools::ToolListWriter,
 }
 
 /// A built, bound gateway.
@@ -107,7 +107,7 @@ impl App {
             config.extra_roots.clone(),
             config.oauth_redirect_schemes.clone(),
         ));
-        let store_for_catalog = store.clone();
+        let store_for_tools = store.clone();
         let state = AppState(Arc::new(Shared {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
             upstreams: Upstreams::new(
@@ -134,7 +134,7 @@ impl App {
             key_use: Arc::default(),
             sso,
             client_documents,
-            catalog: crate::catalog::CatalogWriter::start(store_for_catalog),
+            known_tools: crate::known_tools::ToolListWriter::start(store_for_tools),
         }));
         state.key_use.start(state.store.clone());
         // Other replicas reach this one at replica_url, or at the bound address when that is

@@ -37,6 +37,7 @@ pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod edge;
+pub mod known_tools;
 pub mod metrics;
 pub mod policy_test;
 pub mod proxy;

@@ -277,7 +277,7 @@ pub async fn warnings_for(
         return Ok(warnings);
     }
     for server in &rule.servers {
-        let known = crate::store::catalog::tools_of(&mut *connection, server).await?;
+        let known = crate::store::known_tools::tools_of(&mut *connection, server).await?;
         if known.is_empty() {
             continue;
         }

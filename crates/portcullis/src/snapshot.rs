@@ -86,8 +86,8 @@ pub struct Snapshot {
     /// When the next rule expires (milliseconds since the epoch): the refresher republishes
     /// then, so streams of callers who lose access end.
     pub next_expiry: Option<i64>,
-    /// Each server's last known tools (see [`crate::catalog`]).
-    pub tools: HashMap<String, crate::catalog::ServerTools>,
+    /// Each server's last known tools (see [`crate::known_tools`]).
+    pub tools: HashMap<String, crate::known_tools::ServerTools>,
 }
 
 /// What an OAuth access token grants: one user, on one resource, until a time.
@@ -110,7 +110,7 @@ impl Snapshot {
         let users = store::registry::list_users(&mut connection).await?;
         let grants = store::registry::list_grants(&mut connection).await?;
         let rules = store::rules::list_rules(&mut connection).await?;
-        let known_tools = store::catalog::list_tools(&mut connection).await?;
+        let known_tools = store::known_tools::list_tools(&mut connection).await?;
         let api_keys = store::registry::list_api_keys(&mut connection).await?;
         let oauth_tokens = store::oauth::live_access_tokens(&mut connection).await?;
         drop(connection);
@@ -202,13 +202,13 @@ impl Snapshot {
             policy,
             next_expiry,
             tools: {
-                let mut by_server: HashMap<String, Vec<crate::catalog::Tool>> = HashMap::new();
+                let mut by_server: HashMap<String, Vec<crate::known_tools::Tool>> = HashMap::new();
                 for (server, tool) in known_tools {
                     by_server.entry(server).or_default().push(tool);
                 }
                 by_server
                     .into_iter()
-                    .map(|(server, tools)| (server, crate::catalog::ServerTools::from_list(tools)))
+                    .map(|(server, tools)| (server, crate::known_tools::ServerTools::from_list(tools)))
                     .collect()
             },
         })

@@ -823,10 +823,10 @@ impl Finish {
     /// Filter the final answer and record the outcome.
     fn response(&self, mut value: Value) -> Value {
         if self.whole_tool_list
-            && let Some(tools) = crate::catalog::from_answer(&value)
+            && let Some(tools) = crate::known_tools::from_answer(&value)
         {
             let server = &self.entry.server.name;
-            self.state.catalog.seen(server, self.snapshot.tools.get(server), tools);
+            self.state.known_tools.seen(server, self.snapshot.tools.get(server), tools);
         }
         let hidden = self.filter.as_ref().map_or(0, |(caller, origin)| {
             let server = self.entry.server.name.as_str();

@@ -17,8 +17,8 @@
 
 pub mod accounts;
 pub mod audit;
-pub mod catalog;
 pub mod directory;
+pub mod known_tools;
 pub mod oauth;
 pub mod registry;
 pub mod replicas;

@@ -1,8 +1,8 @@
-//! The last known tool list of each server (see [`crate::catalog`]).
+//! The last known tool list of each server (see [`crate::known_tools`]).
 
 use super::registry::bump_revision;
 use super::{StoreError, now_ms};
-use crate::catalog::Tool;
+use crate::known_tools::Tool;
 use sqlx::{AnyConnection, Row};
 
 /// Every server's last known tools: (server name, tool).
