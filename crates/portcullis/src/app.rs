@@ -88,6 +88,13 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let keys = config.secret_key()?.derive();
         let store = Store::open(&config.store).await?;
+        {
+            let mut connection = store.pool.acquire().await?;
+            let added = crate::store::catalog::seed(&mut connection, &crate::catalog::starter()).await?;
+            if added > 0 {
+                tracing::info!(added, "starter catalog entries added");
+            }
+        }
         let notifications = match &config.store {
             crate::config::StoreLocation::Postgres(url) => Some(url.clone()),
             crate::config::StoreLocation::Sqlite(_) => None,

@@ -47,6 +47,10 @@ pub fn router() -> Router<AppState> {
         .route("/rules", get(list_rules).post(create_rule))
         .route("/rules/simulate", axum::routing::post(simulate_rule))
         .route("/access", get(effective_access))
+        .route("/catalog", get(list_catalog))
+        .route("/catalog/import", axum::routing::post(import_catalog_entry))
+        .route("/catalog/{name}", get(get_catalog_entry).put(put_catalog_entry))
+        .route("/catalog/{name}/retire", axum::routing::post(retire_catalog_entry))
         .route("/access/stale", get(stale_access))
         .route("/rules/{id}", get(get_rule).put(update_rule).delete(delete_rule))
         .route("/api-keys", get(list_api_keys).post(create_api_key))
@@ -677,6 +681,138 @@ async fn stale_access(
     let days = query.days.unwrap_or(90).clamp(1, 3650);
     let stale = crate::review::stale_access(&state.store, &snapshot, days).await?;
     Ok(Json(json!({ "days": days, "stale": stale })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogQuery {
+    /// Words that must all appear in the name, title, description or publisher.
+    q: Option<String>,
+    /// Retired entries too (administrators).
+    retired: Option<bool>,
+}
+
+/// `GET /catalog`: the catalog of pre-vetted servers, searchable (everyone).
+async fn list_catalog(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Query(query): Query<CatalogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let retired = query.retired.unwrap_or(false) && !user.admin_roles.is_empty();
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let words: Vec<String> = query.q.as_deref().unwrap_or("").split_whitespace().map(str::to_lowercase).collect();
+    let entries: Vec<_> = store::catalog::list(&mut connection, retired)
+        .await?
+        .into_iter()
+        .filter(|stored| {
+            let entry = &stored.entry;
+            let text =
+                format!("{} {} {} {}", entry.name, entry.title, entry.description, entry.publisher).to_lowercase();
+            words.iter().all(|word| text.contains(word.as_str()))
+        })
+        .collect();
+    Ok(Json(json!({ "entries": entries })))
+}
+
+/// `GET /catalog/{name}`: one entry (everyone; retired ones for administrators).
+async fn get_catalog_entry(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let entry = store::catalog::get(&mut connection, &name)
+        .await?
+        .filter(|stored| stored.retired_at.is_none() || !user.admin_roles.is_empty())
+        .ok_or_else(|| ApiError::NotFound(format!("there is no catalog entry named {name:?}")))?;
+    Ok(Json(json!({ "entry": entry })))
+}
+
+/// Store a checked entry with its audit event, in one transaction.
+async fn save_catalog_entry(
+    state: &AppState,
+    actor: &str,
+    entry: &crate::catalog::Entry,
+    source: &str,
+) -> Result<bool, ApiError> {
+    entry.check().map_err(|error| ApiError::BadRequest(error.0))?;
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    let existed = store::catalog::get(&mut transaction, &entry.name).await?.is_some();
+    store::catalog::put(&mut transaction, entry, source).await?;
+    let (method, verb) = if existed { ("catalog/update", "changed") } else { ("catalog/create", "added") };
+    let reason = format!("{actor} {verb} catalog entry {:?}", entry.name);
+    let mut event =
+        crate::audit::AuditEvent::action(actor, None, method, Some(&entry.name), true, &reason, &state.replica);
+    event.detail = Some(json!({ "after": entry }).to_string());
+    store::audit::insert(&mut transaction, &[event]).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    Ok(existed)
+}
+
+/// `PUT /catalog/{name}`: add or change an entry (IT admins).
+async fn put_catalog_entry(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    Json(entry): Json<crate::catalog::Entry>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let actor = admin.require(Power::ManageServers)?.email.clone();
+    if entry.name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the entry is named {:?} but the path names {name:?}; they must be the same",
+            entry.name
+        )));
+    }
+    let existed = save_catalog_entry(&state, &actor, &entry, "admin").await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({ "entry": entry }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    /// Replace an entry of the same name (otherwise that is a conflict).
+    replace: Option<bool>,
+}
+
+/// `POST /catalog/import`: add an entry from an MCP Registry `server.json` document (IT
+/// admins). Imported entries start as high risk.
+async fn import_catalog_entry(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(query): Query<ImportQuery>,
+    Json(document): Json<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let actor = admin.require(Power::ManageServers)?.email.clone();
+    let entry = crate::catalog::from_server_json(&document).map_err(|error| ApiError::BadRequest(error.0))?;
+    if !query.replace.unwrap_or(false) {
+        let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+        if store::catalog::get(&mut connection, &entry.name).await?.is_some() {
+            return Err(ApiError::Internal(StoreError::Conflict(format!(
+                "a catalog entry named {:?} exists already; import with ?replace=true to replace it",
+                entry.name
+            ))));
+        }
+    }
+    save_catalog_entry(&state, &actor, &entry, "import").await?;
+    Ok((StatusCode::CREATED, Json(json!({ "entry": entry }))))
+}
+
+/// `POST /catalog/{name}/retire`: take an entry out of offer (IT admins).
+async fn retire_catalog_entry(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let actor = admin.require(Power::ManageServers)?.email.clone();
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    store::catalog::retire(&mut transaction, &name).await?;
+    let reason = format!("{actor} retired catalog entry {name:?}");
+    let event =
+        crate::audit::AuditEvent::action(&actor, None, "catalog/retire", Some(&name), true, &reason, &state.replica);
+    store::audit::insert(&mut transaction, &[event]).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_api_keys(State(state): State<AppState>, ApiUser(user): ApiUser) -> Result<Json<Value>, ApiError> {

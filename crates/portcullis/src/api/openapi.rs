@@ -134,6 +134,26 @@ pub fn build() -> Value {
                 "parameters": [{"name": "days", "in": "query", "schema": {"type": "integer", "default": 90}}],
                 "responses": error_responses()
             }},
+            "/catalog": {"get": {
+                "summary": "The catalog of pre-vetted servers, searchable (everyone; retired entries for admins)",
+                "parameters": [
+                    {"name": "q", "in": "query", "description": "words that must all appear", "schema": string},
+                    {"name": "retired", "in": "query", "schema": {"type": "boolean"}}
+                ],
+                "responses": error_responses()
+            }},
+            "/catalog/import": {
+                "post": operation("Add an entry from an MCP Registry server.json document; ?replace=true replaces one of the same name (IT admins; audited)", None, "201")
+            },
+            "/catalog/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": string}],
+                "get": operation("One catalog entry", None, "200"),
+                "put": operation("Add or change a catalog entry (IT admins; audited)", None, "200")
+            },
+            "/catalog/{name}/retire": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": string}],
+                "post": operation("Take a catalog entry out of offer (IT admins; audited)", None, "204")
+            },
             "/rules/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": string}],
                 "get": operation("One access rule (any admin)", None, "200"),

@@ -17,6 +17,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod catalog;
 pub mod directory;
 pub mod known_tools;
 pub mod oauth;
@@ -133,6 +134,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "server_tools",
         sqlite: include_str!("migrations/0011_server_tools.sql"),
         postgres: include_str!("migrations/0011_server_tools.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "catalog",
+        sqlite: include_str!("migrations/0012_catalog.sql"),
+        postgres: include_str!("migrations/0012_catalog.sql"),
     },
 ];
 

@@ -5,6 +5,7 @@ mod support;
 mod apply;
 mod bad_input;
 mod browser;
+mod catalog;
 mod conformance;
 mod console;
 mod data_plane;
