@@ -212,6 +212,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, content: Html) -> String {
         } else {
             "<a href=\"/console/audit\">My activity</a>"
         });
+        out.push_str("<a href=\"/console/catalog\">Catalog</a>");
         out.push_str("<a href=\"/console/mfa\">Two-step sign-in</a>");
         if viewer.admin {
             out.push_str("<a href=\"/console/servers\">Servers</a>");

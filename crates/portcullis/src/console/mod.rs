@@ -9,6 +9,7 @@
 //! first super admin.
 
 mod activity;
+mod catalog;
 pub mod html;
 mod policies;
 mod servers;
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/users/{email}/status", post(set_user_status))
         .route("/console/groups", get(groups))
         .route("/console/audit", get(activity::page))
+        .route("/console/catalog", get(catalog::page))
         .route("/console/servers", get(servers::page))
         .route("/console/servers/{name}/permissions", get(policies::permissions))
         .route("/console/policies", get(policies::policies))

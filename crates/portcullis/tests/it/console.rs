@@ -628,6 +628,12 @@ async fn admins_write_rules_in_the_console_without_writing_cedar() {
     );
     assert!(!csv.body.contains("sec@example.com"), "people with no allow on the server are not listed: {}", csv.body);
 
+    // Everyone browses the catalog and the servers already active.
+    let catalog = browser.get("/console/catalog?q=slack").await;
+    assert!(catalog.body.contains("Slack") && !catalog.body.contains("Brave Search"), "{}", catalog.body);
+    let catalog = browser.get("/console/catalog?q=demo").await;
+    assert!(catalog.body.contains("ask for access") && !catalog.body.contains("you can use it"), "{}", catalog.body);
+
     // Nobody called a tool through the rule yet: it is stale for Ann.
     let stale = browser.get("/console/access/stale?days=30").await;
     assert!(stale.body.contains("finance demo") && stale.body.contains("ann@example.com"), "{}", stale.body);
