@@ -424,6 +424,25 @@ pub async fn edit(State(state): State<AppState>, headers: HeaderMap, Path(id): P
     respond(signed, &csrf_token, set, &format!("Rule: {}", rule.spec.name), form)
 }
 
+/// A form post by a signed-in admin who may change rules, with a valid CSRF token.
+async fn require_policy_admin(state: &AppState, headers: &HeaderMap, csrf_token: &str) -> Result<Signed, Response> {
+    if !csrf_ok(state, headers, csrf_token) {
+        return Err(csrf_refusal());
+    }
+    let signed = require_admin(state, headers).await?;
+    if !may_change(&signed) {
+        return Err(not_allowed());
+    }
+    Ok(signed)
+}
+
+/// Publish a rule change in this process at once (other replicas follow within a second).
+async fn reload(state: &AppState) {
+    if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
+        tracing::warn!(%error, "snapshot reload after a rule change failed; the refresher will retry");
+    }
+}
+
 fn not_allowed() -> Response {
     html_response(
         StatusCode::FORBIDDEN,
@@ -441,16 +460,10 @@ fn home_of(spec: &RuleSpec) -> String {
 
 /// `POST /console/rules`: simulate or save the rule in the form (a new one, or rule `id`).
 pub async fn save(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<RuleForm>) -> Response {
-    if !csrf_ok(&state, &headers, &form.csrf) {
-        return csrf_refusal();
-    }
-    let signed = match require_admin(&state, &headers).await {
+    let signed = match require_policy_admin(&state, &headers, &form.csrf).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !may_change(&signed) {
-        return not_allowed();
-    }
     let (csrf_token, set) = csrf(&state, &headers);
     let global = form.global.is_some();
     let again = |problem: &str, form: &RuleForm| {
@@ -499,9 +512,7 @@ pub async fn save(State(state): State<AppState>, headers: HeaderMap, Form(form):
     .await;
     match saved {
         Ok(saved) => {
-            if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
-                tracing::warn!(%error, "snapshot reload after a rule change failed; the refresher will retry");
-            }
+            reload(&state).await;
             if saved.warnings.is_empty() {
                 return redirect(&home_of(&saved.rule.spec));
             }
@@ -573,16 +584,10 @@ pub async fn delete(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, &form.csrf) {
-        return csrf_refusal();
-    }
-    let signed = match require_admin(&state, &headers).await {
+    let signed = match require_policy_admin(&state, &headers, &form.csrf).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !may_change(&signed) {
-        return not_allowed();
-    }
     let deleted = async {
         let mut transaction = state.store.begin_write().await?;
         let deleted = crate::rules::delete(&mut transaction, &id, &signed.account.email, &state.replica).await?;
@@ -592,9 +597,7 @@ pub async fn delete(
     .await;
     match deleted {
         Ok(rule) => {
-            if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
-                tracing::warn!(%error, "snapshot reload after a rule change failed; the refresher will retry");
-            }
+            reload(&state).await;
             redirect(&home_of(&rule.spec))
         }
         Err(StoreError::NotFound(text)) => {
