@@ -174,6 +174,9 @@ pub fn decide_under(
     ask: &Ask<'_>,
 ) -> Decision {
     let judge = if ask.action == Action::Connect { Judge::Connect } else { Judge::Call };
+    if let Some(reason) = crate::pinning::refusal(snapshot, ask.server, ask.action, ask.name) {
+        return Decision { effect: policy::Effect::Deny, reason, matched_rules: Vec::new() };
+    }
     asking(snapshot, caller, origin, ask, judge, |request| policy.decide(caller.subject(), request))
 }
 

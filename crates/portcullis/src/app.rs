@@ -73,6 +73,19 @@ pub struct Shared {
     pub client_documents: Arc<crate::auth::cimd::Documents>,
     /// Records servers' tool lists when they change.
     pub known_tools: crate::known_tools::ToolListWriter,
+    /// Pins servers' definitions and holds changed ones (see [`crate::pinning`]).
+    pub pins: crate::pinning::PinWriter,
+}
+
+impl AppState {
+    /// A handle that does not keep the gateway alive (for background tasks).
+    pub fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub fn upgrade(weak: &std::sync::Weak<Shared>) -> Option<AppState> {
+        weak.upgrade().map(AppState)
+    }
 }
 
 /// A built, bound gateway.
@@ -142,7 +155,9 @@ impl App {
             sso,
             client_documents,
             known_tools: crate::known_tools::ToolListWriter::start(store_for_tools),
+            pins: crate::pinning::PinWriter::default(),
         }));
+        crate::pinning::PinWriter::start(&state);
         state.key_use.start(state.store.clone());
         // Other replicas reach this one at replica_url, or at the bound address when that is
         // a specific one (set replica_url when replicas run on different hosts).

@@ -88,6 +88,8 @@ pub struct Snapshot {
     pub next_expiry: Option<i64>,
     /// Each server's last known tools (see [`crate::known_tools`]).
     pub tools: HashMap<String, crate::known_tools::ServerTools>,
+    /// The pins of every pinned server (see [`crate::pinning`]).
+    pub pins: HashMap<String, crate::pinning::ServerPins>,
 }
 
 /// What an OAuth access token grants: one user, on one resource, until a time.
@@ -113,6 +115,7 @@ impl Snapshot {
         let known_tools = store::known_tools::list_tools(&mut connection).await?;
         let api_keys = store::registry::list_api_keys(&mut connection).await?;
         let oauth_tokens = store::oauth::live_access_tokens(&mut connection).await?;
+        let pins = crate::pinning::load(&mut connection).await?;
         drop(connection);
 
         let mut server_map = HashMap::new();
@@ -211,6 +214,7 @@ impl Snapshot {
                     .map(|(server, tools)| (server, crate::known_tools::ServerTools::from_list(tools)))
                     .collect()
             },
+            pins,
         })
     }
 }

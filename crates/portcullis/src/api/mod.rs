@@ -9,9 +9,11 @@
 //! - grants: `GET|POST /grants`, `DELETE /grants/{id}`
 //! - API keys: `GET|POST /api-keys`, `DELETE /api-keys/{id}`
 //! - audit: `GET /audit`
+//! - server requests, notifications and the high-risk list: see [`requests`]
 //! - `GET /openapi.json`
 
 mod openapi;
+mod requests;
 
 use crate::access;
 use crate::app::AppState;
@@ -60,6 +62,7 @@ pub fn router() -> Router<AppState> {
         .route("/scim-tokens/{id}", delete(revoke_scim_token))
         .route("/audit", get(audit))
         .route("/openapi.json", get(openapi::document))
+        .merge(requests::router())
 }
 
 /// An API failure. Client errors explain themselves; internal ones are logged whole and
@@ -74,6 +77,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the store failed")]
     Internal(#[from] StoreError),
 }
@@ -85,6 +90,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Internal(StoreError::NotFound(text)) => {
                 return (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": text}))).into_response();
             }

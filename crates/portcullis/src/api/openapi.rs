@@ -218,8 +218,107 @@ pub fn build() -> Value {
     })
 }
 
+/// The server-request workflow's paths (see `requests.rs`).
+fn request_paths() -> Value {
+    let string = json!({"type": "string"});
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": string}]);
+    let server = json!([{"name": "server", "in": "path", "required": true, "schema": string}]);
+    let name = json!([{"name": "name", "in": "path", "required": true, "schema": string}]);
+    let list_parameters: Vec<Value> = ["state", "kind", "tier", "requester"]
+        .iter()
+        .map(|name| json!({"name": name, "in": "query", "required": false, "schema": string}))
+        .chain([json!({"name": "mine", "in": "query", "required": false, "schema": {"type": "boolean"}})])
+        .collect();
+    json!({
+        "/requests": {
+            "get": {
+                "summary": "Server requests: the caller's own; reviewers see all, pending first and oldest first, with due_at and overdue",
+                "parameters": list_parameters,
+                "responses": error_responses()
+            },
+            "post": operation("Request a catalog server, a custom server or access to an active server (draft with submit=false); warnings name an active server that is the same", Some("Request"), "201")
+        },
+        "/requests/{id}": {
+            "parameters": id,
+            "get": operation("One request; reviewers also get the requester, the automated checks and the due time", None, "200"),
+            "put": operation("Replace a draft (its requester)", Some("Request"), "200")
+        },
+        "/requests/{id}/submit": {"parameters": id, "post": operation("Send a draft for review (its requester)", None, "200")},
+        "/requests/{id}/withdraw": {"parameters": id, "post": operation("Withdraw a draft or pending request (its requester)", None, "200")},
+        "/requests/{id}/resubmit": {"parameters": id, "post": operation("Resubmit a rejected request with changes, as a new linked request; secrets left out are carried over", Some("Request"), "201")},
+        "/requests/{id}/test": {"parameters": id, "post": operation("Start the connection test in the background (IT admins); poll the request for test_step, then test", None, "202")},
+        "/requests/{id}/approve": {"parameters": id, "post": operation("Approve: the server goes live and an access rule is created; the checklist is required (IT admins; audited); 409 if decided or withdrawn", Some("Approval"), "200")},
+        "/requests/{id}/reject": {"parameters": id, "post": operation("Reject with a specific reason and next steps (IT admins; audited); 409 if decided or withdrawn", Some("Rejection"), "200")},
+        "/request-targets": {
+            "get": operation("Review target per tier, e.g. {\"catalog\": \"8h\", \"internal\": \"2d\"} (d = business days)", None, "200"),
+            "put": operation("Change review targets (IT admins; audited)", None, "200")
+        },
+        "/notifications": {"get": operation("The caller's in-app notifications, newest first, and the unread count", None, "200")},
+        "/notifications/read": {"post": operation("Mark one ({\"id\": …}) or all notifications read", None, "200")},
+        "/high-risk": {"get": operation("Servers on the high-risk list, with their quarterly review due time", None, "200")},
+        "/high-risk/{server}": {
+            "parameters": server,
+            "put": operation("Put a server on the high-risk list, {\"note\": why} (IT admins; audited)", None, "200"),
+            "delete": operation("Take a server off the high-risk list (IT admins; audited)", None, "204")
+        },
+        "/high-risk/{server}/review": {"parameters": server, "post": operation("Record the quarterly review of a high-risk server (IT admins; audited)", None, "200")},
+        "/servers/{name}/pins": {"parameters": name, "get": operation("The server's pinned tool, prompt and resource-template definitions, and those held for review (admins)", None, "200")},
+        "/servers/{name}/pins/check": {"parameters": name, "post": operation("Read the server now with fixed capabilities and compare with its pins; the first check pins everything (IT admins)", None, "200")},
+        "/servers/{name}/pins/approve": {"parameters": name, "post": operation("Approve held definitions, {\"names\": [...]} or all (IT admins; audited)", None, "200")}
+    })
+}
+
+fn request_schemas() -> Value {
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let checklist = json!({"type": "object", "description": "every section: source, tools, data, auth, network, need, compliance",
+        "additionalProperties": {"type": "object", "required": ["mark"], "properties": {
+            "mark": {"type": "string", "enum": ["checked", "not-applicable", "concern"]},
+            "note": {"type": "string", "description": "required with concern"}}}});
+    json!({
+        "Request": {"type": "object", "required": ["kind"], "additionalProperties": false, "properties": {
+            "kind": {"type": "string", "enum": ["catalog", "custom", "access"]},
+            "catalog": {"type": "string", "description": "catalog: the entry"},
+            "settings": map, "name": {"type": "string", "description": "catalog: the server name, if not the entry's"},
+            "server": {"type": "object", "description": "custom: the server", "required": ["name", "transport"], "properties": {
+                "name": {"type": "string"}, "description": {"type": "string"},
+                "transport": {"type": "string", "enum": ["streamable-http", "sse", "stdio"]},
+                "url": {"type": "string"}, "command": {"type": "string"}, "args": strings,
+                "env": map, "headers": map,
+                "auth": {"type": "string", "enum": ["none", "api-key", "oauth"]}, "oauth_scopes": strings}},
+            "access_to": {"type": "string", "description": "access: the active server"},
+            "justification": {"type": "object", "properties": {
+                "why": {"type": "string"}, "use_case": {"type": "string"},
+                "expected_value": {"type": "string"}, "alternatives": {"type": "string"}}},
+            "origin": {"type": "string", "enum": ["internal", "third-party"]},
+            "sensitive": {"type": "boolean"}, "urgent": {"type": "boolean"},
+            "submit": {"type": "boolean", "default": true}}},
+        "Approval": {"type": "object", "additionalProperties": false, "properties": {
+            "checklist": checklist,
+            "grant": {"type": "object", "properties": {
+                "to": {"type": "string", "enum": ["requester", "group"]}, "group": {"type": "string"}, "tools": strings}},
+            "high_risk": {"type": "boolean"}}},
+        "Rejection": {"type": "object", "required": ["reason", "next_steps"], "additionalProperties": false, "properties": {
+            "reason": {"type": "string", "description": "the specific issue, what to fix, alternatives"},
+            "next_steps": {"type": "string"}, "checklist": checklist}}
+    })
+}
+
+/// The whole document.
+fn full() -> Value {
+    let mut document = build();
+    if let (Some(paths), Value::Object(more)) = (document["paths"].as_object_mut(), request_paths()) {
+        paths.extend(more);
+    }
+    if let (Some(schemas), Value::Object(more)) = (document["components"]["schemas"].as_object_mut(), request_schemas())
+    {
+        schemas.extend(more);
+    }
+    document
+}
+
 pub async fn document() -> Json<Value> {
-    Json(build())
+    Json(full())
 }
 
 #[cfg(test)]
@@ -227,10 +326,10 @@ mod tests {
     /// Every route the router serves is in the document, and the document names no other.
     #[test]
     fn every_route_is_documented() {
-        let source = include_str!("mod.rs");
+        let source = [include_str!("mod.rs"), include_str!("requests.rs")].concat();
         let routes: Vec<&str> = source.split(".route(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
         assert!(routes.len() > 10, "{routes:?}");
-        let document = super::build();
+        let document = super::full();
         let paths = document["paths"].as_object().unwrap();
         for route in &routes {
             assert!(paths.contains_key(*route), "{route} is served but not documented");

@@ -213,18 +213,16 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, content: Html) -> String {
             "<a href=\"/console/audit\">My activity</a>"
         });
         out.push_str("<a href=\"/console/catalog\">Catalog</a>");
+        out.push_str("<a href=\"/console/requests\">Requests</a><a href=\"/console/inbox\">Inbox</a>");
         out.push_str("<a href=\"/console/mfa\">Two-step sign-in</a>");
         if viewer.admin {
             out.push_str("<a href=\"/console/servers\">Servers</a>");
             out.push_str("<a href=\"/console/users\">Users</a><a href=\"/console/groups\">Groups</a>");
             out.push_str("<a href=\"/console/policies\">Policies</a>");
             // Sections that arrive with later parts of Portcullis: named, not yet links.
-            for (section, arrives) in [
-                ("Requests", "server requests and approvals"),
-                ("Agents", "agent accounts"),
-                ("Analytics", "analytics"),
-                ("Alerts", "security alerts"),
-            ] {
+            for (section, arrives) in
+                [("Agents", "agent accounts"), ("Analytics", "analytics"), ("Alerts", "security alerts")]
+            {
                 let _ = write!(
                     out,
                     "<span class=\"later\" aria-disabled=\"true\" title=\"Not available yet: arrives with {arrives}\">{section}</span>"

@@ -12,8 +12,10 @@ mod activity;
 mod catalog;
 pub mod html;
 mod policies;
+mod requests;
 mod servers;
 mod sso;
+mod tools;
 
 use crate::app::AppState;
 use crate::audit::AuditEvent;
@@ -65,8 +67,16 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/groups", get(groups))
         .route("/console/audit", get(activity::page))
         .route("/console/catalog", get(catalog::page))
+        .route("/console/requests", get(requests::list).post(requests::create))
+        .route("/console/requests/new", get(requests::new))
+        .route("/console/requests/{id}", get(requests::detail))
+        .route("/console/requests/{id}/{action}", post(requests::act))
+        .route("/console/inbox", get(requests::inbox))
+        .route("/console/inbox/read", post(requests::read_all))
         .route("/console/servers", get(servers::page))
         .route("/console/servers/{name}/permissions", get(policies::permissions))
+        .route("/console/servers/{name}/tools", get(tools::page))
+        .route("/console/servers/{name}/tools/{action}", post(tools::act))
         .route("/console/policies", get(policies::policies))
         .route("/console/rules", post(policies::save))
         .route("/console/rules/{id}", get(policies::edit))

@@ -18,14 +18,16 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         let mut connection = state.store.pool.acquire().await?;
         let servers = store::registry::list_servers(&mut connection).await?;
         let grants = store::registry::list_grants(&mut connection).await?;
-        Ok::<_, store::StoreError>((servers, grants))
+        let high_risk = store::requests::high_risk(&mut connection).await?;
+        Ok::<_, store::StoreError>((servers, grants, high_risk))
     }
     .await;
-    let (mut servers, grants) = match loaded {
+    let (mut servers, grants, high_risk) = match loaded {
         Ok(loaded) => loaded,
         Err(error) => return failure(&error),
     };
     servers.sort_by(|left, right| left.name.cmp(&right.name));
+    let snapshot = state.snapshot.current().ok();
     let (csrf_token, set) = csrf(&state, &headers);
     let mut content = Html::new();
     if servers.is_empty() {
@@ -61,6 +63,16 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
                 who.insert(0, "everyone (public)".to_owned());
             }
             let credentials = if credentials.is_empty() { "none".to_owned() } else { credentials.join(", ") };
+            let pins = snapshot.as_ref().and_then(|snapshot| snapshot.pins.get(&server.name));
+            let tools = match pins {
+                None => "not pinned yet".to_owned(),
+                Some(pins) if pins.held() > 0 => format!("{} held for review", pins.held()),
+                Some(pins) => format!("{} pinned", pins.items.len()),
+            };
+            let risk = match high_risk.iter().find(|entry| entry.server == server.name) {
+                Some(entry) => format!("high risk: {}", entry.note),
+                None => String::new(),
+            };
             vec![
                 super::html::link(
                     &format!("/console/servers/{}/permissions", super::url_encode(&server.name)),
@@ -71,12 +83,23 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
                 cell(&address),
                 cell(&credentials),
                 cell(&who.join(", ")),
+                super::html::link(&format!("/console/servers/{}/tools", super::url_encode(&server.name)), &tools),
+                cell(&risk),
             ]
         })
         .collect();
     if !rows.is_empty() {
         content.push(rich_table(
-            &["Name (permissions)", "Description", "Transport", "Address", "Credentials set", "Granted to"],
+            &[
+                "Name (permissions)",
+                "Description",
+                "Transport",
+                "Address",
+                "Credentials set",
+                "Granted to",
+                "Definitions",
+                "Risk",
+            ],
             &rows,
         ));
         content.push(note("hint", "Credentials are stored encrypted and never shown; only their names are listed."));

@@ -727,6 +727,16 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
         event.latency_us = Some(exchange.latency_us());
         exchange.state.metrics.request(&method, "denied");
         exchange.state.audit.record(event);
+        if method == "tools/call"
+            && crate::pinning::never_offered(&exchange.snapshot, exchange.server(), ask.action, ask.name)
+        {
+            // A name the server never offered is answered as servers answer unknown tools:
+            // a tool error, not an access problem the client should sign in again for.
+            let text = format!("tool {:?} is not offered by server {}", ask.name, exchange.server());
+            let value = json!({"jsonrpc": "2.0", "id": id, "result": {
+                "content": [{"type": "text", "text": text}], "isError": true}});
+            return Answer::Json(StatusCode::OK, value, None);
+        }
         let text = format!("access denied: {}", decision.reason);
         return Answer::Json(StatusCode::OK, error_response(id.as_ref(), ErrorCode::AccessDenied, &text), None);
     }
@@ -828,13 +838,21 @@ impl Finish {
             let server = &self.entry.server.name;
             self.state.known_tools.seen(server, self.snapshot.tools.get(server), tools);
         }
-        let hidden = self.filter.as_ref().map_or(0, |(caller, origin)| {
-            let server = self.entry.server.name.as_str();
-            methods::filter_list(&self.method, &mut value, |action, name| {
-                let ask = Ask { server, action, name, payload: None };
-                access::listed(&self.snapshot, caller, &origin.borrow(), &ask)
-            })
-        });
+        let held = crate::pinning::filter_answer(
+            &self.state,
+            &self.snapshot,
+            &self.entry.server.name,
+            &self.method,
+            &mut value,
+        );
+        let hidden = held
+            + self.filter.as_ref().map_or(0, |(caller, origin)| {
+                let server = self.entry.server.name.as_str();
+                methods::filter_list(&self.method, &mut value, |action, name| {
+                    let ask = Ask { server, action, name, payload: None };
+                    access::listed(&self.snapshot, caller, &origin.borrow(), &ask)
+                })
+            });
         if hidden > 0 {
             tracing::debug!(server = %self.entry.server.name, hidden, "list entries hidden by policy");
         }

@@ -20,9 +20,12 @@ pub mod audit;
 pub mod catalog;
 pub mod directory;
 pub mod known_tools;
+pub mod notifications;
 pub mod oauth;
+pub mod pins;
 pub mod registry;
 pub mod replicas;
+pub mod requests;
 pub mod rules;
 pub mod settings;
 
@@ -140,6 +143,18 @@ const MIGRATIONS: &[Migration] = &[
         name: "catalog",
         sqlite: include_str!("migrations/0012_catalog.sql"),
         postgres: include_str!("migrations/0012_catalog.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "requests",
+        sqlite: include_str!("migrations/0013_requests.sql"),
+        postgres: include_str!("migrations/0013_requests.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "pins",
+        sqlite: include_str!("migrations/0014_pins.sql"),
+        postgres: include_str!("migrations/0014_pins.sql"),
     },
 ];
 

@@ -125,6 +125,7 @@ pub async fn delete_server(connection: &mut AnyConnection, name: &str) -> Result
         return Err(StoreError::NotFound(format!("no server named {name:?}")));
     }
     sqlx::query("DELETE FROM server_tools WHERE server = $1").bind(name).execute(&mut *connection).await?;
+    super::pins::forget(&mut *connection, name).await?;
     bump_revision(connection).await
 }
 

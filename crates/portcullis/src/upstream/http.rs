@@ -192,6 +192,10 @@ impl HttpUpstream {
             }
             Err(error) => return Err(UpstreamError::Unavailable(error.to_string())),
         };
+        if matches!(status, reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) {
+            // The upstream refuses the gateway's credentials (never a client's: those are not sent).
+            return Err(UpstreamError::Refused(format!("it answered HTTP {status}")));
+        }
         match serde_json::from_slice::<Value>(&body) {
             // A JSON-RPC answer (even an error with an HTTP error status) is the upstream's own word.
             Ok(value) if response_id(&value).is_some() => {

@@ -61,6 +61,9 @@ pub enum UpstreamError {
     /// The upstream does not offer this (for example no GET stream).
     #[error("the upstream server does not support this: {0}")]
     NotSupported(String),
+    /// The upstream refused the gateway's credentials (HTTP 401 or 403).
+    #[error("the upstream server refused the gateway's credentials: {0}")]
+    Refused(String),
 }
 
 /// One item of an upstream's answer.

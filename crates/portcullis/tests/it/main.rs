@@ -14,6 +14,7 @@ mod peers;
 mod people;
 mod policies;
 mod replicas;
+mod requests;
 mod scim;
 mod sso;
 mod store_suite;
