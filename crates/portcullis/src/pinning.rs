@@ -149,6 +149,27 @@ impl ServerPins {
     }
 }
 
+/// Definitions seen in list answers that differ from their pins: (server, kind, name) → the
+/// digest seen. Consulted with the pins, so a held definition is refused at once, before the
+/// background writer has stored it.
+#[derive(Debug, Default)]
+pub struct Sightings(Mutex<HashMap<(String, ItemKind, String), String>>);
+
+impl Sightings {
+    fn record(&self, server: &str, kind: ItemKind, name: &str, hash: &str) {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.insert((server.to_owned(), kind, name.to_owned()), hash.to_owned());
+        }
+    }
+
+    /// Was something other than `approved` seen for this name?
+    fn differs(&self, server: &str, kind: ItemKind, name: &str, approved: Option<&str>) -> bool {
+        self.0.lock().ok().is_some_and(|seen| {
+            seen.get(&(server.to_owned(), kind, name.to_owned())).is_some_and(|hash| Some(hash.as_str()) != approved)
+        })
+    }
+}
+
 /// Every pinned server's pins, for the snapshot.
 pub async fn load(connection: &mut sqlx::AnyConnection) -> Result<HashMap<String, ServerPins>, StoreError> {
     let mut servers: HashMap<String, ServerPins> = store::pins::pinned_servers(connection)
@@ -302,6 +323,7 @@ pub fn filter_answer(
         if pins.shows(kind, name, entry, &hash) {
             return true;
         }
+        snapshot.sightings.record(server, kind, name, &hash);
         seen.push(Seen { kind, name: name.to_owned(), hash, definition: entry.clone() });
         false
     });
@@ -325,7 +347,8 @@ pub fn refusal(
         _ => return None,
     };
     let pins = snapshot.pins.get(server)?;
-    if pins.callable(kind, name) {
+    let approved = pins.items.get(&(kind, name.to_owned())).and_then(|pin| pin.approved.as_deref());
+    if pins.callable(kind, name) && !snapshot.sightings.differs(server, kind, name, approved) {
         return None;
     }
     Some(format!(

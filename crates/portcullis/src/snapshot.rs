@@ -90,6 +90,9 @@ pub struct Snapshot {
     pub tools: HashMap<String, crate::known_tools::ServerTools>,
     /// The pins of every pinned server (see [`crate::pinning`]).
     pub pins: HashMap<String, crate::pinning::ServerPins>,
+    /// Definitions this process saw differ from their pins, before the store has them held:
+    /// shared by every snapshot of the process, so a call right after the list is refused too.
+    pub sightings: Arc<crate::pinning::Sightings>,
 }
 
 /// What an OAuth access token grants: one user, on one resource, until a time.
@@ -215,6 +218,7 @@ impl Snapshot {
                     .collect()
             },
             pins,
+            sightings: Arc::default(),
         })
     }
 }
@@ -234,6 +238,8 @@ pub struct SnapshotHandle {
     changes: Arc<watch::Sender<i64>>,
     /// Wakes the refresher before its next poll (a PostgreSQL notification arrived).
     wake: Arc<Notify>,
+    /// Carried from snapshot to snapshot (see [`Snapshot::sightings`]).
+    sightings: Arc<crate::pinning::Sightings>,
 }
 
 impl SnapshotHandle {
@@ -245,7 +251,9 @@ impl SnapshotHandle {
         max_age: Duration,
         notifications: Option<String>,
     ) -> Result<SnapshotHandle, StoreError> {
-        let snapshot = Snapshot::load(&store, &keys).await?;
+        let mut snapshot = Snapshot::load(&store, &keys).await?;
+        let sightings = Arc::new(crate::pinning::Sightings::default());
+        snapshot.sightings = sightings.clone();
         let (changes, _) = watch::channel(snapshot.revision);
         let handle = SnapshotHandle {
             current: Arc::new(RwLock::new(Arc::new(snapshot))),
@@ -253,6 +261,7 @@ impl SnapshotHandle {
             max_age,
             changes: Arc::new(changes),
             wake: Arc::new(Notify::new()),
+            sightings,
         };
         if let Some(url) = notifications {
             tokio::spawn(listen(url, Arc::downgrade(&handle.current), handle.wake.clone()));
@@ -285,7 +294,8 @@ impl SnapshotHandle {
 
     /// Replace the snapshot, unless it is older than the one in force: a reload that began
     /// before a change must never undo it (a revoked key would live again until the next poll).
-    fn publish(&self, snapshot: Snapshot) {
+    fn publish(&self, mut snapshot: Snapshot) {
+        snapshot.sightings = self.sightings.clone();
         let revision = snapshot.revision;
         let replaced = match self.current.write() {
             Ok(mut current) if revision >= current.revision => {

@@ -12,6 +12,7 @@ mod data_plane;
 mod oauth;
 mod peers;
 mod people;
+mod pinning;
 mod policies;
 mod replicas;
 mod requests;
