@@ -16,7 +16,7 @@ const NPM_PEERS: &[&str] = &[
     "@modelcontextprotocol/conformance@0.1.13",
     "oidc-provider@9.13.3",
 ];
-const PYPI_PEERS: &[&str] = &["mcp>=2.3,<3"];
+const PYPI_PEERS: &[&str] = &["mcp>=2.3,<3", "aiosmtpd==1.4.6"];
 /// The SCIM compliance tester, in a virtualenv of its own (`venv-scim`).
 const SCIM_PEERS: &[&str] = &["scim2-tester==0.5.2", "scim2-cli==0.6.0"];
 

@@ -75,6 +75,8 @@ pub struct Shared {
     pub known_tools: crate::known_tools::ToolListWriter,
     /// Pins servers' definitions and holds changed ones (see [`crate::pinning`]).
     pub pins: crate::pinning::PinWriter,
+    /// Sends notification mail from the outbox.
+    pub mailer: crate::notify::Mailer,
 }
 
 impl AppState {
@@ -156,8 +158,10 @@ impl App {
             client_documents,
             known_tools: crate::known_tools::ToolListWriter::start(store_for_tools),
             pins: crate::pinning::PinWriter::default(),
+            mailer: crate::notify::Mailer::default(),
         }));
         crate::pinning::PinWriter::start(&state);
+        crate::notify::Mailer::start(&state);
         state.key_use.start(state.store.clone());
         // Other replicas reach this one at replica_url, or at the bound address when that is
         // a specific one (set replica_url when replicas run on different hosts).

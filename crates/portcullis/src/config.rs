@@ -135,6 +135,8 @@ pub struct Config {
     pub oauth_client_metadata_networks: Vec<IpNet>,
     /// Extra certificate authorities for outbound TLS, from `ca_file`.
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// The same trust anchors as PEM, for connections made without reqwest (SMTP).
+    pub extra_roots_pem: Vec<u8>,
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
     pub snapshot_max_age: Duration,
@@ -531,10 +533,12 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         Some(_) => return Err(invalid("oauth_client_metadata_documents", "expected true or false")),
     };
     let oauth_client_metadata_networks = cidr_list("oauth_client_metadata_networks")?;
+    let mut extra_roots_pem = Vec::new();
     let extra_roots = match get("ca_file") {
         None => Vec::new(),
         Some((_, path)) => {
             let pem = std::fs::read(path).map_err(|error| invalid("ca_file", &format!("cannot read it ({error})")))?;
+            extra_roots_pem = pem.clone();
             let roots = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|error| invalid("ca_file", &format!("it is not a PEM certificate bundle ({error})")))?;
             if roots.is_empty() {
@@ -581,6 +585,7 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         oauth_client_metadata_documents,
         oauth_client_metadata_networks,
         extra_roots,
+        extra_roots_pem,
         max_body_bytes: max_body_bytes as usize,
         upstream_timeout: Duration::from_secs(upstream_timeout_secs),
         snapshot_max_age: Duration::from_secs(snapshot_max_age_secs),

@@ -41,6 +41,7 @@ pub mod edge;
 pub mod known_tools;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod pinning;
 pub mod policy_test;
 pub mod proxy;

@@ -264,13 +264,14 @@ async fn notify_reviewers(
         Kind::Custom => format!("the custom server {}", request.server),
     };
     for admin in snapshot.users.values().filter(|user| user.can(Power::ManageServers)) {
-        store::notifications::add(
-            connection,
-            &admin.id,
+        crate::notify::tell(
+            &mut *connection,
+            crate::notify::Recipient { user_id: &admin.id, email: &admin.email },
             "request-submitted",
             &format!("New request: {what}"),
             &format!("{} asks for {what} ({}).", request.requester_email, request.tier.label()),
             &format!("/console/requests/{}", request.id),
+            crate::notify::Mail::IfAlertsOn,
         )
         .await?;
     }
@@ -308,6 +309,7 @@ async fn store_new(state: &AppState, user: &UserEntry, saved: Saved) -> Result<S
         notify_reviewers(&mut transaction, &snapshot, request).await?;
     }
     transaction.commit().await.map_err(StoreError::from)?;
+    state.mailer.wake();
     Ok(saved)
 }
 
@@ -373,6 +375,7 @@ pub async fn submit(state: &AppState, user: &UserEntry, id: &str) -> Result<Requ
     store::audit::insert(&mut transaction, &[event(state, user, "request/submit", &request, reason)]).await?;
     notify_reviewers(&mut transaction, &snapshot, &request).await?;
     transaction.commit().await.map_err(StoreError::from)?;
+    state.mailer.wake();
     visible(state, user, id).await
 }
 
@@ -630,9 +633,9 @@ pub async fn approve(state: &AppState, admin: &UserEntry, id: &str, approval: Ap
         .to_string(),
     );
     store::audit::insert(&mut transaction, &[event]).await?;
-    store::notifications::add(
+    crate::notify::tell(
         &mut transaction,
-        &request.requester_id,
+        crate::notify::Recipient { user_id: &request.requester_id, email: &request.requester_email },
         "request-approved",
         &format!("Approved: {}", request.server),
         &format!(
@@ -640,9 +643,11 @@ pub async fn approve(state: &AppState, admin: &UserEntry, id: &str, approval: Ap
             admin.email, request.server, request.server
         ),
         &format!("/console/requests/{id}"),
+        crate::notify::Mail::Always,
     )
     .await?;
     transaction.commit().await.map_err(StoreError::from)?;
+    state.mailer.wake();
     if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
         tracing::warn!(%error, "snapshot reload after an approval failed; the refresher will retry");
     }
@@ -694,16 +699,18 @@ pub async fn reject(state: &AppState, admin: &UserEntry, id: &str, rejection: Re
         .to_string(),
     );
     store::audit::insert(&mut transaction, &[event]).await?;
-    store::notifications::add(
+    crate::notify::tell(
         &mut transaction,
-        &request.requester_id,
+        crate::notify::Recipient { user_id: &request.requester_id, email: &request.requester_email },
         "request-rejected",
         &format!("Not approved: {}", request.server),
         &format!("Reason: {}\nNext steps: {}", decision.reason, decision.next_steps),
         &format!("/console/requests/{id}"),
+        crate::notify::Mail::Always,
     )
     .await?;
     transaction.commit().await.map_err(StoreError::from)?;
+    state.mailer.wake();
     visible(state, admin, id).await
 }
 

@@ -392,17 +392,19 @@ async fn hold(state: &AppState, server: &str, seen: Vec<Seen>, how: &str) -> Res
     for admin in
         snapshot.iter().flat_map(|snapshot| snapshot.users.values()).filter(|user| user.can(Power::ManageServers))
     {
-        store::notifications::add(
+        crate::notify::tell(
             &mut transaction,
-            &admin.id,
+            crate::notify::Recipient { user_id: &admin.id, email: &admin.email },
             "pins-changed",
             &format!("Changed tools held on {server}"),
             &format!("{} — hidden from clients until you review and approve the change.", held.join(", ")),
             &format!("/console/servers/{server}/tools"),
+            crate::notify::Mail::IfAlertsOn,
         )
         .await?;
     }
     transaction.commit().await?;
+    state.mailer.wake();
     if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
         tracing::warn!(%error, "snapshot reload after holding definitions failed; the refresher will retry");
     }

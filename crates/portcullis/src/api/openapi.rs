@@ -255,6 +255,15 @@ fn request_paths() -> Value {
         },
         "/notifications": {"get": operation("The caller's in-app notifications, newest first, and the unread count", None, "200")},
         "/notifications/read": {"post": operation("Mark one ({\"id\": …}) or all notifications read", None, "200")},
+        "/notifications/preferences": {
+            "get": operation("The caller's notification preferences", None, "200"),
+            "put": operation("{\"email_alerts\": true}: email me new requests and held tool changes (IT admins)", None, "200")
+        },
+        "/settings/email": {
+            "get": operation("The mail server for notifications, without its password, and the recent outbox (super admin)", None, "200"),
+            "put": operation("Set the mail server: host, port, security (starttls|tls|none), username, password (write-only), from (super admin; audited)", None, "200")
+        },
+        "/settings/email/test": {"post": operation("Send a test message now, {\"to\": address} (super admin)", None, "200")},
         "/high-risk": {"get": operation("Servers on the high-risk list, with their quarterly review due time", None, "200")},
         "/high-risk/{server}": {
             "parameters": server,

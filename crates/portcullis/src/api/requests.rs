@@ -4,7 +4,8 @@
 //! - `GET|POST /requests`, `GET|PUT /requests/{id}`, `POST /requests/{id}/{submit|withdraw|resubmit}`
 //! - `POST /requests/{id}/test`, `POST /requests/{id}/{approve|reject}`
 //! - `GET|PUT /request-targets`
-//! - `GET /notifications`, `POST /notifications/read`
+//! - `GET /notifications`, `POST /notifications/read`, `GET|PUT /notifications/preferences`
+//! - mail: `GET|PUT /settings/email`, `POST /settings/email/test`
 //! - `GET /high-risk`, `PUT|DELETE /high-risk/{server}`, `POST /high-risk/{server}/review`
 //! - tool pinning: `GET /servers/{name}/pins`, `POST /servers/{name}/pins/{check|approve}`
 
@@ -36,6 +37,9 @@ pub fn router() -> Router<AppState> {
         .route("/request-targets", get(get_targets).put(put_targets))
         .route("/notifications", get(notifications))
         .route("/notifications/read", post(read_notifications))
+        .route("/notifications/preferences", get(get_preferences).put(put_preferences))
+        .route("/settings/email", get(get_email).put(put_email))
+        .route("/settings/email/test", post(test_email))
         .route("/high-risk", get(high_risk))
         .route("/high-risk/{server}", put(mark_high_risk).delete(unmark_high_risk))
         .route("/high-risk/{server}/review", post(review_high_risk))
@@ -424,4 +428,119 @@ async fn approve_pins(
     let user = admin.require(Power::ManageServers)?;
     let approved = crate::pinning::approve_held(&state, &server, body.names.as_deref(), &user.email, &user.id).await?;
     Ok(Json(json!({ "approved": approved })))
+}
+
+/// `GET /settings/email`: the mail server, without its password (super admin).
+async fn get_email(State(state): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+    admin.require(Power::ManageAdmins)?;
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let settings = crate::notify::settings(&mut connection).await?;
+    let outbox = crate::notify::outbox(&mut connection, 20).await?;
+    Ok(Json(json!({ "smtp": settings.map(|settings| settings.shown()), "outbox": outbox })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailBody {
+    pub host: String,
+    pub port: u16,
+    /// `starttls` (default), `tls` or `none`.
+    #[serde(default)]
+    pub security: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Write-only; absent keeps the one stored, "" removes it.
+    #[serde(default)]
+    pub password: Option<String>,
+    pub from: String,
+}
+
+/// Check and store mail settings from a form or the API, audited; returns what is shown.
+pub async fn save_email(state: &AppState, actor: &str, body: EmailBody) -> Result<Value, ApiError> {
+    let security = match body.security.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
+        None => crate::notify::Security::StartTls,
+        Some(text) => crate::notify::Security::parse(text)
+            .ok_or_else(|| ApiError::BadRequest(format!("security {text:?} is not one of starttls, tls, none")))?,
+    };
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    let before = crate::notify::settings(&mut transaction).await?;
+    let sealed_password = match body.password.as_deref() {
+        None => before.as_ref().and_then(|before| before.sealed_password.clone()),
+        Some("") => None,
+        Some(password) => Some(crate::notify::seal_password(&state.keys, password)),
+    };
+    let settings = crate::notify::MailSettings {
+        host: body.host.trim().to_owned(),
+        port: body.port,
+        security,
+        username: body.username.map(|name| name.trim().to_owned()).filter(|name| !name.is_empty()),
+        sealed_password,
+        from: body.from.trim().to_owned(),
+    };
+    settings.check().map_err(ApiError::BadRequest)?;
+    crate::notify::save_settings(&mut transaction, &settings).await?;
+    let reason = format!("{actor} changed the mail server to {}:{}", settings.host, settings.port);
+    let mut event =
+        crate::audit::AuditEvent::action(actor, None, "settings/email", None, true, &reason, &state.replica);
+    event.detail = Some(json!({"before": before.map(|before| before.shown()), "after": settings.shown()}).to_string());
+    store::audit::insert(&mut transaction, &[event]).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    Ok(settings.shown())
+}
+
+async fn put_email(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(body): Json<EmailBody>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = admin.require(Power::ManageAdmins)?.email.clone();
+    Ok(Json(json!({ "smtp": save_email(&state, &actor, body).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestMailBody {
+    to: String,
+}
+
+/// `POST /settings/email/test`: send a test message now; the mail server's refusal is the
+/// answer when it refuses.
+async fn test_email(
+    State(state): State<AppState>,
+    admin: Admin,
+    Json(body): Json<TestMailBody>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = admin.require(Power::ManageAdmins)?.email.clone();
+    let text = format!("This is a test message from Portcullis, sent by {actor}. Mail notifications work.");
+    match crate::notify::send_now(&state, &body.to, "Portcullis test message", &text).await {
+        Ok(()) => Ok(Json(json!({ "sent": true }))),
+        Err(error) => Err(ApiError::BadRequest(format!("the test message was not sent: {error}"))),
+    }
+}
+
+async fn get_preferences(State(state): State<AppState>, ApiUser(user): ApiUser) -> Result<Json<Value>, ApiError> {
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let alerts = crate::notify::alerts_on(&mut connection, &user.id).await?;
+    Ok(Json(json!({ "email_alerts": alerts })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreferencesBody {
+    /// Email me new requests and held tool changes (admins who review).
+    email_alerts: bool,
+}
+
+async fn put_preferences(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Json(body): Json<PreferencesBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.email_alerts && !user.can(Power::ManageServers) {
+        return Err(ApiError::Forbidden("email alerts are for the IT admins who review requests".into()));
+    }
+    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let value = if body.email_alerts { "true" } else { "false" };
+    store::settings::set(&mut connection, &crate::notify::alerts_key(&user.id), value).await?;
+    Ok(Json(json!({ "email_alerts": body.email_alerts })))
 }

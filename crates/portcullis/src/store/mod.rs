@@ -156,6 +156,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0014_pins.sql"),
         postgres: include_str!("migrations/0014_pins.sql"),
     },
+    Migration {
+        version: 15,
+        name: "outbox",
+        sqlite: include_str!("migrations/0015_outbox.sql"),
+        postgres: include_str!("migrations/0015_outbox.sql"),
+    },
 ];
 
 impl Store {

@@ -301,3 +301,109 @@ async fn connection_tests_report_what_went_wrong() {
     assert_eq!(events.iter().filter(|event| event.method == "request/test").count(), 5);
     gw.stop().await;
 }
+
+/// A real SMTP server (aiosmtpd) storing what it receives in a Maildir.
+pub struct SmtpSink {
+    process: tokio::process::Child,
+    pub port: u16,
+    pub maildir: std::path::PathBuf,
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        use tokio::io::AsyncBufReadExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let maildir = std::env::temp_dir().join(format!("portcullis-mail-{}", portcullis::crypto::new_id()));
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_sink.py");
+        let mut process = tokio::process::Command::new(peers_dir().join("venv/bin/python"))
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&maildir)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python runs the SMTP sink");
+        let stdout = process.stdout.take().unwrap();
+        let line = tokio::io::BufReader::new(stdout).lines().next_line().await.unwrap();
+        assert_eq!(line.as_deref(), Some(format!("listening on {port}").as_str()), "the SMTP sink did not start");
+        SmtpSink { process, port, maildir }
+    }
+
+    /// Every message received: (headers, decoded body).
+    pub fn messages(&self) -> Vec<(String, String)> {
+        use base64::Engine;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(self.maildir.join("new")).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap().replace("\r\n", "\n");
+            let (headers, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+            let encoded: String = body.split_whitespace().collect();
+            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default();
+            found.push((headers.to_owned(), String::from_utf8_lossy(&decoded).into_owned()));
+        }
+        found
+    }
+
+    /// Wait until a message whose headers contain `subject` arrives.
+    pub async fn wait_for(&self, subject: &str) -> (String, String) {
+        for _ in 0..200 {
+            if let Some(found) = self.messages().into_iter().find(|(headers, _)| headers.contains(subject)) {
+                return found;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no mail with {subject:?} arrived; got {:?}", self.messages());
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.process.kill().await;
+        let _ = std::fs::remove_dir_all(&self.maildir);
+    }
+}
+
+#[tokio::test]
+async fn decisions_and_new_requests_arrive_by_mail() {
+    let sink = SmtpSink::start().await;
+    let gw = TestGateway::start().await;
+    gw.apply(PEOPLE).await;
+    let root = Api::new(&gw, &gw.api_key("root@example.com").await);
+    let ann = Api::new(&gw, &gw.api_key("ann@example.com").await);
+
+    // Only the super admin sets the mail server; bad settings are refused with the reason.
+    let settings = json!({"host": "127.0.0.1", "port": sink.port, "security": "none",
+                          "from": "portcullis@example.com", "password": "not-used-without-username"});
+    assert_eq!(ann.send(Method::PUT, "/settings/email", Some(settings.clone())).await.0, 403);
+    let mut bad = settings.clone();
+    bad["from"] = json!("nobody");
+    let (status, body) = root.send(Method::PUT, "/settings/email", Some(bad)).await;
+    assert_eq!(status, 400);
+    assert!(body["message"].as_str().unwrap().contains("sender address"), "{body}");
+    let (status, body) = root.send(Method::PUT, "/settings/email", Some(settings)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["smtp"]["password_set"], true);
+    assert!(!body.to_string().contains("not-used"), "the password never comes back: {body}");
+    let (status, body) = root.send(Method::POST, "/settings/email/test", Some(json!({"to": "root@example.com"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (headers, text) = sink.wait_for("Portcullis test message").await;
+    assert!(headers.contains("To: <root@example.com>"), "{headers}");
+    assert!(text.contains("Mail notifications work"), "{text}");
+
+    // Admins who turn alerts on hear of new requests; requesters always hear of decisions.
+    assert_eq!(ann.send(Method::PUT, "/notifications/preferences", Some(json!({"email_alerts": true}))).await.0, 403);
+    let (status, _) = root.send(Method::PUT, "/notifications/preferences", Some(json!({"email_alerts": true}))).await;
+    assert_eq!(status, 200);
+    let (_, body) = ann.send(Method::POST, "/requests", Some(demo_request("notes"))).await;
+    let id = body["request"]["id"].as_str().unwrap().to_owned();
+    let (headers, text) = sink.wait_for("New request: the custom server notes").await;
+    assert!(headers.contains("To: <root@example.com>"), "{headers}");
+    assert!(text.contains(&format!("/console/requests/{id}")), "{text}");
+    let rejection = json!({"reason": "The notes server reads every customer's history; the use case needs open tickets only.",
+                           "next_steps": "Resubmit with a token scoped to open tickets."});
+    assert_eq!(root.send(Method::POST, &format!("/requests/{id}/reject"), Some(rejection)).await.0, 200);
+    let (headers, text) = sink.wait_for("Not approved: notes").await;
+    assert!(headers.contains("To: <ann@example.com>"), "{headers}");
+    assert!(text.contains("needs open tickets only") && text.contains("scoped to open tickets"), "{text}");
+    gw.stop().await;
+    sink.stop().await;
+}
