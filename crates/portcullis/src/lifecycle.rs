@@ -793,3 +793,145 @@ pub async fn requester(state: &AppState, request: &Request) -> Result<Requester,
         },
     })
 }
+
+/// The monthly review's numbers (the admin guide's "Continuous improvement" questions).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Metrics {
+    pub days: i64,
+    pub since: i64,
+    /// Requests made in the period.
+    pub requested: usize,
+    /// Most requested servers: (server, requests).
+    pub most_requested: Vec<(String, usize)>,
+    /// Rejections in the period, by checklist section marked as a concern.
+    pub rejections_by_concern: Vec<(String, usize)>,
+    /// The rejections themselves: (server, reason), newest first.
+    pub rejection_reasons: Vec<(String, String)>,
+    /// Per tier: decisions, median hours to decision, the target in hours, share within target.
+    pub time_to_decision: Vec<TierTiming>,
+    /// Pending now, per tier: (tier, pending, overdue).
+    pub backlog: Vec<(Tier, usize, usize)>,
+    /// Requests per week, oldest first: (week start, count).
+    pub weekly: Vec<(i64, usize)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TierTiming {
+    pub tier: Tier,
+    pub decided: usize,
+    pub median_hours: f64,
+    pub target_hours: f64,
+    pub within_target: f64,
+}
+
+/// Compute the review metrics over the last `days` days.
+pub async fn metrics(state: &AppState, days: i64) -> Result<Metrics, StoreError> {
+    const DAY: i64 = 86_400_000;
+    let days = days.clamp(1, 366);
+    let now = store::now_ms();
+    let since = now - days * DAY;
+    let mut connection = state.store.pool.acquire().await?;
+    let targets = targets(&mut connection).await?;
+    let all = store::requests::list(&mut connection, &store::requests::Filter::default(), 5000).await?;
+    drop(connection);
+    let recent: Vec<&Request> = all.iter().filter(|request| request.created_at >= since).collect();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for request in &recent {
+        *counts.entry(request.server.clone()).or_default() += 1;
+    }
+    let mut most_requested: Vec<(String, usize)> = counts.into_iter().collect();
+    most_requested.sort_by(|left, right| right.1.cmp(&left.1).then(left.0.cmp(&right.0)));
+    most_requested.truncate(10);
+    let rejected: Vec<&Request> = all
+        .iter()
+        .filter(|request| request.state == State::Rejected && request.decided_at.is_some_and(|at| at >= since))
+        .collect();
+    let mut concerns: BTreeMap<String, usize> = BTreeMap::new();
+    for request in &rejected {
+        let sections: Vec<&requests::Section> = request
+            .decision
+            .iter()
+            .flat_map(|decision| decision.checklist.iter())
+            .filter(|(_, answer)| answer.mark == requests::Mark::Concern)
+            .map(|(section, _)| section)
+            .collect();
+        if sections.is_empty() {
+            *concerns.entry("no checklist concern recorded".into()).or_default() += 1;
+        }
+        for section in sections {
+            *concerns.entry(section.question().to_owned()).or_default() += 1;
+        }
+    }
+    let mut rejections_by_concern: Vec<(String, usize)> = concerns.into_iter().collect();
+    rejections_by_concern.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    let mut rejection_reasons: Vec<(i64, String, String)> = rejected
+        .iter()
+        .map(|request| {
+            let reason = request.decision.as_ref().map(|decision| decision.reason.clone()).unwrap_or_default();
+            (request.decided_at.unwrap_or(0), request.server.clone(), reason)
+        })
+        .collect();
+    rejection_reasons.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    let time_to_decision = Tier::ALL
+        .iter()
+        .filter_map(|tier| {
+            let mut hours: Vec<f64> = all
+                .iter()
+                .filter(|request| request.tier == *tier && request.decided_at.is_some_and(|at| at >= since))
+                .filter_map(|request| Some((request.decided_at? - request.submitted_at?) as f64 / 3_600_000.0))
+                .collect();
+            if hours.is_empty() {
+                return None;
+            }
+            hours.sort_by(|left, right| left.total_cmp(right));
+            let within = all
+                .iter()
+                .filter(|request| request.tier == *tier && request.decided_at.is_some_and(|at| at >= since))
+                .filter(|request| {
+                    let (Some(submitted), Some(decided)) = (request.submitted_at, request.decided_at) else {
+                        return false;
+                    };
+                    decided <= targets.get(*tier).deadline(submitted)
+                })
+                .count();
+            let target = targets.get(*tier);
+            Some(TierTiming {
+                tier: *tier,
+                decided: hours.len(),
+                median_hours: hours[hours.len() / 2],
+                target_hours: (target.deadline(now) - now) as f64 / 3_600_000.0,
+                within_target: within as f64 / hours.len() as f64,
+            })
+        })
+        .collect();
+    let backlog = Tier::ALL
+        .iter()
+        .map(|tier| {
+            let pending: Vec<&Request> =
+                all.iter().filter(|request| request.state == State::Pending && request.tier == *tier).collect();
+            let overdue =
+                pending.iter().filter(|request| due(&targets, request, now).is_some_and(|(_, late)| late)).count();
+            (*tier, pending.len(), overdue)
+        })
+        .collect();
+    let weeks = (days + 6) / 7;
+    let weekly = (0..weeks)
+        .rev()
+        .map(|back| {
+            let start = now - (back + 1) * 7 * DAY;
+            let end = start + 7 * DAY;
+            (start, all.iter().filter(|request| request.created_at >= start && request.created_at < end).count())
+        })
+        .collect();
+    Ok(Metrics {
+        days,
+        since,
+        requested: recent.len(),
+        most_requested,
+        rejections_by_concern,
+        rejection_reasons: rejection_reasons.into_iter().take(20).map(|(_, server, reason)| (server, reason)).collect(),
+        time_to_decision,
+        backlog,
+        weekly,
+    })
+}

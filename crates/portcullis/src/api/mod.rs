@@ -13,7 +13,7 @@
 //! - `GET /openapi.json`
 
 mod openapi;
-mod requests;
+pub mod requests;
 
 use crate::access;
 use crate::app::AppState;

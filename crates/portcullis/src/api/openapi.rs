@@ -238,6 +238,11 @@ fn request_paths() -> Value {
             },
             "post": operation("Request a catalog server, a custom server or access to an active server (draft with submit=false); warnings name an active server that is the same", Some("Request"), "201")
         },
+        "/requests/metrics": {"get": {
+            "summary": "The monthly review: most requested servers, rejection reasons, time to decision against target by tier, backlog, weekly requests (admins)",
+            "parameters": [{"name": "days", "in": "query", "required": false, "schema": {"type": "integer", "default": 30}}],
+            "responses": error_responses()
+        }},
         "/requests/{id}": {
             "parameters": id,
             "get": operation("One request; reviewers also get the requester, the automated checks and the due time", None, "200"),

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/requests", get(list).post(create))
+        .route("/requests/metrics", get(metrics))
         .route("/requests/{id}", get(detail).put(edit))
         .route("/requests/{id}/submit", post(submit))
         .route("/requests/{id}/withdraw", post(withdraw))
@@ -115,6 +116,24 @@ async fn list(
     let now = store::now_ms();
     let requests: Vec<Value> = requests.iter().map(|request| with_due(&targets, request, now)).collect();
     Ok(Json(json!({ "requests": requests, "targets": targets.to_json() })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {
+    days: Option<i64>,
+}
+
+/// `GET /requests/metrics?days=30`: the monthly review's numbers (reviewers).
+async fn metrics(
+    State(state): State<AppState>,
+    ApiUser(user): ApiUser,
+    Query(query): Query<MetricsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if !lifecycle::may_review(&user) {
+        return Err(ApiError::Forbidden("request metrics are for admins".into()));
+    }
+    Ok(Json(json!(lifecycle::metrics(&state, query.days.unwrap_or(30)).await?)))
 }
 
 fn saved(saved: lifecycle::Saved) -> Json<Value> {

@@ -1,7 +1,7 @@
 //! `/console/catalog`: what employees can ask for — the servers already active in the company
 //! (with whether they may use them) and the catalog of pre-vetted servers, searchable.
 
-use super::html::{Filter, Html, cell, filters, note, rich_table};
+use super::html::{Filter, Html, cell, filters, link, note, rich_table};
 use super::{AppState, csrf, failure, require, respond};
 use crate::store::{self, StoreError};
 use axum::extract::{Query, State};
@@ -56,8 +56,15 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap, Query(query
         .iter()
         .filter(|server| matches(&query.q, &format!("{} {}", server.name, server.description)))
         .map(|server| {
-            let yours = if usable.contains(&server.name) { "you can use it" } else { "ask for access" };
-            vec![cell(&server.name), cell(&server.description), cell(server.transport.as_str()), cell(yours)]
+            let yours = if usable.contains(&server.name) {
+                cell("you can use it")
+            } else {
+                link(
+                    &format!("/console/requests/new?kind=access&access_to={}", super::url_encode(&server.name)),
+                    "Ask for access",
+                )
+            };
+            vec![cell(&server.name), cell(&server.description), cell(server.transport.as_str()), yours]
         })
         .collect();
     if active.is_empty() {
@@ -84,13 +91,23 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap, Query(query
                 crate::catalog::AuthMethod::ApiKey => "API key",
                 crate::catalog::AuthMethod::Oauth => "OAuth",
             };
-            vec![cell(&entry.title), cell(&entry.description), cell(&entry.publisher), cell(auth), cell(risk)]
+            vec![
+                cell(&entry.title),
+                cell(&entry.description),
+                cell(&entry.publisher),
+                cell(auth),
+                cell(risk),
+                link(
+                    &format!("/console/requests/new?kind=catalog&catalog={}", super::url_encode(&entry.name)),
+                    "Request",
+                ),
+            ]
         })
         .collect();
     if offered.is_empty() {
         content.push(note("hint", "No catalog entry matches."));
     } else {
-        content.push(rich_table(&["Server", "What it does", "Publisher", "Sign-in", "Risk"], &offered));
+        content.push(rich_table(&["Server", "What it does", "Publisher", "Sign-in", "Risk", ""], &offered));
     }
     respond(signed, &csrf_token, set, "Catalog", content)
 }

@@ -10,7 +10,9 @@
 
 mod activity;
 mod catalog;
+mod charts;
 pub mod html;
+mod mail;
 mod policies;
 mod requests;
 mod servers;
@@ -69,6 +71,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/catalog", get(catalog::page))
         .route("/console/requests", get(requests::list).post(requests::create))
         .route("/console/requests/new", get(requests::new))
+        .route("/console/requests/metrics", get(requests::metrics))
         .route("/console/requests/{id}", get(requests::detail))
         .route("/console/requests/{id}/{action}", post(requests::act))
         .route("/console/inbox", get(requests::inbox))
@@ -85,6 +88,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/access.csv", get(policies::access_csv))
         .route("/console/access/stale", get(policies::stale))
         .route("/console/settings", get(settings_page).post(change_settings))
+        .route("/console/settings/email", post(mail::save))
+        .route("/console/settings/email/test", post(mail::test))
+        .route("/console/inbox/preferences", post(mail::preferences))
         .layer(middleware::from_fn_with_state(state, security_headers))
 }
 
@@ -1568,6 +1574,10 @@ async fn settings_page(State(state): State<AppState>, headers: HeaderMap) -> Res
         }
     };
     content.push(note("hint", "Single sign-on is set in the config file, so every replica signs in the same way."));
+    match mail::section(&state, &csrf_token).await {
+        Ok(section) => content.push(section),
+        Err(error) => return failure(&error),
+    };
     respond(signed, &csrf_token, set, "Settings", content)
 }
 

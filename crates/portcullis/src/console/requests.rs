@@ -181,6 +181,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, Query(query
             .collect();
         content.push(super::html::table(&["Tier", "Target"], &rows));
         content.push(note("hint", "IT admins change targets with PUT /api/v1/request-targets (e.g. {\"catalog\": \"6h\"}; d = business days)."));
+        content.push(link("/console/requests/metrics", "Monthly review: metrics and charts"));
     }
     content.push(Html::trusted("<h2>My requests</h2>".into()));
     if mine.is_empty() {
@@ -1133,6 +1134,11 @@ pub async fn inbox(State(state): State<AppState>, headers: HeaderMap) -> Respons
     };
     let (csrf_token, set) = csrf(&state, &headers);
     let mut content = Html::new();
+    let may_alert = signed.account.admin_roles.iter().any(|role| role.can(crate::registry::Power::ManageServers));
+    match super::mail::preference_form(&state, &signed.account.user_id, may_alert, &csrf_token).await {
+        Ok(form) => content.push(form),
+        Err(error) => return failure(&error),
+    };
     if items.is_empty() {
         content.push(note("hint", "Nothing yet."));
     } else {
@@ -1177,4 +1183,92 @@ pub async fn read_all(
         Ok(_) => redirect("/console/inbox"),
         Err(error) => failure(&error),
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct MetricsQuery {
+    #[serde(default)]
+    days: Option<i64>,
+}
+
+/// `GET /console/requests/metrics`: the monthly review, drawn.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<MetricsQuery>) -> Response {
+    use super::charts::{Bar, bars, columns};
+    let signed = match require(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
+    let (csrf_token, set) = csrf(&state, &headers);
+    if !lifecycle::may_review(&user) {
+        return respond(signed, &csrf_token, set, "Request metrics", note("error", "Request metrics are for admins."));
+    }
+    let metrics = match lifecycle::metrics(&state, query.days.unwrap_or(30)).await {
+        Ok(metrics) => metrics,
+        Err(error) => return failure(&error),
+    };
+    let mut content = Html::new();
+    content.push(filters(
+        "/console/requests/metrics",
+        &[Filter { name: "days", label: "Days", value: &metrics.days.to_string(), options: &[] }],
+    ));
+    let pending: usize = metrics.backlog.iter().map(|(_, pending, _)| pending).sum();
+    let overdue: usize = metrics.backlog.iter().map(|(_, _, overdue)| overdue).sum();
+    content.push(facts(&[
+        ("Period", format!("the last {} days (since {})", metrics.days, iso_time(metrics.since))),
+        ("Requests", metrics.requested.to_string()),
+        ("Pending now", format!("{pending} ({overdue} overdue)")),
+    ]));
+    content.push(Html::trusted("<h2>What is requested most?</h2>".into()));
+    let most: Vec<Bar> = metrics
+        .most_requested
+        .iter()
+        .map(|(server, count)| Bar { label: server.clone(), value: *count as f64, target: None })
+        .collect();
+    content.push(bars("Requests per server", &most, ""));
+    content.push(note("hint", "Servers requested often are candidates for the catalog or for a group rule."));
+    let weekly: Vec<(String, f64)> =
+        metrics.weekly.iter().map(|(start, count)| (iso_time(*start)[5..10].to_owned(), *count as f64)).collect();
+    content.push(columns("Requests per week (week starting)", &weekly));
+    content.push(Html::trusted("<h2>Are timelines being met?</h2>".into()));
+    let timing: Vec<Bar> = metrics
+        .time_to_decision
+        .iter()
+        .map(|timing| Bar {
+            label: format!(
+                "{} ({} decided, {:.0}% on time)",
+                timing.tier.label(),
+                timing.decided,
+                timing.within_target * 100.0
+            ),
+            value: timing.median_hours,
+            target: Some(timing.target_hours),
+        })
+        .collect();
+    content.push(bars("Median hours to a decision, against the target (mark)", &timing, " h"));
+    content.push(Html::trusted("<h2>Where is the backlog?</h2>".into()));
+    let backlog: Vec<Bar> = metrics
+        .backlog
+        .iter()
+        .filter(|(_, pending, _)| *pending > 0)
+        .map(|(tier, pending, overdue)| Bar {
+            label: format!("{} ({overdue} overdue)", tier.label()),
+            value: *pending as f64,
+            target: None,
+        })
+        .collect();
+    content.push(bars("Pending requests by tier", &backlog, ""));
+    content.push(Html::trusted("<h2>Why are requests rejected?</h2>".into()));
+    let concerns: Vec<Bar> = metrics
+        .rejections_by_concern
+        .iter()
+        .map(|(concern, count)| Bar { label: concern.clone(), value: *count as f64, target: None })
+        .collect();
+    content.push(bars("Rejections by checklist concern", &concerns, ""));
+    if !metrics.rejection_reasons.is_empty() {
+        let rows: Vec<Vec<String>> =
+            metrics.rejection_reasons.iter().map(|(server, reason)| vec![server.clone(), reason.clone()]).collect();
+        content.push(super::html::table(&["Server", "Reason given"], &rows));
+    }
+    respond(signed, &csrf_token, set, "Request metrics", content)
 }

@@ -632,7 +632,13 @@ async fn admins_write_rules_in_the_console_without_writing_cedar() {
     let catalog = browser.get("/console/catalog?q=slack").await;
     assert!(catalog.body.contains("Slack") && !catalog.body.contains("Brave Search"), "{}", catalog.body);
     let catalog = browser.get("/console/catalog?q=demo").await;
-    assert!(catalog.body.contains("ask for access") && !catalog.body.contains("you can use it"), "{}", catalog.body);
+    assert!(
+        catalog.body.contains("href=\"/console/requests/new?kind=access&amp;access_to=demo\"")
+            && catalog.body.contains("Ask for access")
+            && !catalog.body.contains("you can use it"),
+        "{}",
+        catalog.body
+    );
 
     // Nobody called a tool through the rule yet: it is stale for Ann.
     let stale = browser.get("/console/access/stale?days=30").await;

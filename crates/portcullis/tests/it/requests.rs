@@ -209,6 +209,15 @@ async fn rejection_needs_a_real_reason_and_a_rejected_request_is_resubmitted() {
         .await;
     assert_eq!(status, 409);
     assert!(body["message"].as_str().unwrap().contains("withdrawn by the requester"), "{body}");
+    // The monthly review counts it: requested twice, rejected once with its reason.
+    let (status, metrics) = root.send(Method::GET, "/requests/metrics?days=30", None).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert_eq!(metrics["requested"], 2);
+    assert_eq!(metrics["most_requested"][0], json!(["notes", 2]));
+    assert!(metrics["rejection_reasons"][0][1].as_str().unwrap().contains("open tickets"), "{metrics}");
+    assert_eq!(metrics["time_to_decision"][0]["tier"], "internal");
+    assert_eq!(metrics["time_to_decision"][0]["within_target"], 1.0);
+    assert_eq!(ann.send(Method::GET, "/requests/metrics", None).await.0, 403);
     let events = gw.audit().await;
     for method in ["request/submit", "request/reject", "request/resubmit", "request/withdraw"] {
         assert!(events.iter().any(|event| event.method == method), "no {method} event");
