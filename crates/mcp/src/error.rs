@@ -31,6 +31,9 @@ pub enum ErrorCode {
     SessionNotFound,
     /// The protocol version is not one the gateway speaks.
     UnsupportedVersion,
+    /// The server acts with the caller's own account there, which is not connected (or must
+    /// be connected again); the message says where to connect it.
+    UpstreamAuthorizationRequired,
 }
 
 impl ErrorCode {
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::UpstreamInvalid => -32033,
             ErrorCode::SessionNotFound => -32035,
             ErrorCode::UnsupportedVersion => -32036,
+            ErrorCode::UpstreamAuthorizationRequired => -32037,
         }
     }
 
@@ -67,6 +71,7 @@ impl ErrorCode {
             ErrorCode::UpstreamInvalid => "upstream_invalid",
             ErrorCode::SessionNotFound => "session_not_found",
             ErrorCode::UnsupportedVersion => "unsupported_protocol_version",
+            ErrorCode::UpstreamAuthorizationRequired => "upstream_authorization_required",
         }
     }
 }

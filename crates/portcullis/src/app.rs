@@ -77,6 +77,8 @@ pub struct Shared {
     pub pins: crate::pinning::PinWriter,
     /// Sends notification mail from the outbox.
     pub mailer: crate::notify::Mailer,
+    /// People's tokens for upstream servers with per-user OAuth.
+    pub upstream_tokens: Arc<crate::auth::upstream::UpstreamTokens>,
 }
 
 impl AppState {
@@ -130,6 +132,12 @@ impl App {
             config.oauth_redirect_schemes.clone(),
         ));
         let store_for_tools = store.clone();
+        let upstream_tokens = Arc::new(crate::auth::upstream::UpstreamTokens::new(
+            store.clone(),
+            keys.clone(),
+            config.extra_roots.clone(),
+            config.public_url.clone(),
+        ));
         let state = AppState(Arc::new(Shared {
             hosts: Arc::new(HostPolicy::new(config.public_url.as_deref(), &config.allowed_hosts)),
             upstreams: Upstreams::new(
@@ -137,7 +145,9 @@ impl App {
                 config.child_home.clone(),
                 &config.extra_roots,
                 config.environment_proxy,
+                Some(upstream_tokens.clone()),
             ),
+            upstream_tokens,
             audit,
             metrics: Metrics::default(),
             legacy: Default::default(),

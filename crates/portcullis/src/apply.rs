@@ -9,7 +9,8 @@
 
 use crate::crypto::Keys;
 use crate::registry::{
-    AdminRole, Email, Grantee, Invalid, Server, ServerSecrets, ServerSlug, ServerSpec, Transport, parse_group_name,
+    AdminRole, Email, Grantee, Invalid, OAuthUpstream, Server, ServerSecrets, ServerSlug, ServerSpec, Transport,
+    parse_group_name,
 };
 use crate::store::{self, Store, StoreError};
 use serde::Deserialize;
@@ -70,6 +71,24 @@ struct ServerDocument {
     public: bool,
     #[serde(default)]
     shared_process: bool,
+    /// Per-user OAuth: `oauth = { scopes = [...], client_id = "…", client_secret = "env:…", internal = true }`.
+    #[serde(default)]
+    oauth: Option<OAuthDocument>,
+}
+
+/// The `oauth` table of a server (also the API's `oauth` object).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthDocument {
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// A secret (inline, `env:VAR` or `file:PATH`).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub internal: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +155,21 @@ fn server_spec(document: &ServerDocument) -> Result<ServerSpec, ApplyError> {
     for (key, value) in &document.headers {
         headers.insert(key.clone(), resolve_secret(value, &format!("server {name}, header {key}"))?);
     }
+    let (oauth, oauth_client_secret) = match &document.oauth {
+        None => (None, None),
+        Some(oauth) => {
+            let secret = match &oauth.client_secret {
+                Some(value) => Some(resolve_secret(value, &format!("server {name}, oauth client_secret"))?),
+                None => None,
+            };
+            let public = OAuthUpstream {
+                scopes: oauth.scopes.clone(),
+                client_id: oauth.client_id.clone(),
+                internal: oauth.internal,
+            };
+            (Some(public), secret)
+        }
+    };
     let spec = ServerSpec {
         name,
         description: document.description.clone(),
@@ -147,6 +181,8 @@ fn server_spec(document: &ServerDocument) -> Result<ServerSpec, ApplyError> {
         headers,
         public: document.public,
         shared_process: document.shared_process,
+        oauth,
+        oauth_client_secret,
     };
     spec.validate()?;
     Ok(spec)
@@ -154,7 +190,11 @@ fn server_spec(document: &ServerDocument) -> Result<ServerSpec, ApplyError> {
 
 /// A stored [`Server`] for a spec, with its secrets sealed under the server's id.
 pub fn seal_server(keys: &Keys, spec: &ServerSpec, id: &str) -> Server {
-    let secrets = ServerSecrets { env: spec.env.clone(), headers: spec.headers.clone() };
+    let secrets = ServerSecrets {
+        env: spec.env.clone(),
+        headers: spec.headers.clone(),
+        oauth_client_secret: spec.oauth_client_secret.clone(),
+    };
     let sealed = keys.secrets.seal(&serde_json::to_vec(&secrets).unwrap_or_default(), id.as_bytes());
     Server {
         id: id.to_owned(),
@@ -168,6 +208,7 @@ pub fn seal_server(keys: &Keys, spec: &ServerSpec, id: &str) -> Server {
         header_names: spec.headers.keys().cloned().collect(),
         public: spec.public,
         shared_process: spec.shared_process,
+        oauth: spec.oauth.clone(),
         created_at: 0,
         updated_at: 0,
         sealed_secrets: sealed,
@@ -227,6 +268,9 @@ fn differences(existing: &Server, secrets: &ServerSecrets, spec: &ServerSpec) ->
     }
     if secrets.headers != spec.headers {
         changed.push("headers");
+    }
+    if existing.oauth != spec.oauth || secrets.oauth_client_secret != spec.oauth_client_secret {
+        changed.push("oauth");
     }
     if existing.public != spec.public {
         changed.push("public");

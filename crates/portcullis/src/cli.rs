@@ -45,6 +45,8 @@ pub async fn set_up_demo(store: &Store, keys: &Keys) -> anyhow::Result<String> {
         headers: BTreeMap::new(),
         public: false,
         shared_process: false,
+        oauth: None,
+        oauth_client_secret: None,
     };
     let mut transaction = store.begin_write().await?;
     put_server(&mut transaction, keys, &spec).await?;

@@ -115,11 +115,16 @@ pub fn entry_for(request_id: &str, checked: &Checked) -> ServerEntry {
         header_names: checked.proposal.header_names.clone(),
         public: false,
         shared_process: false,
+        oauth: None,
         created_at: now,
         updated_at: now,
         sealed_secrets: Vec::new(),
     };
-    let secrets = ServerSecrets { env: checked.secrets.env.clone(), headers: checked.secrets.headers.clone() };
+    let secrets = ServerSecrets {
+        env: checked.secrets.env.clone(),
+        headers: checked.secrets.headers.clone(),
+        oauth_client_secret: None,
+    };
     ServerEntry::new(server, secrets)
 }
 
@@ -197,7 +202,7 @@ fn failure(error: &UpstreamError) -> Failure {
     }
     let outcome = match error {
         UpstreamError::Timeout => Outcome::Timeout,
-        UpstreamError::Refused(_) => Outcome::AuthFailed,
+        UpstreamError::Refused(_) | UpstreamError::NeedsConnection(_) => Outcome::AuthFailed,
         UpstreamError::Unavailable(_) => Outcome::Unreachable,
         UpstreamError::Invalid(_)
         | UpstreamError::SessionGone

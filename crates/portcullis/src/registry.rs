@@ -107,6 +107,24 @@ impl Transport {
     }
 }
 
+/// Per-user OAuth to an upstream server: each person connects their own account and the
+/// gateway sends their token (never a client's own credential).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthUpstream {
+    /// Scopes to ask for (empty: what the server's metadata lists, or none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// A client registered with the authorization server in advance; without one the gateway
+    /// registers itself (dynamic client registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The server and its authorization server are inside the company network: discovery may
+    /// reach private addresses (refused otherwise, against SSRF).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+}
+
 /// A server as an admin describes it, secrets included (in memory only).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerSpec {
@@ -126,6 +144,10 @@ pub struct ServerSpec {
     pub public: bool,
     /// One stdio process shared by every session (only for stateless tools).
     pub shared_process: bool,
+    /// Per-user OAuth to the upstream.
+    pub oauth: Option<OAuthUpstream>,
+    /// The secret of a pre-registered OAuth client. A secret.
+    pub oauth_client_secret: Option<String>,
 }
 
 impl fmt::Debug for ServerSpec {
@@ -140,6 +162,7 @@ impl fmt::Debug for ServerSpec {
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("public", &self.public)
+            .field("oauth", &self.oauth)
             .finish()
     }
 }
@@ -195,6 +218,24 @@ impl ServerSpec {
         if self.shared_process && self.transport != Transport::Stdio {
             return Err(Invalid(format!("server {name}: shared_process only applies to stdio servers")));
         }
+        if let Some(oauth) = &self.oauth {
+            if self.transport != Transport::StreamableHttp {
+                return Err(Invalid(format!(
+                    "server {name}: per-user OAuth (oauth) needs a streamable-http server; stdio and SSE servers take \
+                     static credentials"
+                )));
+            }
+            if self.headers.keys().any(|header| header.eq_ignore_ascii_case("authorization")) {
+                return Err(Invalid(format!(
+                    "server {name}: with oauth each person's token is the Authorization header; remove the static one"
+                )));
+            }
+            if self.oauth_client_secret.is_some() && oauth.client_id.is_none() {
+                return Err(Invalid(format!("server {name}: oauth client_secret needs the client_id it belongs to")));
+            }
+        } else if self.oauth_client_secret.is_some() {
+            return Err(Invalid(format!("server {name}: an oauth client secret is set but oauth is not")));
+        }
         Ok(())
     }
 }
@@ -217,6 +258,9 @@ pub struct Server {
     pub header_names: Vec<String>,
     pub public: bool,
     pub shared_process: bool,
+    /// Per-user OAuth to the upstream (the client secret, if any, is among the sealed secrets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthUpstream>,
     pub created_at: i64,
     pub updated_at: i64,
     #[serde(skip)]
@@ -228,6 +272,8 @@ pub struct Server {
 pub struct ServerSecrets {
     pub env: BTreeMap<String, String>,
     pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_client_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

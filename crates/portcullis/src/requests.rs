@@ -369,6 +369,12 @@ impl Checked {
             headers: self.secrets.headers.clone(),
             public: false,
             shared_process: false,
+            oauth: (self.proposal.auth == AuthMethod::Oauth).then(|| crate::registry::OAuthUpstream {
+                scopes: self.proposal.oauth_scopes.clone(),
+                client_id: None,
+                internal: false,
+            }),
+            oauth_client_secret: None,
         };
         spec.validate()?;
         Ok(spec)

@@ -32,6 +32,8 @@ pub struct ServerEntry {
     pub url: Option<reqwest::Url>,
     /// The credential headers, as HTTP headers (invalid ones are left out, as before).
     pub headers: reqwest::header::HeaderMap,
+    /// For servers with per-user OAuth: the person whose token goes upstream.
+    pub user: Option<String>,
 }
 
 impl ServerEntry {
@@ -46,7 +48,18 @@ impl ServerEntry {
                 headers.insert(name, value);
             }
         }
-        ServerEntry { server, secrets, url, headers }
+        ServerEntry { server, secrets, url, headers, user: None }
+    }
+
+    /// This server as used by `user_id` (whose OAuth token the upstream calls carry).
+    pub fn for_user(&self, user_id: &str) -> ServerEntry {
+        ServerEntry {
+            server: self.server.clone(),
+            secrets: self.secrets.clone(),
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            user: Some(user_id.to_owned()),
+        }
     }
 }
 

@@ -209,6 +209,9 @@ struct ServerBody {
     public: bool,
     #[serde(default)]
     shared_process: bool,
+    /// Per-user OAuth: `{"scopes": [...], "client_id", "client_secret" (write-only), "internal"}`.
+    #[serde(default)]
+    oauth: Option<crate::apply::OAuthDocument>,
 }
 
 async fn put_server_handler(
@@ -229,6 +232,12 @@ async fn put_server_handler(
         headers: body.headers,
         public: body.public,
         shared_process: body.shared_process,
+        oauth: body.oauth.as_ref().map(|oauth| crate::registry::OAuthUpstream {
+            scopes: oauth.scopes.clone(),
+            client_id: oauth.client_id.clone(),
+            internal: oauth.internal,
+        }),
+        oauth_client_secret: body.oauth.and_then(|oauth| oauth.client_secret),
     };
     spec.validate().map_err(|error| ApiError::BadRequest(error.0))?;
     let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;

@@ -8,6 +8,7 @@ pub mod oauth;
 pub mod oidc;
 pub mod password;
 pub mod totp;
+pub mod upstream;
 
 use crate::crypto::{random_token, sha256_hex};
 use crate::snapshot::{OAuthAccess, Snapshot, UserEntry};

@@ -11,6 +11,7 @@
 mod activity;
 mod catalog;
 mod charts;
+mod connect;
 pub mod html;
 mod mail;
 mod policies;
@@ -74,6 +75,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/requests/metrics", get(requests::metrics))
         .route("/console/requests/{id}", get(requests::detail))
         .route("/console/requests/{id}/{action}", post(requests::act))
+        .route("/console/connect/{server}", get(connect::start))
+        .route("/console/connect/{server}/disconnect", post(connect::disconnect))
+        .route("/oauth/upstream/callback", get(connect::callback))
         .route("/console/inbox", get(requests::inbox))
         .route("/console/inbox/read", post(requests::read_all))
         .route("/console/servers", get(servers::page))
@@ -1060,17 +1064,29 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
         Ok(loaded) => loaded,
         Err(error) => return failure(&error),
     };
+    let accounts = match connect::account_cells(&state, &signed.account.user_id, &csrf_token).await {
+        Ok(accounts) => accounts,
+        Err(error) => return failure(&error),
+    };
     let mut content = Html::new();
     content.push(text("h2", "Your servers"));
     let servers = servers_of(&state, &signed.account.user_id);
     if servers.is_empty() {
         content.push(note("hint", "You cannot use any server yet. Ask an administrator for access."));
     } else {
-        let rows: Vec<Vec<String>> = servers
+        let rows: Vec<Vec<Html>> = servers
             .iter()
-            .map(|(name, description)| vec![name.clone(), description.clone(), format!("{base}/mcp/{name}")])
+            .map(|(name, description)| {
+                vec![
+                    cell(name),
+                    cell(description),
+                    cell(&format!("{base}/mcp/{name}")),
+                    accounts.get(name).cloned().unwrap_or_else(|| cell("shared credentials")),
+                ]
+            })
             .collect();
-        content.push(table(&["Server", "Description", "Address for your MCP client"], &rows));
+        content
+            .push(rich_table(&["Server", "Description", "Address for your MCP client", "Your account there"], &rows));
         content.push(note("hint", &format!("Or use every server you may use through one address: {base}/mcp")));
         let config = serde_json::json!({"mcpServers": {"portcullis": {"type": "http", "url": format!("{base}/mcp"),
             "headers": {"Authorization": "Bearer <your API key>"}}}});

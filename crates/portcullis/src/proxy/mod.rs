@@ -276,6 +276,11 @@ impl Identified {
     }
 
     fn exchange(&self, entry: Arc<ServerEntry>) -> Exchange {
+        // A server with per-user OAuth acts as the caller: their token goes upstream.
+        let entry = match (&entry.server.oauth, self.caller.user()) {
+            (Some(_), Some(user)) => Arc::new(entry.for_user(&user.id)),
+            _ => entry,
+        };
         Exchange {
             state: self.state.clone(),
             snapshot: self.snapshot.clone(),
@@ -667,6 +672,7 @@ fn outcome_of_error(error: &UpstreamError) -> &'static str {
         UpstreamError::Timeout => "upstream_timeout",
         UpstreamError::Invalid(_) => "upstream_invalid",
         UpstreamError::SessionGone => "session_gone",
+        UpstreamError::NeedsConnection(_) => "upstream_authorization_required",
         _ => "upstream_unavailable",
     }
 }
@@ -677,6 +683,7 @@ fn error_code_of(error: &UpstreamError) -> ErrorCode {
         UpstreamError::Invalid(_) => ErrorCode::UpstreamInvalid,
         UpstreamError::SessionGone => ErrorCode::SessionNotFound,
         UpstreamError::NotSupported(_) => ErrorCode::MethodNotFound,
+        UpstreamError::NeedsConnection(_) => ErrorCode::UpstreamAuthorizationRequired,
         _ => ErrorCode::UpstreamUnavailable,
     }
 }

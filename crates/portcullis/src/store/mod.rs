@@ -28,6 +28,7 @@ pub mod replicas;
 pub mod requests;
 pub mod rules;
 pub mod settings;
+pub mod upstream_tokens;
 
 use crate::config::StoreLocation;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -161,6 +162,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "outbox",
         sqlite: include_str!("migrations/0015_outbox.sql"),
         postgres: include_str!("migrations/0015_outbox.sql"),
+    },
+    Migration {
+        version: 16,
+        name: "upstream_oauth",
+        sqlite: include_str!("migrations/0016_upstream_oauth.sql"),
+        postgres: include_str!("migrations/0016_upstream_oauth.sql"),
     },
 ];
 

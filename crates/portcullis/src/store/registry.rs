@@ -44,6 +44,7 @@ fn server_from_row(row: &AnyRow) -> Result<Server, StoreError> {
         header_names: json_list(&row.try_get::<String, _>("header_names")?),
         public: row.try_get::<i64, _>("public")? != 0,
         shared_process: row.try_get::<i64, _>("shared_process")? != 0,
+        oauth: row.try_get::<Option<String>, _>("oauth")?.and_then(|text| serde_json::from_str(&text).ok()),
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         sealed_secrets: row.try_get("sealed_secrets")?,
@@ -71,7 +72,8 @@ pub async fn upsert_server(connection: &mut AnyConnection, server: &Server) -> R
         Some(existing) => {
             sqlx::query(
                 "UPDATE servers SET description = $1, transport = $2, url = $3, command = $4, args = $5, env_names = $6, \
-                 header_names = $7, sealed_secrets = $8, public = $9, shared_process = $10, updated_at = $11 WHERE id = $12",
+                 header_names = $7, sealed_secrets = $8, public = $9, shared_process = $10, updated_at = $11, \
+                 oauth = $12 WHERE id = $13",
             )
             .bind(&server.description)
             .bind(server.transport.as_str())
@@ -84,6 +86,7 @@ pub async fn upsert_server(connection: &mut AnyConnection, server: &Server) -> R
             .bind(i64::from(server.public))
             .bind(i64::from(server.shared_process))
             .bind(now)
+            .bind(server.oauth.as_ref().map(|oauth| serde_json::to_string(oauth).unwrap_or_default()))
             .bind(&existing.id)
             .execute(&mut *connection)
             .await?;
@@ -93,8 +96,8 @@ pub async fn upsert_server(connection: &mut AnyConnection, server: &Server) -> R
             let id = if server.id.is_empty() { new_id() } else { server.id.clone() };
             sqlx::query(
                 "INSERT INTO servers (id, name, description, transport, url, command, args, env_names, header_names, \
-                 sealed_secrets, public, shared_process, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                 sealed_secrets, public, shared_process, created_at, updated_at, oauth) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             )
             .bind(&id)
             .bind(&server.name)
@@ -110,6 +113,7 @@ pub async fn upsert_server(connection: &mut AnyConnection, server: &Server) -> R
             .bind(i64::from(server.shared_process))
             .bind(now)
             .bind(now)
+            .bind(server.oauth.as_ref().map(|oauth| serde_json::to_string(oauth).unwrap_or_default()))
             .execute(&mut *connection)
             .await?;
             id

@@ -30,6 +30,8 @@ pub struct HttpUpstream {
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<Bytes>,
     >,
+    /// People's tokens for servers with per-user OAuth.
+    tokens: Option<std::sync::Arc<crate::auth::upstream::UpstreamTokens>>,
 }
 
 impl Default for HttpUpstream {
@@ -59,7 +61,29 @@ impl HttpUpstream {
             .pool_max_idle_per_host(256)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        HttpUpstream { proxied, client, plain }
+        HttpUpstream { proxied, client, plain, tokens: None }
+    }
+
+    /// Send people's own tokens to servers with per-user OAuth.
+    pub fn with_tokens(mut self, tokens: std::sync::Arc<crate::auth::upstream::UpstreamTokens>) -> HttpUpstream {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Add the caller's token for a server with per-user OAuth.
+    async fn authorize(&self, entry: &ServerEntry, headers: &mut HeaderMap) -> Result<(), UpstreamError> {
+        if entry.server.oauth.is_none() {
+            return Ok(());
+        }
+        let tokens = self
+            .tokens
+            .as_ref()
+            .ok_or_else(|| UpstreamError::Unavailable("per-user OAuth is not available in this process".into()))?;
+        let token = tokens.access_token(entry).await?;
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| UpstreamError::Invalid("the authorization server issued an unusable token".into()))?;
+        headers.insert(axum::http::header::AUTHORIZATION, value);
+        Ok(())
     }
 
     /// Send one request (redirects are never followed: they could carry the upstream's
@@ -135,7 +159,22 @@ impl HttpUpstream {
         {
             headers.insert("mcp-method", value);
         }
-        self.send_request(reqwest::Method::POST, url, headers, Bytes::from(message.to_bytes())).await
+        let body = Bytes::from(message.to_bytes());
+        self.authorize(entry, &mut headers).await?;
+        let response = self.send_request(reqwest::Method::POST, url.clone(), headers.clone(), body.clone()).await?;
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED || entry.server.oauth.is_none() {
+            return Ok(response);
+        }
+        // The person's token was refused: refresh it once and try again; refused again, the
+        // person must reconnect.
+        let Some(tokens) = &self.tokens else { return Ok(response) };
+        tokens.refused(entry).await;
+        self.authorize(entry, &mut headers).await?;
+        let again = self.send_request(reqwest::Method::POST, url, headers, body).await?;
+        if again.status() == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(tokens.rejected(entry).await);
+        }
+        Ok(again)
     }
 
     /// Send `initialize`; remember the session id the upstream issues.
@@ -236,6 +275,7 @@ impl HttpUpstream {
         let mut headers = Self::headers(entry, session, Some(version));
         headers.remove(CONTENT_TYPE);
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        self.authorize(entry, &mut headers).await?;
         let response = self.send_request(reqwest::Method::GET, url, headers, Bytes::new()).await?;
         match response.status() {
             status if status.is_success() => {}
@@ -269,6 +309,9 @@ impl HttpUpstream {
         let Ok(url) = Self::url(entry) else { return };
         let mut headers = Self::headers(entry, Some(session), Some(version));
         headers.remove(CONTENT_TYPE);
+        if self.authorize(entry, &mut headers).await.is_err() {
+            return;
+        }
         if let Err(error) = self.send_request(reqwest::Method::DELETE, url, headers, Bytes::new()).await {
             tracing::debug!(server = %entry.server.name, ?error, "upstream DELETE failed");
         }

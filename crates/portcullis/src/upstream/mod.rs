@@ -61,6 +61,10 @@ pub enum UpstreamError {
     /// The upstream does not offer this (for example no GET stream).
     #[error("the upstream server does not support this: {0}")]
     NotSupported(String),
+    /// The server acts with each person's own account, and this caller has not connected it
+    /// (or must connect again). The message says where.
+    #[error("{0}")]
+    NeedsConnection(String),
     /// The upstream refused the gateway's credentials (HTTP 401 or 403).
     #[error("the upstream server refused the gateway's credentials: {0}")]
     Refused(String),
@@ -83,8 +87,17 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(replica: String, home: String, roots: &[reqwest::Certificate], proxied: bool) -> Upstreams {
-        let http = http::HttpUpstream::new(roots, proxied);
+    pub fn new(
+        replica: String,
+        home: String,
+        roots: &[reqwest::Certificate],
+        proxied: bool,
+        tokens: Option<std::sync::Arc<crate::auth::upstream::UpstreamTokens>>,
+    ) -> Upstreams {
+        let mut http = http::HttpUpstream::new(roots, proxied);
+        if let Some(tokens) = tokens {
+            http = http.with_tokens(tokens);
+        }
         let local = channel::ChannelPool::new(replica, home, http.client());
         Upstreams { http, local }
     }

@@ -415,3 +415,131 @@ async fn a_client_identified_by_its_metadata_document_url_gets_a_token() {
     gw.stop().await;
     host.stop().await;
 }
+
+/// Per-user OAuth to an upstream: a second Portcullis, whose MCP endpoint is an OAuth-protected
+/// resource with its own authorization server, is the upstream. A person connects their own
+/// account from the console (discovery, dynamic registration, consent at the upstream, code +
+/// PKCE); their calls then carry their token, refreshed (with rotation) when it expires; a
+/// person who did not connect is told where to; a token the upstream refuses for good leads to
+/// "needs reconnect".
+#[tokio::test]
+async fn a_person_connects_their_own_account_to_an_upstream_that_uses_oauth() {
+    let upstream = TestGateway::start().await;
+    upstream.apply(&demo_server_toml("demo", &["ann@example.com"])).await;
+    portcullis::cli::set_password(upstream.store(), "ann@example.com", "a long upstream passphrase").await.unwrap();
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "[[servers]]\nname = \"remote\"\ntransport = \"streamable-http\"\nurl = \"{}\"\noauth = {{ internal = true }}\n\
+         [[users]]\nemail = \"ann@example.com\"\n[[users]]\nemail = \"bob@example.com\"\n\
+         [[grants]]\nserver = \"remote\"\nusers = [\"ann@example.com\", \"bob@example.com\"]\n",
+        upstream.url("/mcp/demo")
+    ))
+    .await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "a long gateway passphrase").await.unwrap();
+    let ann_key = gw.api_key("ann@example.com").await;
+    let bob_key = gw.api_key("bob@example.com").await;
+
+    // Before connecting, a call says where to connect.
+    let mut client = gw.client("remote", Some(&ann_key));
+    let refused = client.initialize().await;
+    assert_eq!(refused.error_code(), Some(-32037), "{:?}", refused.last());
+    assert!(refused.error_message().contains("/console/connect/remote"), "{:?}", refused.last());
+
+    // Connect: sign in here, go to the upstream's authorization server, consent there, back.
+    let mut here = Browser::new(&gw);
+    let login = here.get("/login").await;
+    let signed_in = here
+        .post(
+            "/login",
+            &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "a long gateway passphrase")],
+        )
+        .await;
+    assert_eq!(signed_in.location(), "/console");
+    let home = here.get("/console").await;
+    assert!(
+        home.body.contains("Not connected") && home.body.contains("href=\"/console/connect/remote\""),
+        "{}",
+        home.body
+    );
+    let start = here.get("/console/connect/remote").await;
+    assert_eq!(start.status, 303, "{}", start.body);
+    let authorize =
+        start.location().strip_prefix(&upstream.url("")).expect("to the upstream's authorization server").to_owned();
+    assert!(
+        authorize.starts_with("/oauth/authorize?") && authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
+    let mut there = Browser::new(&upstream);
+    let to_login = there.get(&authorize).await;
+    let login = there.get(to_login.location()).await;
+    let next = between(&login.body, "name=\"next\" value=\"", "\"").map(|next| unescape(&next)).unwrap();
+    there
+        .post(
+            "/login",
+            &[
+                ("csrf", &login.csrf()),
+                ("email", "ann@example.com"),
+                ("password", "a long upstream passphrase"),
+                ("next", &next),
+            ],
+        )
+        .await;
+    let consent = there.get(&authorize).await;
+    assert!(consent.body.contains("Portcullis MCP gateway asks to use the server demo"), "{}", consent.body);
+    let fields = hidden_fields(&consent.body);
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let approved = there.post("/oauth/authorize", &fields).await;
+    let back = approved.location().strip_prefix(&gw.url("")).expect("back to this gateway").to_owned();
+    assert!(back.starts_with("/oauth/upstream/callback?"), "{back}");
+    let done = here.get(&back).await;
+    assert!(done.body.contains("Your account is connected"), "{}", done.body);
+    assert!(here.get("/console").await.body.contains("Connected"));
+
+    // The person's calls now act as them at the upstream.
+    let mut client = gw.client("remote", Some(&ann_key));
+    client.initialize().await;
+    assert_eq!(client.tool_names().await, ["echo", "add"]);
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "as ann"})).await), "as ann");
+    let upstream_events = upstream.audit().await;
+    assert!(
+        upstream_events.iter().any(|event| event.method == "tools/call" && event.principal == "ann@example.com"),
+        "the upstream saw ann's own token"
+    );
+    // Someone else who did not connect is still asked to.
+    let mut bobs = gw.client("remote", Some(&bob_key));
+    assert_eq!(bobs.initialize().await.error_code(), Some(-32037));
+
+    // Expired tokens are refreshed, and the rotated refresh token is kept: a second refresh
+    // works too (reusing the first refresh token would revoke everything).
+    let user_id = {
+        let mut connection = gw.store().pool.acquire().await.unwrap();
+        portcullis::store::directory::person_by_email(&mut connection, "ann@example.com").await.unwrap().unwrap().id
+    };
+    for round in 0..2 {
+        {
+            let mut connection = gw.store().pool.acquire().await.unwrap();
+            portcullis::store::upstream_tokens::expire_now(&mut connection, &user_id, "remote").await.unwrap();
+        }
+        gw.state.upstream_tokens.forget(&user_id, "remote");
+        let reply = client.call_tool("echo", json!({"message": format!("refreshed {round}")})).await;
+        assert_eq!(text_of(&reply), format!("refreshed {round}"), "round {round}");
+    }
+
+    // The upstream stops accepting the person: their next call asks them to reconnect.
+    {
+        let mut connection = upstream.store().pool.acquire().await.unwrap();
+        portcullis::store::directory::set_status(
+            &mut connection,
+            "ann@example.com",
+            portcullis::registry::Status::Suspended,
+        )
+        .await
+        .unwrap();
+    }
+    upstream.state.snapshot.reload(upstream.store(), &upstream.state.keys).await.unwrap();
+    let reply = client.call_tool("echo", json!({"message": "again"})).await;
+    assert!(reply.error_message().contains("reconnect"), "{:?}", reply.last());
+    assert!(here.get("/console").await.body.contains("Needs reconnect"));
+    gw.stop().await;
+    upstream.stop().await;
+}
