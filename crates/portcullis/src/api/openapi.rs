@@ -278,6 +278,7 @@ fn request_paths() -> Value {
         "/high-risk/{server}/review": {"parameters": server, "post": operation("Record the quarterly review of a high-risk server (IT admins; audited)", None, "200")},
         "/servers/{name}/pins": {"parameters": name, "get": operation("The server's pinned tool, prompt and resource-template definitions, and those held for review (admins)", None, "200")},
         "/servers/{name}/pins/check": {"parameters": name, "post": operation("Read the server now with fixed capabilities and compare with its pins; the first check pins everything (IT admins)", None, "200")},
+        "/servers/{name}/credentials": {"parameters": name, "post": operation("Rotate credentials in place: {\"env\": {NAME: value | null}, \"headers\": {…}, \"oauth_client_secret\": value | null}; names not given stay (IT admins; audited by name only)", None, "200")},
         "/servers/{name}/pins/approve": {"parameters": name, "post": operation("Approve held definitions, {\"names\": [...]} or all (IT admins; audited)", None, "200")}
     })
 }

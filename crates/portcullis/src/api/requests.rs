@@ -8,6 +8,7 @@
 //! - mail: `GET|PUT /settings/email`, `POST /settings/email/test`
 //! - `GET /high-risk`, `PUT|DELETE /high-risk/{server}`, `POST /high-risk/{server}/review`
 //! - tool pinning: `GET /servers/{name}/pins`, `POST /servers/{name}/pins/{check|approve}`
+//! - credential rotation: `POST /servers/{name}/credentials`
 
 use super::{Admin, ApiError, ApiUser};
 use crate::app::AppState;
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/high-risk/{server}", put(mark_high_risk).delete(unmark_high_risk))
         .route("/high-risk/{server}/review", post(review_high_risk))
         .route("/servers/{name}/pins", get(pins))
+        .route("/servers/{name}/credentials", post(credentials))
         .route("/servers/{name}/pins/check", post(check_pins))
         .route("/servers/{name}/pins/approve", post(approve_pins))
 }
@@ -562,4 +564,113 @@ async fn put_preferences(
     let value = if body.email_alerts { "true" } else { "false" };
     store::settings::set(&mut connection, &crate::notify::alerts_key(&user.id), value).await?;
     Ok(Json(json!({ "email_alerts": body.email_alerts })))
+}
+
+/// A credential change: new values replace, `null` removes, names not given stay as they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsBody {
+    #[serde(default)]
+    pub env: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Option<String>>,
+    /// The pre-registered OAuth client's secret (`null` removes it).
+    #[serde(default, deserialize_with = "present")]
+    pub oauth_client_secret: Option<Option<String>>,
+}
+
+/// A field that was given, even as `null` (absent stays `None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::deserialize(deserializer)?))
+}
+
+/// Rotate a server's credentials in place, audited with the names changed (never the values).
+/// HTTP upstreams use the new values from the next request; stdio processes already running
+/// keep theirs until they end, new sessions start with the new ones.
+pub async fn rotate_credentials(
+    state: &AppState,
+    actor: &str,
+    server: &str,
+    body: CredentialsBody,
+) -> Result<Vec<String>, ApiError> {
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    let existing = store::registry::get_server(&mut transaction, server)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no server is named {server:?}")))?;
+    let mut secrets: crate::registry::ServerSecrets = state
+        .keys
+        .secrets
+        .open(&existing.sealed_secrets, existing.id.as_bytes())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| ApiError::Internal(StoreError::Open("the server's credentials cannot be opened".into())))?;
+    let mut changed = Vec::new();
+    for (name, value) in body.env {
+        changed.push(format!("env {name}"));
+        match value {
+            Some(value) => secrets.env.insert(name, value),
+            None => secrets.env.remove(&name),
+        };
+    }
+    for (name, value) in body.headers {
+        changed.push(format!("header {name}"));
+        match value {
+            Some(value) => secrets.headers.insert(name, value),
+            None => secrets.headers.remove(&name),
+        };
+    }
+    if let Some(secret) = body.oauth_client_secret {
+        changed.push("oauth client secret".into());
+        secrets.oauth_client_secret = secret.filter(|secret| !secret.is_empty());
+    }
+    if changed.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name at least one credential to change (env, headers or oauth_client_secret)".into(),
+        ));
+    }
+    let spec = crate::registry::ServerSpec {
+        name: crate::registry::ServerSlug::parse(&existing.name).map_err(|error| ApiError::BadRequest(error.0))?,
+        description: existing.description.clone(),
+        transport: existing.transport,
+        url: existing.url.clone(),
+        command: existing.command.clone(),
+        args: existing.args.clone(),
+        env: secrets.env,
+        headers: secrets.headers,
+        public: existing.public,
+        shared_process: existing.shared_process,
+        oauth: existing.oauth.clone(),
+        oauth_client_secret: secrets.oauth_client_secret,
+    };
+    spec.validate().map_err(|error| ApiError::BadRequest(error.0))?;
+    crate::apply::put_server(&mut transaction, &state.keys, &spec).await?;
+    let reason = format!("{actor} rotated credentials of {server}: {}", changed.join(", "));
+    let mut event = crate::audit::AuditEvent::action(
+        actor,
+        None,
+        "server/credentials",
+        Some(server),
+        true,
+        &reason,
+        &state.replica,
+    );
+    event.server = Some(server.to_owned());
+    store::audit::insert(&mut transaction, &[event]).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
+    if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
+        tracing::warn!(%error, "snapshot reload after a credential rotation failed; the refresher will retry");
+    }
+    Ok(changed)
+}
+
+/// `POST /servers/{name}/credentials` (IT admins).
+async fn credentials(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(server): Path<String>,
+    Json(body): Json<CredentialsBody>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = admin.require(Power::ManageServers)?.email.clone();
+    let changed = rotate_credentials(&state, &actor, &server, body).await?;
+    Ok(Json(json!({ "server": server, "changed": changed })))
 }

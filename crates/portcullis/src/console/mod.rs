@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/servers", get(servers::page))
         .route("/console/servers/{name}/permissions", get(policies::permissions))
         .route("/console/servers/{name}/tools", get(tools::page))
+        .route("/console/servers/{name}/credentials", get(servers::credentials_page).post(servers::rotate))
         .route("/console/servers/{name}/tools/{action}", post(tools::act))
         .route("/console/policies", get(policies::policies))
         .route("/console/rules", post(policies::save))

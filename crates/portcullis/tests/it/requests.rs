@@ -416,3 +416,64 @@ async fn decisions_and_new_requests_arrive_by_mail() {
     gw.stop().await;
     sink.stop().await;
 }
+
+/// Static credentials rotate in place: the next request uses the new value, an open session
+/// keeps working, nothing shows the value, the audit names what changed.
+#[tokio::test]
+async fn credentials_rotate_without_downtime() {
+    let upstream = TestGateway::start().await;
+    upstream.apply(&demo_server_toml("demo", &["svc@example.com"])).await;
+    let old_key = upstream.api_key("svc@example.com").await;
+    let gw = TestGateway::start().await;
+    gw.apply(&format!(
+        "[[servers]]\nname = \"remote\"\ntransport = \"streamable-http\"\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer {old_key}\" }}\n\
+         [[users]]\nemail = \"root@example.com\"\nadmin = true\n[[users]]\nemail = \"ann@example.com\"\n\
+         [[grants]]\nserver = \"remote\"\nusers = [\"ann@example.com\"]\n",
+        upstream.url("/mcp/demo")
+    ))
+    .await;
+    let root = Api::new(&gw, &gw.api_key("root@example.com").await);
+    let ann_key = gw.api_key("ann@example.com").await;
+    let mut client = gw.client("remote", Some(&ann_key));
+    client.initialize().await;
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "before"})).await), "before");
+
+    // A new key upstream; rotate it in; revoke the old one there.
+    let new_key = upstream.api_key("svc@example.com").await;
+    let ann = Api::new(&gw, &ann_key);
+    let body = json!({"headers": {"Authorization": format!("Bearer {new_key}")}});
+    assert_eq!(ann.send(Method::POST, "/servers/remote/credentials", Some(body.clone())).await.0, 403);
+    let (status, answer) = root.send(Method::POST, "/servers/remote/credentials", Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], json!(["header Authorization"]));
+    let upstream_root = {
+        upstream.apply("[[users]]\nemail = \"root@example.com\"\nadmin = true\n").await;
+        Api::new(&upstream, &upstream.api_key("root@example.com").await)
+    };
+    let (_, keys) = upstream_root.send(Method::GET, "/api-keys", None).await;
+    let old_id = keys["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| old_key.starts_with(key["prefix"].as_str().unwrap()) && key["user_email"] == "svc@example.com")
+        .map(|key| key["id"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("the old key is listed: {keys}"));
+    assert_eq!(upstream_root.send(Method::DELETE, &format!("/api-keys/{old_id}"), None).await.0, 204);
+    // The same client session goes on, now with the new credential.
+    assert_eq!(text_of(&client.call_tool("echo", json!({"message": "after"})).await), "after");
+    let (_, server) = root.send(Method::GET, "/servers/remote", None).await;
+    assert!(!server.to_string().contains(&new_key) && !server.to_string().contains(&old_key), "{server}");
+    let events = gw.audit().await;
+    let rotated = events.iter().find(|event| event.method == "server/credentials").expect("an audit event");
+    assert!(
+        rotated.reason.contains("header Authorization") && !rotated.reason.contains(&new_key),
+        "{}",
+        rotated.reason
+    );
+    // Naming nothing is a clear error; a bad header value too.
+    assert_eq!(root.send(Method::POST, "/servers/remote/credentials", Some(json!({}))).await.0, 400);
+    let bad = json!({"headers": {"Authorization": "line\nbreak"}});
+    assert_eq!(root.send(Method::POST, "/servers/remote/credentials", Some(bad)).await.0, 400);
+    gw.stop().await;
+    upstream.stop().await;
+}
