@@ -651,6 +651,21 @@ pub async fn approve(state: &AppState, admin: &UserEntry, id: &str, approval: Ap
     if let Err(error) = state.snapshot.reload(&state.store, &state.keys).await {
         tracing::warn!(%error, "snapshot reload after an approval failed; the refresher will retry");
     }
+    // Initialise the connection: without a successful test to pin from, read the new server
+    // now (in the background) so its tools are pinned before anyone lists them.
+    let tested = request.test.as_ref().is_some_and(|test| test.outcome == conntest::Outcome::Success);
+    if spec.is_some() && !tested {
+        let state = state.clone();
+        let server = request.server.clone();
+        tokio::spawn(async move {
+            match crate::pinning::check(&state, &server, "approval").await {
+                Ok(report) => {
+                    tracing::info!(%server, outcome = ?report.outcome, items = report.items, "approved server read")
+                }
+                Err(error) => tracing::warn!(%server, %error, "the approved server could not be read yet"),
+            }
+        });
+    }
     visible(state, admin, id).await
 }
 

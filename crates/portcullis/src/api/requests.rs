@@ -246,18 +246,28 @@ async fn put_targets(
     Json(changes): Json<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let actor = admin.require(Power::ManageServers)?.email.clone();
+    let targets = set_targets(&state, &actor, &changes).await?;
+    Ok(Json(json!({ "targets": targets.to_json() })))
+}
+
+/// Change review targets (`{"catalog": "6h"}`), audited with before and after.
+pub async fn set_targets(
+    state: &AppState,
+    actor: &str,
+    changes: &BTreeMap<String, String>,
+) -> Result<Targets, ApiError> {
     let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
     let mut targets = lifecycle::targets(&mut transaction).await?;
     let before = targets.to_json();
-    targets.update(&changes).map_err(|error| ApiError::BadRequest(error.0))?;
+    targets.update(changes).map_err(|error| ApiError::BadRequest(error.0))?;
     store::settings::set(&mut transaction, Targets::SETTING, &targets.to_json().to_string()).await?;
     let reason = format!("{actor} changed the request review targets");
     let mut event =
-        crate::audit::AuditEvent::action(&actor, None, "settings/request-targets", None, true, &reason, &state.replica);
+        crate::audit::AuditEvent::action(actor, None, "settings/request-targets", None, true, &reason, &state.replica);
     event.detail = Some(json!({ "before": before, "after": targets.to_json() }).to_string());
     store::audit::insert(&mut transaction, &[event]).await?;
     transaction.commit().await.map_err(StoreError::from)?;
-    Ok(Json(json!({ "targets": targets.to_json() })))
+    Ok(targets)
 }
 
 async fn notifications(State(state): State<AppState>, ApiUser(user): ApiUser) -> Result<Json<Value>, ApiError> {

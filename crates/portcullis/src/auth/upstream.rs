@@ -621,7 +621,7 @@ impl UpstreamTokens {
         }
         // Expired or about to: refresh (the new refresh token, if rotated, replaces the old).
         let Some(refresh) = tokens.refresh_token.clone() else {
-            store::upstream_tokens::needs_reconnect(&mut connection, user_id, server).await.map_err(unavailable)?;
+            self.mark_reconnect(&mut connection, user_id, server).await.map_err(unavailable)?;
             return Err(self.connect_needed(server, true));
         };
         let secret = self.secret_for(entry, &tokens.issuer, &tokens.client_id).await;
@@ -648,7 +648,7 @@ impl UpstreamTokens {
             }
             Err(TokenFailure::Refused(error)) => {
                 tracing::warn!(server, %error, "an upstream OAuth refresh was refused; the person must reconnect");
-                store::upstream_tokens::needs_reconnect(&mut connection, user_id, server).await.map_err(unavailable)?;
+                self.mark_reconnect(&mut connection, user_id, server).await.map_err(unavailable)?;
                 Err(self.connect_needed(server, true))
             }
             Err(TokenFailure::Other(error)) => {
@@ -667,13 +667,39 @@ impl UpstreamTokens {
         }
     }
 
+    /// Mark a connection as needing a new sign-in and tell the person (once per loss).
+    async fn mark_reconnect(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        user_id: &str,
+        server: &str,
+    ) -> Result<(), StoreError> {
+        if !store::upstream_tokens::needs_reconnect(&mut *connection, user_id, server).await? {
+            return Ok(());
+        }
+        let Some(person) = store::directory::get_person(&mut *connection, user_id).await? else { return Ok(()) };
+        crate::notify::tell(
+            connection,
+            crate::notify::Recipient { user_id, email: &person.email },
+            "reconnect-needed",
+            &format!("Reconnect your account: {server}"),
+            &format!(
+                "Your sign-in at {server} no longer works (it expired or was revoked there). Until you connect it \
+                 again, calls to {server} fail."
+            ),
+            &format!("/console/connect/{server}"),
+            crate::notify::Mail::Always,
+        )
+        .await
+    }
+
     /// The upstream refused even a fresh token: the person must connect again.
     pub async fn rejected(&self, entry: &ServerEntry) -> UpstreamError {
         let server = entry.server.name.as_str();
         if let Some(user_id) = entry.user.as_deref() {
             self.forget(user_id, server);
             if let Ok(mut connection) = self.store.pool.acquire().await {
-                let _ = store::upstream_tokens::needs_reconnect(&mut connection, user_id, server).await;
+                let _ = self.mark_reconnect(&mut connection, user_id, server).await;
             }
         }
         self.connect_needed(server, true)

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/requests", get(requests::list).post(requests::create))
         .route("/console/requests/new", get(requests::new))
         .route("/console/requests/metrics", get(requests::metrics))
+        .route("/console/request-targets", post(requests::save_targets))
         .route("/console/requests/{id}", get(requests::detail))
         .route("/console/requests/{id}/{action}", post(requests::act))
         .route("/console/connect/{server}", get(connect::start))

@@ -175,12 +175,30 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap, Query(query
             content.push(rich_table(&["Server", "Type", "Requester", "Tier", "Age", "Due", "State", "Flags"], &rows));
         }
         content.push(Html::trusted("<h2>Review targets</h2>".into()));
-        let rows: Vec<Vec<String>> = Tier::ALL
-            .iter()
-            .map(|tier| vec![tier.label().to_owned(), lifecycle::target_text(&targets, *tier)])
-            .collect();
-        content.push(super::html::table(&["Tier", "Target"], &rows));
-        content.push(note("hint", "IT admins change targets with PUT /api/v1/request-targets (e.g. {\"catalog\": \"6h\"}; d = business days)."));
+        if user.can(crate::registry::Power::ManageServers) {
+            let mut form = format!(
+                "<form method=\"post\" action=\"/console/request-targets\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+                esc(&csrf_token)
+            );
+            for tier in Tier::ALL {
+                let _ = write!(
+                    form,
+                    "<label for=\"target-{0}\">{1} (now {2})</label><input id=\"target-{0}\" name=\"{0}\" value=\"{3}\">",
+                    tier.as_str(),
+                    esc(tier.label()),
+                    esc(&lifecycle::target_text(&targets, tier)),
+                    esc(&targets.get(tier).text())
+                );
+            }
+            form.push_str("<small class=\"hint\">Hours as 8h, business days as 2d.</small><button type=\"submit\">Save targets</button></form>");
+            content.push(Html::trusted(form));
+        } else {
+            let rows: Vec<Vec<String>> = Tier::ALL
+                .iter()
+                .map(|tier| vec![tier.label().to_owned(), lifecycle::target_text(&targets, *tier)])
+                .collect();
+            content.push(super::html::table(&["Tier", "Target"], &rows));
+        }
         content.push(link("/console/requests/metrics", "Monthly review: metrics and charts"));
     }
     content.push(Html::trusted("<h2>My requests</h2>".into()));
@@ -1113,6 +1131,38 @@ pub async fn act(
             content.push(note("error", &problem(&error)));
             content.push(link(&format!("/console/requests/{id}"), "Back to the request"));
             respond(signed, &csrf_token, set, "Not done", content)
+        }
+    }
+}
+
+/// `POST /console/request-targets` (IT admins).
+pub async fn save_targets(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<BTreeMap<String, String>>,
+) -> Response {
+    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return csrf_refusal();
+    }
+    let signed = match require(&state, &headers).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
+    let result = if user.can(crate::registry::Power::ManageServers) {
+        let changes: BTreeMap<String, String> = form.into_iter().filter(|(key, _)| key != "csrf").collect();
+        crate::api::requests::set_targets(&state, &user.email, &changes).await.map(|_| ())
+    } else {
+        Err(ApiError::Forbidden("only IT admins change review targets".into()))
+    };
+    match result {
+        Ok(()) => redirect("/console/requests"),
+        Err(error) => {
+            let (csrf_token, set) = csrf(&state, &headers);
+            let mut content = Html::new();
+            content.push(note("error", &problem(&error)));
+            content.push(link("/console/requests", "Back to the requests"));
+            respond(signed, &csrf_token, set, "Targets not saved", content)
         }
     }
 }

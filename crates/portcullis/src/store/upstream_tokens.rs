@@ -128,17 +128,18 @@ pub async fn put_tokens(
 }
 
 /// Mark a person's connection as needing a new sign-in (the refresh failed or the upstream
-/// refused the token).
-pub async fn needs_reconnect(connection: &mut AnyConnection, user_id: &str, server: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE upstream_tokens SET status = 'needs-reconnect', updated_at = $1 WHERE user_id = $2 AND server = $3",
+/// refused the token). True when it was connected until now.
+pub async fn needs_reconnect(connection: &mut AnyConnection, user_id: &str, server: &str) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE upstream_tokens SET status = 'needs-reconnect', updated_at = $1 \
+         WHERE user_id = $2 AND server = $3 AND status = 'connected'",
     )
     .bind(now_ms())
     .bind(user_id)
     .bind(server)
     .execute(connection)
     .await?;
-    Ok(())
+    Ok(updated.rows_affected() == 1)
 }
 
 /// Make the stored access token count as expired (the upstream refused it), so the next use

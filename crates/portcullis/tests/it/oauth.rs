@@ -540,6 +540,8 @@ async fn a_person_connects_their_own_account_to_an_upstream_that_uses_oauth() {
     let reply = client.call_tool("echo", json!({"message": "again"})).await;
     assert!(reply.error_message().contains("reconnect"), "{:?}", reply.last());
     assert!(here.get("/console").await.body.contains("Needs reconnect"));
+    let (_, notes) = Api::new(&gw, &ann_key).send(reqwest::Method::GET, "/notifications", None).await;
+    assert_eq!(notes["notifications"][0]["kind"], "reconnect-needed", "{notes}");
     gw.stop().await;
     upstream.stop().await;
 }

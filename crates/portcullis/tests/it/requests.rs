@@ -252,9 +252,17 @@ async fn duplicates_are_flagged_and_access_is_requested_instead() {
 
     // Access to the active server: approved with a group rule, no checklist needed.
     let access = json!({"kind": "access", "access_to": "demo", "justification": justification()});
+    // IT admins change the review targets; a target that is not a duration is refused.
+    let (status, body) = root.send(Method::PUT, "/request-targets", Some(json!({"catalog": "6h"}))).await;
+    assert_eq!((status, body["targets"]["catalog"].as_str()), (200, Some("6h")), "{body}");
+    assert_eq!(root.send(Method::PUT, "/request-targets", Some(json!({"catalog": "soon"}))).await.0, 400);
+    assert_eq!(root.send(Method::PUT, "/request-targets", Some(json!({"weekly": "1d"}))).await.0, 400);
+    assert_eq!(ann.send(Method::PUT, "/request-targets", Some(json!({"catalog": "1h"}))).await.0, 403);
     let (status, body) = ann.send(Method::POST, "/requests", Some(access.clone())).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["request"]["tier"], "catalog");
+    let (_, listed) = root.send(Method::GET, "/requests?state=pending&kind=access", None).await;
+    assert_eq!(listed["requests"][0]["target"], "6 hours", "{listed}");
     let id = body["request"]["id"].as_str().unwrap().to_owned();
     let (status, body) = root
         .send(
