@@ -477,7 +477,30 @@ pub async fn start_test(state: &AppState, admin: &UserEntry, id: &str) -> Result
             }
         });
         let entry = conntest::entry_for(&id, &checked);
-        let result = conntest::run(&state.upstreams, &entry, &admin, &progress).await;
+        let mut result = conntest::run(&state.upstreams, &entry, &admin, &progress).await;
+        // A server where each person signs in refuses the test's anonymous connection; say
+        // whether its OAuth can be discovered, which is what approval will rely on.
+        if result.outcome == conntest::Outcome::AuthFailed
+            && checked.proposal.auth == crate::catalog::AuthMethod::Oauth
+            && let Some(url) = checked.proposal.url.as_deref()
+        {
+            let settings = crate::registry::OAuthUpstream {
+                scopes: checked.proposal.oauth_scopes.clone(),
+                client_id: None,
+                internal: checked.internal(),
+            };
+            let found = crate::auth::upstream::discover(url, &settings, state.upstream_tokens.roots()).await;
+            result.detail = match found {
+                Ok(found) => format!(
+                    "{} — expected: each person signs in with their own account (OAuth). Discovery works: \
+                     authorization server {}, PKCE supported{}; after approval people connect from My servers",
+                    result.detail,
+                    found.issuer,
+                    if found.registration_endpoint.is_some() { ", dynamic registration offered" } else { "" }
+                ),
+                Err(error) => format!("{} — and its OAuth cannot be discovered: {error}", result.detail),
+            };
+        }
         drop(progress);
         let _ = writer.await;
         record_test(&state, &id, &admin, &result).await;

@@ -356,6 +356,12 @@ pub struct Checked {
 }
 
 impl Checked {
+    /// Does the proposed server live on the internal network (its URL's host is private)?
+    pub fn internal(&self) -> bool {
+        let url = self.proposal.url.as_deref().and_then(|url| reqwest::Url::parse(url).ok());
+        url.as_ref().and_then(reqwest::Url::host_str).is_some_and(crate::vetting::internal_host)
+    }
+
     /// The server spec an approval stores.
     pub fn spec(&self) -> Result<ServerSpec, Invalid> {
         let spec = ServerSpec {
@@ -372,7 +378,8 @@ impl Checked {
             oauth: (self.proposal.auth == AuthMethod::Oauth).then(|| crate::registry::OAuthUpstream {
                 scopes: self.proposal.oauth_scopes.clone(),
                 client_id: None,
-                internal: false,
+                // A server on the internal network most likely signs people in there too.
+                internal: self.internal(),
             }),
             oauth_client_secret: None,
         };

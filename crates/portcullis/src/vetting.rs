@@ -517,7 +517,7 @@ fn writes(subject: &Subject<'_>, tools: &[Value]) -> Finding {
 }
 
 /// Loopback, private and link-local hosts: inside the company's network.
-fn internal_host(host: &str) -> bool {
+pub fn internal_host(host: &str) -> bool {
     if host == "localhost" || host.ends_with(".localhost") || host.ends_with(".internal") || host.ends_with(".local") {
         return true;
     }

@@ -6,10 +6,7 @@
 //! person, so any replica can finish it and it is good once.
 
 use super::html::{Html, esc, link, note};
-use super::{
-    AppState, clear_cookie, cookie, csrf, csrf_ok, csrf_refusal, failure, redirect, require, respond, set_cookie,
-    with_cookies,
-};
+use super::{AppState, clear_cookie, cookie, csrf, failure, redirect, require, respond, set_cookie, with_cookies};
 use crate::auth::upstream::{self, Pending};
 use crate::store::{self, StoreError};
 use axum::extract::{Form, Path, Query, State};
@@ -196,10 +193,7 @@ pub async fn disconnect(
     Path(server): Path<String>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return csrf_refusal();
-    }
-    let signed = match require(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };

@@ -3,7 +3,7 @@
 //! Inbox page.
 
 use super::html::{Html, esc, facts, link, note, rich_table};
-use super::{AppState, cell, csrf, csrf_ok, csrf_refusal, failure, html_response, page, redirect, require, respond};
+use super::{AppState, cell, csrf, failure, html_response, page, redirect, respond};
 use crate::api::ApiError;
 use crate::registry::{AdminRole, Power};
 use crate::store::StoreError;
@@ -95,10 +95,7 @@ pub async fn save(
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    if !csrf_ok(&state, &headers, &field("csrf")) {
-        return csrf_refusal();
-    }
-    let signed = match require(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
@@ -139,10 +136,7 @@ pub async fn test(
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    if !csrf_ok(&state, &headers, &field("csrf")) {
-        return csrf_refusal();
-    }
-    let signed = match require(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
@@ -190,10 +184,7 @@ pub async fn preferences(
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    if !csrf_ok(&state, &headers, &field("csrf")) {
-        return csrf_refusal();
-    }
-    let signed = match require(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };

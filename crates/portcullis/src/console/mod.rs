@@ -1319,6 +1319,19 @@ async fn users(State(state): State<AppState>, headers: HeaderMap, Query(query): 
     respond(signed, &csrf_token, set, "Users", content)
 }
 
+/// The signed-in person posting a form (`BTreeMap` of its fields) that carries a valid CSRF
+/// token, or the response that refuses it.
+async fn require_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &std::collections::BTreeMap<String, String>,
+) -> Result<Signed, Response> {
+    if !csrf_ok(state, headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return Err(csrf_refusal());
+    }
+    require(state, headers).await
+}
+
 /// The admin viewing an admin page, or the response that turns others away.
 async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
     let signed = require(state, headers).await?;

@@ -1088,10 +1088,7 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return csrf_refusal();
-    }
-    let signed = match require(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
@@ -1141,10 +1138,7 @@ pub async fn save_targets(
     headers: HeaderMap,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return csrf_refusal();
-    }
-    let signed = match require(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
@@ -1217,10 +1211,7 @@ pub async fn read_all(
     headers: HeaderMap,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return csrf_refusal();
-    }
-    let signed = match require(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };

@@ -186,10 +186,7 @@ pub async fn rotate(
     axum::extract::Path(name): axum::extract::Path<String>,
     axum::extract::Form(form): axum::extract::Form<std::collections::BTreeMap<String, String>>,
 ) -> Response {
-    if !super::csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return super::csrf_refusal();
-    }
-    let signed = match require_admin(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };

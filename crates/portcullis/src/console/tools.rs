@@ -3,7 +3,7 @@
 //! new definition, with "Approve" per item or for all, and "Check now".
 
 use super::html::{Html, cell, esc, facts, link, note, rich_table};
-use super::{AppState, csrf, csrf_ok, csrf_refusal, failure, html_response, redirect, require_admin, respond};
+use super::{AppState, csrf, failure, html_response, redirect, require_admin, respond};
 use crate::registry::Power;
 use crate::store::{self, StoreError};
 use crate::time::iso_time;
@@ -198,10 +198,7 @@ pub async fn act(
     Path((server, action)): Path<(String, String)>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return csrf_refusal();
-    }
-    let signed = match require_admin(&state, &headers).await {
+    let signed = match super::require_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };

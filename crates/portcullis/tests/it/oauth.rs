@@ -545,3 +545,49 @@ async fn a_person_connects_their_own_account_to_an_upstream_that_uses_oauth() {
     gw.stop().await;
     upstream.stop().await;
 }
+
+/// A requested server whose people sign in with OAuth: the connection test says the anonymous
+/// connection is refused, as expected, and that OAuth discovery works; approval makes it a
+/// per-user OAuth server (internal, since it lives on the internal network).
+#[tokio::test]
+async fn a_requested_oauth_server_is_tested_by_discovery_and_approved_as_per_user() {
+    let upstream = TestGateway::start().await;
+    upstream.apply(&demo_server_toml("demo", &[])).await;
+    let gw = TestGateway::start().await;
+    gw.apply("[[users]]\nemail = \"root@example.com\"\nadmin = true\n[[users]]\nemail = \"ann@example.com\"\n").await;
+    let root = Api::new(&gw, &gw.api_key("root@example.com").await);
+    let ann = Api::new(&gw, &gw.api_key("ann@example.com").await);
+    let request = json!({"kind": "custom", "server": {"name": "remote", "description": "The team's remote echo",
+        "transport": "streamable-http", "url": upstream.url("/mcp/demo"), "auth": "oauth", "oauth_scopes": ["mcp"]},
+        "justification": {"why": "We need the remote echo for support replies.", "use_case": "Echo text back to check formatting.",
+                          "expected_value": "Fewer broken replies to customers.", "alternatives": "No active server echoes text."}});
+    let (status, body) = ann.send(reqwest::Method::POST, "/requests", Some(request)).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["request"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(root.send(reqwest::Method::POST, &format!("/requests/{id}/test"), None).await.0, 202);
+    let mut test = Value::Null;
+    for _ in 0..200 {
+        let (_, detail) = root.send(reqwest::Method::GET, &format!("/requests/{id}"), None).await;
+        if detail["request"]["test"].is_object() && detail["request"]["test_running_since"].is_null() {
+            test = detail["request"]["test"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(test["outcome"], "auth_failed", "{test}");
+    let detail = test["detail"].as_str().unwrap();
+    assert!(detail.contains("Discovery works") && detail.contains(&upstream.url("")), "{detail}");
+    let checklist: serde_json::Map<String, Value> =
+        ["source", "tools", "data", "auth", "network", "need", "compliance"]
+            .iter()
+            .map(|section| (section.to_string(), json!({"mark": "checked"})))
+            .collect();
+    let (status, body) = root
+        .send(reqwest::Method::POST, &format!("/requests/{id}/approve"), Some(json!({"checklist": checklist})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, server) = root.send(reqwest::Method::GET, "/servers/remote", None).await;
+    assert_eq!(server["oauth"], json!({"scopes": ["mcp"], "internal": true}), "{server}");
+    gw.stop().await;
+    upstream.stop().await;
+}
