@@ -179,6 +179,27 @@ async fn build(
     if let Some(checked) = &checked {
         ServerSlug::parse(&checked.proposal.name).map_err(bad)?;
         duplicate_of = same_as_active(&snapshot, &checked.proposal);
+        // The same catalog entry made into a server before (whatever its settings).
+        if duplicate_of.is_none()
+            && let Some(entry) = &catalog_entry
+        {
+            let approved = store::requests::list(
+                &mut connection,
+                &store::requests::Filter {
+                    state: Some(State::Approved),
+                    kind: Some(Kind::Catalog),
+                    ..Default::default()
+                },
+                1000,
+            )
+            .await?;
+            duplicate_of = approved
+                .into_iter()
+                .find(|other| {
+                    other.catalog_entry.as_ref() == Some(entry) && snapshot.servers.contains_key(&other.server)
+                })
+                .map(|other| other.server);
+        }
         if duplicate_of.is_none() && snapshot.servers.contains_key(&checked.proposal.name) {
             return Err(ApiError::Conflict(format!(
                 "a different server is already named {:?}; choose another name (\"name\")",

@@ -321,16 +321,56 @@ struct MarkBody {
     note: String,
 }
 
-async fn high_risk_change(
+/// A change to the high-risk list.
+#[derive(Debug, Clone)]
+pub enum HighRiskChange {
+    /// Put the server on the list (or change its note).
+    Mark(String),
+    Unmark,
+    /// Record the quarterly review.
+    Review,
+}
+
+/// Change the high-risk list, audited in the same transaction.
+pub async fn change_high_risk(
     state: &AppState,
     actor: &str,
     server: &str,
-    method: &str,
-    reason: String,
+    change: HighRiskChange,
 ) -> Result<(), ApiError> {
-    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
+    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
+    let not_listed = || ApiError::NotFound(format!("{server:?} is not on the high-risk list"));
+    let (method, reason) = match &change {
+        HighRiskChange::Mark(note) => {
+            let note = note.trim();
+            if note.chars().count() < 10 {
+                return Err(ApiError::BadRequest(
+                    "say why the server is high-risk (a note of at least 10 characters), for the quarterly reviewers"
+                        .into(),
+                ));
+            }
+            if store::registry::get_server(&mut transaction, server).await?.is_none() {
+                return Err(ApiError::NotFound(format!("no server is named {server:?}")));
+            }
+            store::requests::mark_high_risk(&mut transaction, server, note, actor).await?;
+            ("server/high-risk", format!("{actor} put {server} on the high-risk list: {note}"))
+        }
+        HighRiskChange::Unmark => {
+            if !store::requests::unmark_high_risk(&mut transaction, server).await? {
+                return Err(not_listed());
+            }
+            ("server/low-risk", format!("{actor} took {server} off the high-risk list"))
+        }
+        HighRiskChange::Review => {
+            if !store::requests::review_high_risk(&mut transaction, server).await? {
+                return Err(not_listed());
+            }
+            ("server/high-risk-review", format!("{actor} reviewed the high-risk server {server}"))
+        }
+    };
     let event = crate::audit::AuditEvent::action(actor, None, method, Some(server), true, &reason, &state.replica);
-    store::audit::insert(&mut connection, &[event]).await?;
+    store::audit::insert(&mut transaction, &[event]).await?;
+    transaction.commit().await.map_err(StoreError::from)?;
     Ok(())
 }
 
@@ -341,25 +381,7 @@ async fn mark_high_risk(
     Json(body): Json<MarkBody>,
 ) -> Result<Json<Value>, ApiError> {
     let actor = admin.require(Power::ManageServers)?.email.clone();
-    if body.note.trim().len() < 10 {
-        return Err(ApiError::BadRequest(
-            "say why the server is high-risk (\"note\": at least 10 characters), for the quarterly reviewers".into(),
-        ));
-    }
-    let mut transaction = state.store.begin_write().await.map_err(StoreError::from)?;
-    if store::registry::get_server(&mut transaction, &server).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no server is named {server:?}")));
-    }
-    store::requests::mark_high_risk(&mut transaction, &server, body.note.trim(), &actor).await?;
-    transaction.commit().await.map_err(StoreError::from)?;
-    high_risk_change(
-        &state,
-        &actor,
-        &server,
-        "server/high-risk",
-        format!("{actor} put {server} on the high-risk list: {}", body.note.trim()),
-    )
-    .await?;
+    change_high_risk(&state, &actor, &server, HighRiskChange::Mark(body.note)).await?;
     Ok(Json(json!({ "server": server, "high_risk": true })))
 }
 
@@ -369,19 +391,7 @@ async fn unmark_high_risk(
     Path(server): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let actor = admin.require(Power::ManageServers)?.email.clone();
-    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
-    if !store::requests::unmark_high_risk(&mut connection, &server).await? {
-        return Err(ApiError::NotFound(format!("{server:?} is not on the high-risk list")));
-    }
-    drop(connection);
-    high_risk_change(
-        &state,
-        &actor,
-        &server,
-        "server/low-risk",
-        format!("{actor} took {server} off the high-risk list"),
-    )
-    .await?;
+    change_high_risk(&state, &actor, &server, HighRiskChange::Unmark).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -391,19 +401,7 @@ async fn review_high_risk(
     Path(server): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let actor = admin.require(Power::ManageServers)?.email.clone();
-    let mut connection = state.store.pool.acquire().await.map_err(StoreError::from)?;
-    if !store::requests::review_high_risk(&mut connection, &server).await? {
-        return Err(ApiError::NotFound(format!("{server:?} is not on the high-risk list")));
-    }
-    drop(connection);
-    high_risk_change(
-        &state,
-        &actor,
-        &server,
-        "server/high-risk-review",
-        format!("{actor} reviewed the high-risk server {server}"),
-    )
-    .await?;
+    change_high_risk(&state, &actor, &server, HighRiskChange::Review).await?;
     Ok(Json(json!({ "server": server, "reviewed": true })))
 }
 

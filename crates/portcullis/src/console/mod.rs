@@ -84,6 +84,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/console/servers", get(servers::page))
         .route("/console/servers/{name}/permissions", get(policies::permissions))
         .route("/console/servers/{name}/tools", get(tools::page))
+        .route("/console/high-risk", post(servers::high_risk))
+        .route("/console/high-risk/{server}/{action}", post(servers::high_risk))
         .route("/console/servers/{name}/credentials", get(servers::credentials_page).post(servers::rotate))
         .route("/console/servers/{name}/tools/{action}", post(tools::act))
         .route("/console/policies", get(policies::policies))

@@ -108,6 +108,9 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         ));
         content.push(note("hint", "Credentials are stored encrypted and never shown; only their names are listed."));
     }
+    let may_change = signed.account.admin_roles.iter().any(|role| role.can(crate::registry::Power::ManageServers));
+    let names: Vec<String> = servers.iter().map(|server| server.name.clone()).collect();
+    content.push(high_risk_section(&high_risk, &names, &csrf_token, may_change));
     respond(signed, &csrf_token, set, "Servers", content)
 }
 
@@ -236,4 +239,106 @@ pub async fn rotate(
     };
     content.push(super::html::link("/console/servers", "Back to the servers"));
     respond(signed, &csrf_token, set, &format!("Credentials of {name}"), content)
+}
+
+/// The high-risk list under the servers: each listed server's reason, last review and when
+/// the next quarterly review is due, with Review / Remove, and a form to add one (IT admins).
+fn high_risk_section(
+    high_risk: &[crate::store::requests::HighRisk],
+    servers: &[String],
+    csrf: &str,
+    may_change: bool,
+) -> Html {
+    let esc = super::html::esc;
+    let now = crate::store::now_ms();
+    let mut out = String::from("<h2>High-risk list</h2>");
+    if high_risk.is_empty() {
+        out.push_str("<p class=\"hint\">No server is on the high-risk list.</p>");
+    } else {
+        out.push_str("<table><thead><tr><th scope=\"col\">Server</th><th scope=\"col\">Why</th><th scope=\"col\">Last review</th><th scope=\"col\">Next review</th><th scope=\"col\"></th></tr></thead><tbody>");
+        for entry in high_risk {
+            let due = entry.reviewed_at + crate::api::requests::REVIEW_EVERY_MS;
+            let next = if now > due {
+                format!("<span class=\"overdue\">overdue since {}</span>", esc(&crate::time::iso_time(due)))
+            } else {
+                esc(&crate::time::iso_time(due))
+            };
+            let actions = if may_change {
+                let button = |action: &str, label: &str| {
+                    format!(
+                        "<form method=\"post\" action=\"/console/high-risk/{}/{action}\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">{label}</button></form>",
+                        esc(&super::url_encode(&entry.server)),
+                        esc(csrf)
+                    )
+                };
+                format!("{}{}", button("review", "Record review"), button("remove", "Remove"))
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{} <span class=\"hint\">({} on {})</span></td><td>{}</td><td>{next}</td><td>{actions}</td></tr>",
+                esc(&entry.server),
+                esc(&entry.note),
+                esc(&entry.marked_by),
+                esc(&crate::time::iso_time(entry.marked_at)),
+                esc(&crate::time::iso_time(entry.reviewed_at)),
+            ));
+        }
+        out.push_str("</tbody></table>");
+    }
+    if may_change && !servers.is_empty() {
+        out.push_str(&format!(
+            "<form method=\"post\" action=\"/console/high-risk\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><label for=\"risk-server\">Add a server</label><select id=\"risk-server\" name=\"server\">",
+            esc(csrf)
+        ));
+        for server in servers {
+            out.push_str(&format!("<option>{}</option>", esc(server)));
+        }
+        out.push_str("</select><label for=\"risk-note\">Why it is high-risk</label><input id=\"risk-note\" name=\"note\" required><button type=\"submit\">Add to the high-risk list</button></form>");
+    }
+    Html::trusted(out)
+}
+
+/// `POST /console/high-risk` (add) and `/console/high-risk/{server}/{review|remove}`.
+pub async fn high_risk(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Option<axum::extract::Path<(String, String)>>,
+    axum::extract::Form(form): axum::extract::Form<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    use crate::api::requests::{HighRiskChange, change_high_risk};
+    let signed = match super::require_form(&state, &headers, &form).await {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    let (server, change) = match path {
+        Some(axum::extract::Path((server, action))) => match action.as_str() {
+            "review" => (server, Some(HighRiskChange::Review)),
+            "remove" => (server, Some(HighRiskChange::Unmark)),
+            _ => (server, None),
+        },
+        None => (
+            form.get("server").cloned().unwrap_or_default(),
+            Some(HighRiskChange::Mark(form.get("note").cloned().unwrap_or_default())),
+        ),
+    };
+    let result = match change {
+        _ if !signed.account.admin_roles.iter().any(|role| role.can(crate::registry::Power::ManageServers)) => {
+            Err("Only IT admins change the high-risk list.".to_owned())
+        }
+        None => Err("Unknown action.".to_owned()),
+        Some(change) => {
+            change_high_risk(&state, &signed.account.email, &server, change).await.map_err(|error| error.to_string())
+        }
+    };
+    match result {
+        Ok(()) => super::redirect("/console/servers"),
+        Err(problem) => {
+            let (csrf_token, set) = csrf(&state, &headers);
+            let mut content = Html::new();
+            content.push(note("error", &problem));
+            content.push(super::html::link("/console/servers", "Back to the servers"));
+            respond(signed, &csrf_token, set, "High-risk list not changed", content)
+        }
+    }
 }

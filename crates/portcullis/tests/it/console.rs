@@ -672,3 +672,35 @@ async fn admins_write_rules_in_the_console_without_writing_cedar() {
     assert_eq!(refused.status, 403);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn it_admins_keep_the_high_risk_list_in_the_console() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &[])).await;
+    let mut browser = signed_in_admin(&gw, "it@example.com", "it-admin").await;
+    let servers = browser.get("/console/servers").await;
+    assert!(servers.body.contains("No server is on the high-risk list."), "{}", servers.body);
+    let csrf = servers.csrf();
+    let short = browser.post("/console/high-risk", &[("csrf", &csrf), ("server", "demo"), ("note", "risky")]).await;
+    assert!(short.body.contains("at least 10 characters"), "{}", short.body);
+    let added = browser
+        .post("/console/high-risk", &[("csrf", &csrf), ("server", "demo"), ("note", "reads customer payment data")])
+        .await;
+    assert_eq!(added.location(), "/console/servers");
+    let servers = browser.get("/console/servers").await;
+    assert!(
+        servers.body.contains("reads customer payment data") && servers.body.contains("Record review"),
+        "{}",
+        servers.body
+    );
+    assert!(servers.body.contains("high risk: reads customer payment data"), "shown in the list: {}", servers.body);
+    let reviewed = browser.post("/console/high-risk/demo/review", &[("csrf", &csrf)]).await;
+    assert_eq!(reviewed.location(), "/console/servers");
+    let removed = browser.post("/console/high-risk/demo/remove", &[("csrf", &csrf)]).await;
+    assert_eq!(removed.location(), "/console/servers");
+    assert!(browser.get("/console/servers").await.body.contains("No server is on the high-risk list."));
+    let events = gw.audit().await;
+    for method in ["server/high-risk", "server/high-risk-review", "server/low-risk"] {
+        assert!(events.iter().any(|event| event.method == method), "no {method} event");
+    }
+}

@@ -250,6 +250,20 @@ async fn duplicates_are_flagged_and_access_is_requested_instead() {
     // An open request for the same server is not repeated.
     assert_eq!(ann.send(Method::POST, "/requests", Some(demo_request("my-demo"))).await.0, 409);
 
+    // A catalog entry made into a server before is the same server, whatever its settings.
+    let files = |name: &str, root: &str| {
+        json!({"kind": "catalog", "catalog": "filesystem", "name": name, "settings": {"ROOT_DIRECTORY": root},
+               "justification": justification()})
+    };
+    let (status, body) = root.send(Method::POST, "/requests", Some(files("team-files", "/srv/team"))).await;
+    assert_eq!((status, body["request"]["tier"].as_str()), (201, Some("high-risk")), "{body}");
+    let first = body["request"]["id"].as_str().unwrap().to_owned();
+    let approval = json!({"checklist": all_checked()});
+    assert_eq!(root.send(Method::POST, &format!("/requests/{first}/approve"), Some(approval)).await.0, 200);
+    let (status, body) = ann.send(Method::POST, "/requests", Some(files("my-files", "/home/ann"))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["request"]["duplicate_of"], "team-files", "{body}");
+
     // Access to the active server: approved with a group rule, no checklist needed.
     let access = json!({"kind": "access", "access_to": "demo", "justification": justification()});
     // IT admins change the review targets; a target that is not a duration is refused.
