@@ -14,6 +14,9 @@
 //!   notification to the IT admins are raised once per new definition. Items the server no
 //!   longer offers simply disappear.
 //!
+//! A server with per-user OAuth is read with the account of the last person who listed it
+//! (listing only), since it answers nobody anonymously.
+//!
 //! Lists are judged by the definition in the answer; calls (`tools/call`, `prompts/get`) by
 //! the pins in the snapshot: a held or never-approved name is refused. Until a server's first
 //! pinning completes its items pass (the server was just approved or added by an admin).
@@ -212,6 +215,9 @@ pub struct PinWriter {
     /// (server, kind, name, hash) already handed over, and servers being pinned.
     sent: Mutex<HashSet<(String, ItemKind, String, String)>>,
     pinning: Mutex<HashSet<String>>,
+    /// For servers with per-user OAuth: the last person who listed them, whose account the
+    /// gateway's own reads (first pinning, re-checks) use.
+    readers: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -226,7 +232,13 @@ impl std::fmt::Debug for Job {
 impl Default for PinWriter {
     fn default() -> PinWriter {
         let (sender, receiver) = mpsc::channel(256);
-        PinWriter { sender, receiver: Mutex::new(Some(receiver)), sent: Mutex::default(), pinning: Mutex::default() }
+        PinWriter {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            sent: Mutex::default(),
+            pinning: Mutex::default(),
+            readers: Mutex::default(),
+        }
     }
 }
 
@@ -270,6 +282,20 @@ impl PinWriter {
         });
     }
 
+    /// Someone whose account can read `server` (a server with per-user OAuth) listed it.
+    fn reader(&self, server: &str, user_id: &str) {
+        if let Ok(mut readers) = self.readers.lock()
+            && readers.get(server).is_none_or(|known| known != user_id)
+        {
+            readers.insert(server.to_owned(), user_id.to_owned());
+        }
+    }
+
+    /// Who can read `server` for the gateway, if it needs someone's account.
+    fn reader_of(&self, server: &str) -> Option<String> {
+        self.readers.lock().ok()?.get(server).cloned()
+    }
+
     /// A list answer came from a server that has no pins yet.
     pub fn unpinned(&self, server: &str) {
         let Ok(mut pinning) = self.pinning.lock() else { return };
@@ -301,11 +327,16 @@ impl PinWriter {
 pub fn filter_answer(
     state: &AppState,
     snapshot: &crate::snapshot::Snapshot,
-    server: &str,
+    entry: &crate::snapshot::ServerEntry,
     method: &str,
     answer: &mut Value,
 ) -> usize {
+    let server = entry.server.name.as_str();
     let Some((kind, list_key, name_key)) = ItemKind::of_list(method) else { return 0 };
+    // A server with per-user OAuth can only be read with someone's account: remember whose.
+    if let Some(user) = &entry.user {
+        state.pins.reader(server, user);
+    }
     let Some(entries) =
         answer.get_mut("result").and_then(|result| result.get_mut(list_key)).and_then(Value::as_array_mut)
     else {
@@ -428,9 +459,15 @@ pub struct CheckReport {
 /// everything when it has none, hold what differs otherwise.
 pub async fn check(state: &AppState, server: &str, how: &str) -> Result<CheckReport, StoreError> {
     let snapshot = state.snapshot.current().map_err(|_| StoreError::Open("the snapshot is stale".into()))?;
-    let Some(entry) = snapshot.servers.get(server).cloned() else {
+    let Some(mut entry) = snapshot.servers.get(server).cloned() else {
         return Err(StoreError::NotFound(format!("no server is named {server:?}")));
     };
+    // A server with per-user OAuth is read with the account of someone who uses it.
+    if entry.server.oauth.is_some()
+        && let Some(user) = state.pins.reader_of(server)
+    {
+        entry = std::sync::Arc::new(entry.for_user(&user));
+    }
     let (progress, _) = tokio::sync::watch::channel("starting");
     let result = crate::conntest::run(&state.upstreams, &entry, "portcullis", &progress).await;
     let mut report = CheckReport {

@@ -845,13 +845,7 @@ impl Finish {
             let server = &self.entry.server.name;
             self.state.known_tools.seen(server, self.snapshot.tools.get(server), tools);
         }
-        let held = crate::pinning::filter_answer(
-            &self.state,
-            &self.snapshot,
-            &self.entry.server.name,
-            &self.method,
-            &mut value,
-        );
+        let held = crate::pinning::filter_answer(&self.state, &self.snapshot, &self.entry, &self.method, &mut value);
         let hidden = held
             + self.filter.as_ref().map_or(0, |(caller, origin)| {
                 let server = self.entry.server.name.as_str();

@@ -500,6 +500,19 @@ async fn a_person_connects_their_own_account_to_an_upstream_that_uses_oauth() {
     client.initialize().await;
     assert_eq!(client.tool_names().await, ["echo", "add"]);
     assert_eq!(text_of(&client.call_tool("echo", json!({"message": "as ann"})).await), "as ann");
+    // The gateway pins the server's tools, reading it with the account of someone who uses it.
+    let mut pinned = Vec::new();
+    for _ in 0..100 {
+        let mut connection = gw.store().pool.acquire().await.unwrap();
+        pinned = portcullis::store::pins::list(&mut connection, Some("remote")).await.unwrap();
+        if !pinned.is_empty() {
+            break;
+        }
+        drop(connection);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let names: Vec<&str> = pinned.iter().map(|pin| pin.name.as_str()).collect();
+    assert_eq!(names, ["add", "echo"], "pinned through ann's account");
     let upstream_events = upstream.audit().await;
     assert!(
         upstream_events.iter().any(|event| event.method == "tools/call" && event.principal == "ann@example.com"),
