@@ -22,6 +22,10 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// How many drafts and pending requests one person may have at once (an inbox is not a
+/// place to flood).
+pub const MAX_OPEN_REQUESTS: i64 = 20;
+
 /// A request as the form or the API gives it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +227,20 @@ async fn build(
         50,
     )
     .await?;
+    let mine = store::requests::list(
+        &mut connection,
+        &store::requests::Filter { requester_id: Some(user.id.clone()), ..Default::default() },
+        MAX_OPEN_REQUESTS + 50,
+    )
+    .await?;
+    let open_count =
+        mine.iter().filter(|other| other.id != id && matches!(other.state, State::Draft | State::Pending)).count();
+    if open_count as i64 >= MAX_OPEN_REQUESTS {
+        return Err(ApiError::Conflict(format!(
+            "you have {open_count} open requests (drafts and pending); withdraw some or wait for decisions before \
+             asking for more"
+        )));
+    }
     if let Some(open) = open.iter().find(|other| other.id != id && matches!(other.state, State::Draft | State::Pending))
     {
         return Err(ApiError::Conflict(format!(

@@ -535,6 +535,21 @@ fn transport_security(subject: &Subject<'_>) -> Finding {
     };
     let host = url.host_str().unwrap_or("");
     let internal = internal_host(host);
+    let link_local = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => host == "metadata.google.internal",
+    };
+    if link_local {
+        return finding(
+            id,
+            section,
+            title,
+            Level::Fail,
+            format!("{host} is a link-local address, where cloud metadata services live — not an MCP server"),
+            vec![format!("url: {}", crate::store::redact_url(url.as_str()))],
+        );
+    }
     if url.scheme() == "http" {
         if internal {
             return finding(
@@ -897,6 +912,9 @@ mod tests {
         assert_eq!(level(&run(&external, None, &[]), "tls").0, Level::Fail);
         external.url = Some("http://10.1.2.3/mcp".into());
         assert_eq!(level(&run(&external, None, &[]), "tls").0, Level::Review);
+        external.url = Some("http://169.254.169.254/latest/meta-data".into());
+        let (found, evidence) = level(&run(&external, None, &[]), "tls");
+        assert_eq!(found, Level::Fail, "{evidence:?}");
         let test = test_with(vec![
             json!({"name": "run_shell", "description": "Run a shell command."}),
             json!({"name": "open", "inputSchema": {"properties": {"path": {"type": "string"}}}}),

@@ -499,3 +499,21 @@ async fn credentials_rotate_without_downtime() {
     gw.stop().await;
     upstream.stop().await;
 }
+
+#[tokio::test]
+async fn one_person_cannot_flood_the_inbox() {
+    let gw = TestGateway::start().await;
+    gw.apply(PEOPLE).await;
+    let ann = Api::new(&gw, &gw.api_key("ann@example.com").await);
+    for index in 0..portcullis::lifecycle::MAX_OPEN_REQUESTS {
+        let mut draft = demo_request(&format!("notes-{index}"));
+        draft["submit"] = json!(false);
+        draft["server"]["args"] = json!(["demo-server", format!("--copy={index}")]);
+        let (status, body) = ann.send(Method::POST, "/requests", Some(draft)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = ann.send(Method::POST, "/requests", Some(demo_request("one-more"))).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("20 open requests"), "{body}");
+    gw.stop().await;
+}
