@@ -704,3 +704,77 @@ async fn it_admins_keep_the_high_risk_list_in_the_console() {
         assert!(events.iter().any(|event| event.method == method), "no {method} event");
     }
 }
+
+/// The request form in the console for catalog and access requests, and the duplicate
+/// warning that offers an access request instead.
+#[tokio::test]
+async fn employees_request_catalog_servers_and_access_in_the_console() {
+    let gw = TestGateway::start().await;
+    gw.apply(&demo_server_toml("demo", &[])).await;
+    gw.apply("[[users]]\nemail = \"ann@example.com\"\n").await;
+    portcullis::cli::set_password(gw.store(), "ann@example.com", "employee passphrase 42").await.unwrap();
+    let mut browser = Browser::new(&gw);
+    let login = browser.get("/login").await;
+    browser
+        .post(
+            "/login",
+            &[("csrf", &login.csrf()), ("email", "ann@example.com"), ("password", "employee passphrase 42")],
+        )
+        .await;
+    let justification = [
+        ("why", "Marketing needs web search for market research."),
+        ("use_case", "Search competitors' announcements."),
+        ("expected_value", "Faster weekly reports."),
+        ("alternatives", "No active server searches the web."),
+    ];
+
+    // A catalog server: the form asks for the entry's settings; a missing one is explained.
+    let form = browser.get("/console/requests/new?kind=catalog&catalog=brave-search").await;
+    assert!(form.body.contains("BRAVE_API_KEY"), "{}", form.body);
+    let csrf = form.csrf();
+    let mut fields =
+        vec![("csrf", csrf.as_str()), ("kind", "catalog"), ("catalog", "brave-search"), ("intent", "submit")];
+    fields.extend(justification);
+    let missing = browser.post("/console/requests", &fields).await;
+    assert!(missing.body.contains("needs the setting BRAVE_API_KEY"), "{}", missing.body);
+    fields.push(("settings", "BRAVE_API_KEY=bsa-secret-value"));
+    let created = browser.post("/console/requests", &fields).await;
+    assert_eq!(created.status, 303, "{}", created.body);
+    let page = browser.get(created.location()).await;
+    assert!(page.body.contains("<dd>pending</dd>") && page.body.contains("BRAVE_API_KEY = ••••"), "{}", page.body);
+    assert!(!page.body.contains("bsa-secret-value"), "secrets are never shown");
+
+    // The same command as the active demo server: the form offers access instead.
+    let custom = browser.get("/console/requests/new?kind=custom").await;
+    let csrf = custom.csrf();
+    let binary = binary();
+    let mut fields = vec![
+        ("csrf", csrf.as_str()),
+        ("kind", "custom"),
+        ("name", "my-echo"),
+        ("description", "An echo server"),
+        ("transport", "stdio"),
+        ("command", binary),
+        ("args", "demo-server"),
+        ("intent", "submit"),
+    ];
+    fields.extend(justification);
+    let duplicate = browser.post("/console/requests", &fields).await;
+    assert!(duplicate.body.contains("demo is already active"), "{}", duplicate.body);
+    assert!(duplicate.body.contains("/console/requests/new?kind=access&amp;access_to=demo"), "{}", duplicate.body);
+
+    // Access to the active server instead.
+    let access = browser.get("/console/requests/new?kind=access&access_to=demo").await;
+    assert!(access.body.contains("<option value=\"demo\" selected>"), "{}", access.body);
+    let csrf = access.csrf();
+    let mut fields = vec![("csrf", csrf.as_str()), ("kind", "access"), ("access_to", "demo"), ("intent", "submit")];
+    fields.extend(justification);
+    let asked = browser.post("/console/requests", &fields).await;
+    assert_eq!(asked.status, 303, "{}", asked.body);
+    let mine = browser.get("/console/requests").await;
+    assert!(
+        mine.body.contains("My requests") && mine.body.contains(">demo<") && mine.body.contains(">brave-search<"),
+        "{}",
+        mine.body
+    );
+}
