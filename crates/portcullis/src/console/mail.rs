@@ -119,13 +119,14 @@ pub async fn save(
     };
     match result {
         Ok(()) => redirect("/console/settings"),
-        Err(error) => {
-            let (csrf_token, set) = csrf(&state, &headers);
-            let mut content = Html::new();
-            content.push(note("error", &error.to_string()));
-            content.push(link("/console/settings", "Back to the settings"));
-            respond(signed, &csrf_token, set, "Mail server not saved", content)
-        }
+        Err(error) => super::not_done(
+            &state,
+            &headers,
+            signed,
+            "Mail server not saved",
+            &error.to_string(),
+            ("/console/settings", "Back to the settings"),
+        ),
     }
 }
 

@@ -1334,6 +1334,22 @@ async fn require_form(
     require(state, headers).await
 }
 
+/// A page saying why something was not done, with the way back.
+fn not_done(
+    state: &AppState,
+    headers: &HeaderMap,
+    signed: Signed,
+    title: &str,
+    problem: &str,
+    back: (&str, &str),
+) -> Response {
+    let (csrf_token, set) = csrf(state, headers);
+    let mut content = Html::new();
+    content.push(note("error", problem));
+    content.push(link(back.0, back.1));
+    respond(signed, &csrf_token, set, title, content)
+}
+
 /// The admin viewing an admin page, or the response that turns others away.
 async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<Signed, Response> {
     let signed = require(state, headers).await?;

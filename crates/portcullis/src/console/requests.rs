@@ -1123,11 +1123,8 @@ pub async fn act(
     match result {
         Ok(()) => redirect(&format!("/console/requests/{id}")),
         Err(error) => {
-            let (csrf_token, set) = csrf(&state, &headers);
-            let mut content = Html::new();
-            content.push(note("error", &problem(&error)));
-            content.push(link(&format!("/console/requests/{id}"), "Back to the request"));
-            respond(signed, &csrf_token, set, "Not done", content)
+            let back = format!("/console/requests/{id}");
+            super::not_done(&state, &headers, signed, "Not done", &problem(&error), (&back, "Back to the request"))
         }
     }
 }
@@ -1151,13 +1148,14 @@ pub async fn save_targets(
     };
     match result {
         Ok(()) => redirect("/console/requests"),
-        Err(error) => {
-            let (csrf_token, set) = csrf(&state, &headers);
-            let mut content = Html::new();
-            content.push(note("error", &problem(&error)));
-            content.push(link("/console/requests", "Back to the requests"));
-            respond(signed, &csrf_token, set, "Targets not saved", content)
-        }
+        Err(error) => super::not_done(
+            &state,
+            &headers,
+            signed,
+            "Targets not saved",
+            &problem(&error),
+            ("/console/requests", "Back to the requests"),
+        ),
     }
 }
 

@@ -333,12 +333,13 @@ pub async fn high_risk(
     };
     match result {
         Ok(()) => super::redirect("/console/servers"),
-        Err(problem) => {
-            let (csrf_token, set) = csrf(&state, &headers);
-            let mut content = Html::new();
-            content.push(note("error", &problem));
-            content.push(super::html::link("/console/servers", "Back to the servers"));
-            respond(signed, &csrf_token, set, "High-risk list not changed", content)
-        }
+        Err(problem) => super::not_done(
+            &state,
+            &headers,
+            signed,
+            "High-risk list not changed",
+            &problem,
+            ("/console/servers", "Back to the servers"),
+        ),
     }
 }

@@ -228,11 +228,7 @@ pub async fn act(
     match result {
         Ok(()) => redirect(&back),
         Err(StoreError::Conflict(text) | StoreError::NotFound(text)) => {
-            let (csrf_token, set) = csrf(&state, &headers);
-            let mut content = Html::new();
-            content.push(note("error", &text));
-            content.push(link(&back, "Back"));
-            respond(signed, &csrf_token, set, "Not done", content)
+            super::not_done(&state, &headers, signed, "Not done", &text, (&back, "Back"))
         }
         Err(error) => failure(&error),
     }

@@ -145,6 +145,19 @@ impl Driver {
     }
 }
 
+impl Drop for Driver {
+    /// A test that fails before `stop` would leave its browser running (ChromeDriver dies with
+    /// the test, Chromium does not): end every process of this session's profile.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .arg("-f")
+            .arg(self.profile.display().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
