@@ -15,6 +15,11 @@
 //! - [`audit`]: group-committed audit events.
 //! - [`registry`]: domain types (servers, users, groups, grants, API keys).
 //! - [`apply`]: declarative TOML apply.
+//! - [`catalog`], [`requests`], [`lifecycle`], [`conntest`], [`vetting`]: how a server gets
+//!   into the company — the catalog, requests and their review, the connection test and the
+//!   automated checks.
+//! - [`pinning`]: tool definitions pinned by hash; changed ones held until approved.
+//! - [`notify`]: the in-app inbox and notification mail.
 //! - [`api`]: the REST API and its OpenAPI document.
 //! - [`store`]: all SQL, for SQLite and PostgreSQL.
 //! - [`crypto`]: keys, sealing, hashing.
