@@ -33,6 +33,15 @@ fn user_of(state: &AppState, signed: &Signed) -> Option<Arc<UserEntry>> {
     state.snapshot.current().ok()?.users.get(&signed.account.user_id).cloned()
 }
 
+/// The signed-in person and their snapshot entry, or the response that sends them away.
+async fn signed_user(state: &AppState, headers: &HeaderMap) -> Result<(Signed, Arc<UserEntry>), Response> {
+    let signed = require(state, headers).await?;
+    match user_of(state, &signed) {
+        Some(user) => Ok((signed, user)),
+        None => Err(failure(&StoreError::Open("the registry snapshot is stale".into()))),
+    }
+}
+
 fn problem(error: &ApiError) -> String {
     match error {
         ApiError::Internal(StoreError::Conflict(text) | StoreError::NotFound(text)) => text.clone(),
@@ -71,11 +80,10 @@ pub struct ListQuery {
 
 /// `GET /console/requests`: the person's requests and, for reviewers, the inbox.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Response {
-    let signed = match require(&state, &headers).await {
-        Ok(signed) => signed,
+    let (signed, user) = match signed_user(&state, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
     let reviewer = lifecycle::may_review(&user);
     let loaded = async {
         let mut connection = state.store.pool.acquire().await?;
@@ -569,11 +577,10 @@ pub struct NewQuery {
 
 /// `GET /console/requests/new`: the request form (also for resubmitting and editing a draft).
 pub async fn new(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<NewQuery>) -> Response {
-    let signed = match require(&state, &headers).await {
-        Ok(signed) => signed,
+    let (signed, user) = match signed_user(&state, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
     let (csrf_token, set) = csrf(&state, &headers);
     let (entries, servers) = match form_choices(&state).await {
         Ok(choices) => choices,
@@ -617,11 +624,10 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, Form(form
     if !csrf_ok(&state, &headers, &form.csrf) {
         return csrf_refusal();
     }
-    let signed = match require(&state, &headers).await {
-        Ok(signed) => signed,
+    let (signed, user) = match signed_user(&state, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
     let (csrf_token, set) = csrf(&state, &headers);
     let again = |problem: &str, form: &RequestForm, choices: (Vec<crate::catalog::Entry>, Vec<String>)| {
         let mut content = Html::new();
@@ -707,11 +713,10 @@ fn schema_text(value: Option<&serde_json::Value>) -> String {
 
 /// `GET /console/requests/{id}`: everything about one request, and what the viewer may do.
 pub async fn detail(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let signed = match require(&state, &headers).await {
-        Ok(signed) => signed,
+    let (signed, user) = match signed_user(&state, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
     let (csrf_token, set) = csrf(&state, &headers);
     let request = match lifecycle::visible(&state, &user, &id).await {
         Ok(request) => request,
@@ -1088,11 +1093,13 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    let signed = match super::require_form(&state, &headers, &form).await {
-        Ok(signed) => signed,
+    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return csrf_refusal();
+    }
+    let (signed, user) = match signed_user(&state, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     let result = match action.as_str() {
         "submit" => lifecycle::submit(&state, &user, &id).await.map(|_| ()),
@@ -1135,11 +1142,13 @@ pub async fn save_targets(
     headers: HeaderMap,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    let signed = match super::require_form(&state, &headers, &form).await {
-        Ok(signed) => signed,
+    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return csrf_refusal();
+    }
+    let (signed, user) = match signed_user(&state, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
     let result = if user.can(crate::registry::Power::ManageServers) {
         let changes: BTreeMap<String, String> = form.into_iter().filter(|(key, _)| key != "csrf").collect();
         crate::api::requests::set_targets(&state, &user.email, &changes).await.map(|_| ())
@@ -1233,11 +1242,10 @@ pub struct MetricsQuery {
 /// `GET /console/requests/metrics`: the monthly review, drawn.
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<MetricsQuery>) -> Response {
     use super::charts::{Bar, bars, columns};
-    let signed = match require(&state, &headers).await {
-        Ok(signed) => signed,
+    let (signed, user) = match signed_user(&state, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(user) = user_of(&state, &signed) else { return failure(&StoreError::Open("snapshot".into())) };
     let (csrf_token, set) = csrf(&state, &headers);
     if !lifecycle::may_review(&user) {
         return respond(signed, &csrf_token, set, "Request metrics", note("error", "Request metrics are for admins."));
