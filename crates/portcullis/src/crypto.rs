@@ -148,11 +148,16 @@ impl Sealer {
         fill_random(&mut nonce_bytes);
         let mut out = Vec::with_capacity(12 + plaintext.len() + 16);
         out.extend_from_slice(&nonce_bytes);
-        let mut buffer = plaintext.to_vec();
-        self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce_bytes), aead::Aad::from(context), &mut buffer)
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                aead::Aad::from(context),
+                &mut out[12..],
+            )
             .expect("ChaCha20-Poly1305 sealing does not fail for in-memory sizes");
-        out.extend_from_slice(&buffer);
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -180,9 +185,35 @@ impl Sealer {
     }
 }
 
-/// Fill `bytes` from the operating system's random source.
+/// Fill `bytes` from the operating system's random source. Small requests (nonces, ids,
+/// tokens) are served from a per-thread buffer of its output, refilled a few hundred bytes at
+/// a time: the request path needs a nonce per call, and a system call each would cost more
+/// than the sealing itself.
 pub fn fill_random(bytes: &mut [u8]) {
-    SystemRandom::new().fill(bytes).expect("the operating system random source works");
+    use std::cell::RefCell;
+    const POOL: usize = 512;
+    struct Pool {
+        bytes: [u8; POOL],
+        used: usize,
+    }
+    thread_local! {
+        static BUFFERED: RefCell<Pool> = const { RefCell::new(Pool { bytes: [0; POOL], used: POOL }) };
+    }
+    if bytes.len() > 64 {
+        SystemRandom::new().fill(bytes).expect("the operating system random source works");
+        return;
+    }
+    BUFFERED.with_borrow_mut(|pool| {
+        if POOL - pool.used < bytes.len() {
+            SystemRandom::new().fill(&mut pool.bytes).expect("the operating system random source works");
+            pool.used = 0;
+        }
+        let taken = &mut pool.bytes[pool.used..pool.used + bytes.len()];
+        bytes.copy_from_slice(taken);
+        // Handed out once: wiped so the same bytes can never be given twice.
+        taken.fill(0);
+        pool.used += bytes.len();
+    });
 }
 
 /// A random identifier: `bytes` random bytes as base64url.
@@ -252,6 +283,22 @@ mod tests {
         assert!(keys.secrets.open_text(&sealed, b"ctx").is_err());
         let other = SecretKey::generate().derive();
         assert!(other.session.open_text(&sealed, b"ctx").is_err());
+    }
+
+    #[test]
+    fn buffered_random_bytes_never_repeat() {
+        // 12-byte nonces across several refills of the per-thread buffer: all distinct, and
+        // none of them the zeros a handed-out slot is wiped to.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let mut nonce = [0u8; 12];
+            fill_random(&mut nonce);
+            assert_ne!(nonce, [0u8; 12]);
+            assert!(seen.insert(nonce), "a nonce came out twice");
+        }
+        let mut large = [0u8; 100];
+        fill_random(&mut large);
+        assert!(large.iter().any(|byte| *byte != 0));
     }
 
     #[test]

@@ -252,20 +252,22 @@ impl SqliteShared {
             return Err(AuditUnavailable);
         }
         let bytes = journal::encode(&event);
-        let mut appender = self.journal.lock().map_err(|_| AuditUnavailable)?;
-        let appender = appender.as_mut().ok_or(AuditUnavailable)?;
-        // Appended and queued under the journal's lock, so the queue holds journaled events in
-        // journal order and the position the writer records never skips one still on its way.
-        let mut queue = self.queue.lock().map_err(|_| AuditUnavailable)?;
-        if queue.len() >= QUEUE_LIMIT {
+        if self.queue.lock().map_err(|_| AuditUnavailable)?.len() >= QUEUE_LIMIT {
             tracing::error!("the audit writer is far behind; failing the call closed");
             return Err(AuditUnavailable);
         }
+        // Appended and queued under the journal's lock, so the queue holds journaled events in
+        // journal order and the position the writer records never skips one still on its way.
+        // The queue's own lock is taken only to push: outcomes and the writer thread do not
+        // wait out the `write`.
+        let mut appender = self.journal.lock().map_err(|_| AuditUnavailable)?;
+        let appender = appender.as_mut().ok_or(AuditUnavailable)?;
         let mark = appender.append(&bytes).map_err(|error| {
             tracing::error!(%error, "cannot append to the audit journal; failing the call closed");
             AuditUnavailable
         })?;
         let ticket = self.next_ticket.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut queue = self.queue.lock().map_err(|_| AuditUnavailable)?;
         let was_empty = queue.is_empty();
         queue.push(Op::Journaled(Box::new(event), ticket, mark));
         drop(queue);
@@ -275,54 +277,52 @@ impl SqliteShared {
         Ok(ticket)
     }
 
-    /// Commit until the queue is empty (the writer thread's work).
-    fn drain(&self, state: &mut WriterState) {
-        loop {
-            let Some(mut batch) = self.take() else { return };
-            if batch.is_empty() && state.retry.is_none() {
-                return;
-            }
-            let mut split = split_journaled(&mut batch, state);
-            if state.writer.is_none() {
-                state.writer = store::audit::sqlite_writer::Writer::open(&self.path)
-                    .map_err(|error| tracing::error!(%error, "cannot open the audit store"))
-                    .ok();
-            }
-            let outcome = match state.writer.as_mut() {
-                Some(writer) => writer.commit(&split.inserts, &split.completions, split.mark),
-                None => Err(store::StoreError::Open("no audit connection".into())),
-            };
-            let waiters = std::mem::take(&mut split.waiters);
-            let result = match outcome {
-                Ok(sequence) => {
-                    self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
-                    for (position, ticket) in &split.running {
-                        if let Some(seq) = sequence.get(*position) {
-                            state.running.insert(*ticket, *seq);
-                        }
-                    }
-                    while state.running.len() > RUNNING_LIMIT {
-                        state.running.pop_first();
-                    }
-                    if let Some((generation, _)) = split.mark {
-                        self.delete_journals_below(state, generation);
-                    }
-                    Ok(sequence)
-                }
-                Err(error) => {
-                    // Kept (and journaled) for the next attempt; calls fail closed meanwhile.
-                    tracing::error!(%error, events = split.inserts.len(), "audit commit failed; failing calls closed until it succeeds");
-                    self.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
-                    state.writer = None;
-                    state.retry = Some(split);
-                    Err(AuditUnavailable)
-                }
-            };
-            answer(waiters, &result);
-            if result.is_err() {
-                return;
-            }
+    /// Commit what is queued now, in one transaction (the writer thread's work). What arrives
+    /// meanwhile waits for the next round: going straight on would commit a few events at a
+    /// time under load, each commit rewriting the same index pages (and an outcome that comes a
+    /// moment after its event would cost an update instead of riding along with the insert).
+    fn commit_queued(&self, state: &mut WriterState) {
+        let Some(mut batch) = self.take() else { return };
+        if batch.is_empty() && state.retry.is_none() {
+            return;
         }
+        let mut split = split_journaled(&mut batch, state);
+        if state.writer.is_none() {
+            state.writer = store::audit::sqlite_writer::Writer::open(&self.path)
+                .map_err(|error| tracing::error!(%error, "cannot open the audit store"))
+                .ok();
+        }
+        let outcome = match state.writer.as_mut() {
+            Some(writer) => writer.commit(&split.inserts, &split.completions, split.mark),
+            None => Err(store::StoreError::Open("no audit connection".into())),
+        };
+        let waiters = std::mem::take(&mut split.waiters);
+        let result = match outcome {
+            Ok(sequence) => {
+                self.healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+                for (position, ticket) in &split.running {
+                    if let Some(seq) = sequence.get(*position) {
+                        state.running.insert(*ticket, *seq);
+                    }
+                }
+                while state.running.len() > RUNNING_LIMIT {
+                    state.running.pop_first();
+                }
+                if let Some((generation, _)) = split.mark {
+                    self.delete_journals_below(state, generation);
+                }
+                Ok(sequence)
+            }
+            Err(error) => {
+                // Kept (and journaled) for the next attempt; calls fail closed meanwhile.
+                tracing::error!(%error, events = split.inserts.len(), "audit commit failed; failing calls closed until it succeeds");
+                self.healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+                state.writer = None;
+                state.retry = Some(split);
+                Err(AuditUnavailable)
+            }
+        };
+        answer(waiters, &result);
     }
 
     /// Delete the journal files every event of which is in the database.
@@ -692,7 +692,7 @@ fn sqlite_writer(shared: &SqliteShared, alive: std::sync::Weak<()>) {
         }
         drop(queue);
         let Ok(mut state) = shared.connection.lock() else { return };
-        shared.drain(&mut state);
+        shared.commit_queued(&mut state);
         last_attempt = std::time::Instant::now();
     }
 }
