@@ -48,7 +48,8 @@ struct Histogram {
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(&'static str, String), u64>,
+    /// By method, then outcome (looked up without allocating; a new outcome is added once).
+    requests: BTreeMap<&'static str, BTreeMap<String, u64>>,
     decisions: BTreeMap<&'static str, u64>,
     upstream_errors: BTreeMap<String, u64>,
     /// Per server: did the last exchange with it succeed?
@@ -71,7 +72,13 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn request(&self, method: &str, outcome: &str) {
         if let Ok(mut inner) = self.inner.lock() {
-            *inner.requests.entry((method_label(method), outcome.to_owned())).or_default() += 1;
+            let outcomes = inner.requests.entry(method_label(method)).or_default();
+            match outcomes.get_mut(outcome) {
+                Some(count) => *count += 1,
+                None => {
+                    outcomes.insert(outcome.to_owned(), 1);
+                }
+            }
         }
     }
 
@@ -117,7 +124,11 @@ impl Metrics {
         let Ok(inner) = self.inner.lock() else { return out };
         out.push_str("# HELP portcullis_requests_total MCP messages handled, by method and outcome.\n");
         out.push_str("# TYPE portcullis_requests_total counter\n");
-        for ((method, outcome), count) in &inner.requests {
+        let requests = inner
+            .requests
+            .iter()
+            .flat_map(|(method, outcomes)| outcomes.iter().map(move |(outcome, count)| (method, outcome, count)));
+        for (method, outcome, count) in requests {
             let _ = writeln!(out, "portcullis_requests_total{{method=\"{method}\",outcome=\"{outcome}\"}} {count}");
         }
         out.push_str("# HELP portcullis_decisions_total Authorization decisions, by effect.\n");

@@ -194,7 +194,10 @@ struct SqliteShared {
     path: std::path::PathBuf,
     /// The journal file appended to; `None` when it could not be opened (durable records
     /// then fail closed).
-    journal: std::sync::Mutex<Option<journal::Appender>>,
+    /// An async lock: a call that finds another's `write` under way yields its worker thread
+    /// to other requests instead of putting the thread to sleep (a futex wait and wake each
+    /// time two calls meet, one in six calls at concurrency 32).
+    journal: tokio::sync::Mutex<Option<journal::Appender>>,
     next_ticket: std::sync::atomic::AtomicI64,
     /// The last commit succeeded. While it is false a batch waits to be retried and new calls
     /// fail closed: the journal alone must not run ahead of a store that cannot write.
@@ -247,7 +250,7 @@ impl SqliteShared {
     }
 
     /// Make `event` durable in the journal and queue it for the database; its ticket.
-    fn journal(&self, event: AuditEvent) -> Result<i64, AuditUnavailable> {
+    async fn journal(&self, event: AuditEvent) -> Result<i64, AuditUnavailable> {
         if !self.healthy.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(AuditUnavailable);
         }
@@ -260,7 +263,7 @@ impl SqliteShared {
         // journal order and the position the writer records never skips one still on its way.
         // The queue's own lock is taken only to push: outcomes and the writer thread do not
         // wait out the `write`.
-        let mut appender = self.journal.lock().map_err(|_| AuditUnavailable)?;
+        let mut appender = self.journal.lock().await;
         let appender = appender.as_mut().ok_or(AuditUnavailable)?;
         let mark = appender.append(&bytes).map_err(|error| {
             tracing::error!(%error, "cannot append to the audit journal; failing the call closed");
@@ -471,7 +474,7 @@ impl AuditLog {
                     wake: std::sync::Condvar::new(),
                     connection: std::sync::Mutex::new(WriterState { deleted_below, ..WriterState::default() }),
                     path: path.clone(),
-                    journal: std::sync::Mutex::new(appender),
+                    journal: tokio::sync::Mutex::new(appender),
                     next_ticket: std::sync::atomic::AtomicI64::new(1),
                     healthy: std::sync::atomic::AtomicBool::new(true),
                     _lock: lock,
@@ -519,7 +522,7 @@ impl AuditLog {
     /// the [`Completion`].
     pub async fn record_durable(&self, event: AuditEvent) -> Result<i64, AuditUnavailable> {
         if let Sender::Sqlite(shared) = &self.sender {
-            return shared.journal(event);
+            return shared.journal(event).await;
         }
         let (done, wait) = oneshot::channel();
         if !self.sender.send(Op::Insert(Box::new(event), Some(done))).await {

@@ -160,9 +160,12 @@ impl HttpUpstream {
             headers.insert("mcp-method", value);
         }
         let body = Bytes::from(message.to_bytes());
+        if entry.server.oauth.is_none() {
+            return self.send_request(reqwest::Method::POST, url, headers, body).await;
+        }
         self.authorize(entry, &mut headers).await?;
         let response = self.send_request(reqwest::Method::POST, url.clone(), headers.clone(), body.clone()).await?;
-        if response.status() != reqwest::StatusCode::UNAUTHORIZED || entry.server.oauth.is_none() {
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
         // The person's token was refused: refresh it once and try again; refused again, the
