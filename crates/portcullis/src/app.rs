@@ -198,6 +198,9 @@ impl App {
     /// stop every stdio child.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let App { listener, router, state, .. } = self;
+        if let Some(window) = state.config.busy_poll {
+            crate::busy_poll::start(window);
+        }
         axum::serve(no_delay(listener), router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown)
             .await?;
@@ -241,6 +244,7 @@ fn router(state: AppState) -> Router {
 
 /// DNS-rebinding protection and the early size check, before any handler runs.
 async fn edge_checks(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    crate::busy_poll::touch();
     if let Err(reason) = state.hosts.check(request.headers()) {
         tracing::info!(%reason, "request refused at the edge");
         return (StatusCode::FORBIDDEN, reason).into_response();

@@ -1,11 +1,13 @@
 //! `portcullis bench`: the gateway's overhead, measured against the same upstream called
 //! directly, in one run on one machine.
 //!
-//! It starts three real processes of this binary — the echo upstream (`echo-upstream`, a
+//! It starts four real processes of this binary — the echo upstream (`echo-upstream`, a
 //! stateless Streamable HTTP MCP server), a bare pass-through proxy (`pass-through`: the
 //! gateway's HTTP server and upstream client with nothing in between, the floor any proxy on
-//! this stack pays) and the gateway (`serve`, SQLite store, API key authentication, grant
-//! authorization and durable audit on) — then drives `tools/call` over real MCP sessions, one
+//! this stack pays), the gateway (`serve`, SQLite store, API key authentication, grant
+//! authorization and durable audit on) with its default settings, and the same gateway tuned
+//! for latency on a small host (one worker thread, busy polling; see [`crate::busy_poll`]) —
+//! then drives `tools/call` over real MCP sessions, one
 //! keep-alive connection per worker, at concurrency 1 and 32. Every load targets loopback, is
 //! bounded in time and stops by itself.
 
@@ -208,28 +210,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<Vec<Measurement>> {
 }
 
 async fn run_in(directory: &std::path::Path, settings: &Settings) -> anyhow::Result<Vec<Measurement>> {
-    let data_dir = directory.join("data");
-    let data = data_dir.display().to_string();
-    eprintln!("starting the echo upstream and the gateway (SQLite store in {data})");
+    eprintln!("starting the echo upstream and the gateways (SQLite stores in {})", directory.display());
     let upstream = start(&["echo-upstream", "--listen", "127.0.0.1:0"]).await?;
-    let config_path: PathBuf = directory.join("bench.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[[servers]]\nname = \"echo\"\ntransport = \"streamable-http\"\nurl = \"{}\"\n\
-             [[users]]\nemail = \"bench@example.com\"\n[[grants]]\nserver = \"echo\"\nusers = [\"bench@example.com\"]\n",
-            upstream.url
-        ),
-    )?;
-    let config = crate::config::load(None, [("data_dir", data.clone())].into_iter().collect())?;
-    let keys = config.secret_key()?.derive();
-    let store = crate::store::Store::open(&config.store).await?;
-    crate::apply::apply_file(&store, &keys, &config_path, Default::default()).await?;
-    let key = crate::cli::create_api_key(&store, "bench@example.com", "bench").await?;
-    store.close().await;
+    let (data, key) = prepare_gateway(&directory.join("data"), &upstream.url).await?;
     let gateway = start(&["serve", "--listen", "127.0.0.1:0", "--data-dir", &data]).await?;
     eprintln!("(the gateway runs with its default settings; PORTCULLIS_* variables of this shell apply to it)");
-    let gateway_url = format!("{}/mcp/echo", gateway.url);
+    // The same gateway tuned for latency on a small host: one worker thread (no hand-offs
+    // between threads) that polls its sockets for a millisecond after each request.
+    let (tuned_data, tuned_key) = prepare_gateway(&directory.join("tuned"), &upstream.url).await?;
+    let tuned = start_with_env(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", &tuned_data],
+        &[(TUNED[0].0, TUNED[0].1), (TUNED[1].0, TUNED[1].1)],
+    )
+    .await?;
     let proxy = start(&["pass-through", "--listen", "127.0.0.1:0", "--upstream", &upstream.url]).await?;
 
     let mut results = Vec::new();
@@ -239,13 +232,43 @@ async fn run_in(directory: &std::path::Path, settings: &Settings) -> anyhow::Res
         eprintln!("concurrency {concurrency}: through a bare pass-through proxy …");
         results.push(measure("proxy", &proxy.url, None, concurrency, settings).await?);
         eprintln!("concurrency {concurrency}: through the gateway …");
-        results.push(measure("gateway", &gateway_url, Some(&key), concurrency, settings).await?);
+        results
+            .push(measure("gateway", &format!("{}/mcp/echo", gateway.url), Some(&key), concurrency, settings).await?);
+        eprintln!("concurrency {concurrency}: through the tuned gateway …");
+        let tuned_url = format!("{}/mcp/echo", tuned.url);
+        results.push(measure("tuned", &tuned_url, Some(&tuned_key), concurrency, settings).await?);
     }
     print_table(&results);
+    drop(tuned);
     drop(gateway);
     drop(proxy);
     drop(upstream);
     Ok(results)
+}
+
+/// The settings of the tuned gateway.
+const TUNED: [(&str, &str); 2] = [("PORTCULLIS_WORKER_THREADS", "1"), ("PORTCULLIS_BUSY_POLL_US", "1000")];
+
+/// A gateway store in `data_dir` with the echo server at `upstream`, a user granted it and
+/// an API key for them; the data directory and the key.
+async fn prepare_gateway(data_dir: &std::path::Path, upstream: &str) -> anyhow::Result<(String, String)> {
+    let data = data_dir.display().to_string();
+    std::fs::create_dir_all(data_dir)?;
+    let config_path: PathBuf = data_dir.join("bench.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[[servers]]\nname = \"echo\"\ntransport = \"streamable-http\"\nurl = \"{upstream}\"\n\
+             [[users]]\nemail = \"bench@example.com\"\n[[grants]]\nserver = \"echo\"\nusers = [\"bench@example.com\"]\n"
+        ),
+    )?;
+    let config = crate::config::load(None, [("data_dir", data.clone())].into_iter().collect())?;
+    let keys = config.secret_key()?.derive();
+    let store = crate::store::Store::open(&config.store).await?;
+    crate::apply::apply_file(&store, &keys, &config_path, Default::default()).await?;
+    let key = crate::cli::create_api_key(&store, "bench@example.com", "bench").await?;
+    store.close().await;
+    Ok((data, key))
 }
 
 /// Headers a pass-through forwards, both ways.
@@ -315,8 +338,8 @@ fn print_table(results: &[Measurement]) {
         );
     }
     println!();
-    for run in results.chunks(3) {
-        if let [direct, proxy, gateway] = run {
+    for run in results.chunks(4) {
+        if let [direct, proxy, gateway, tuned] = run {
             println!(
                 "concurrency {:>2}: gateway adds {:.0} µs at p50 and {:.0} µs at p99; throughput {:.0}% of direct",
                 direct.concurrency,
@@ -331,6 +354,16 @@ fn print_table(results: &[Measurement]) {
                 proxy.p99_us - direct.p99_us,
                 100.0 * proxy.throughput() / direct.throughput(),
                 gateway.p50_us - proxy.p50_us
+            );
+            println!(
+                "                (tuned for latency — {}={}, {}={} — it adds {:.0} µs at p50 and {:.0} µs at p99, {:.0}% of direct)",
+                TUNED[0].0,
+                TUNED[0].1,
+                TUNED[1].0,
+                TUNED[1].1,
+                tuned.p50_us - direct.p50_us,
+                tuned.p99_us - direct.p99_us,
+                100.0 * tuned.throughput() / direct.throughput()
             );
         }
     }

@@ -39,6 +39,10 @@ const SETTINGS: &[Setting] = &[
     Setting { key: "replica_url", help: "URL other replicas use to reach this one (stdio session forwarding)" },
     Setting { key: "worker_threads", help: "threads serving requests (default: one per CPU core)" },
     Setting {
+        key: "busy_poll_us",
+        help: "keep polling sockets this many microseconds after each request instead of sleeping (default: 0, off)",
+    },
+    Setting {
         key: "oauth_redirect_schemes",
         help: "comma-separated private-use URI schemes MCP clients may register as OAuth redirects, e.g. cursor,vscode (default: any)",
     },
@@ -147,6 +151,8 @@ pub struct Config {
     pub child_home: String,
     /// Threads of the async runtime; `None` means one per CPU core.
     pub worker_threads: Option<usize>,
+    /// Keep polling sockets this long after each request (see `busy_poll`); `None`: off.
+    pub busy_poll: Option<Duration>,
     /// The process environment names an HTTP proxy (`HTTP_PROXY`, `ALL_PROXY`, …): upstream
     /// requests then all go through the client that honours it.
     pub environment_proxy: bool,
@@ -570,6 +576,13 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         threads if threads > 1024 => return Err(invalid("worker_threads", "must be at most 1024")),
         threads => Some(threads as usize),
     };
+    let busy_poll = match parse_number("busy_poll_us", 0)? {
+        0 => None,
+        micros if micros > 100_000 => {
+            return Err(invalid("busy_poll_us", "must be at most 100000 (0.1 s); a few hundred to 1000 is typical"));
+        }
+        micros => Some(Duration::from_micros(micros)),
+    };
     let replica_url = get("replica_url").map(|(_, value)| value.trim_end_matches('/').to_owned());
     let oidc = oidc_config(&get, &invalid)?;
     Ok(Config {
@@ -594,6 +607,7 @@ fn resolve(layers: &[(&str, RawSettings)]) -> Result<Config, ConfigError> {
         replica_url,
         child_home: "/tmp".to_owned(),
         worker_threads,
+        busy_poll,
         oidc,
         environment_proxy: false,
     })
@@ -746,6 +760,10 @@ mod tests {
             r#"test: secret_key = "***" is not valid: the secret key must be 32 random bytes written as 64 hex digits or 43 base64url characters (generate one with: portcullis secret-key generate)"#,
         );
         check(&[("log_format", "xml")], r#"test: log_format = "xml" is not valid: expected text or json"#);
+        check(
+            &[("busy_poll_us", "500000")],
+            r#"test: busy_poll_us = "500000" is not valid: must be at most 100000 (0.1 s); a few hundred to 1000 is typical"#,
+        );
         check(
             &[("oauth_redirect_schemes", "cursor, javascript")],
             r#"test: oauth_redirect_schemes = "cursor, javascript" is not valid: "javascript" is not a private-use URI scheme (list names like cursor,vscode without "://")"#,

@@ -35,6 +35,7 @@ pub mod apply;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod busy_poll;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -429,9 +429,15 @@ async fn an_upstream_that_answers_garbage_gets_a_clear_error() {
 
 /// `portcullis serve` on `data_dir`, once it listens: the process and its base URL.
 async fn serve(data_dir: &str) -> (tokio::process::Child, String) {
+    serve_with(data_dir, &[]).await
+}
+
+/// [`serve`] with extra environment variables.
+async fn serve_with(data_dir: &str, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
     let mut gateway = tokio::process::Command::new(binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -443,6 +449,58 @@ async fn serve(data_dir: &str) -> (tokio::process::Child, String) {
     // Keep reading: the gateway prints more (the first-run link), and a closed pipe would end it.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (gateway, base)
+}
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// With busy polling on (and one worker thread, the tuned set-up of the benchmark) calls work
+/// as usual, also after the polling went idle, and an idle gateway stops polling: it does not
+/// keep a core busy once requests stop.
+#[tokio::test]
+async fn busy_polling_serves_calls_and_stops_when_idle() {
+    let dir = std::env::temp_dir().join(format!("portcullis-busy-{}", portcullis::crypto::new_id()));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("servers.toml"), demo_server_toml("demo", &["ann@example.com"])).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let applied = std::process::Command::new(binary())
+        .args(["apply", "--data-dir", data_arg, "-f", dir.join("servers.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(applied.status.success());
+    let created = std::process::Command::new(binary())
+        .args(["api-key", "create", "--data-dir", data_arg, "--user", "ann@example.com"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(created.stdout).unwrap().lines().last().unwrap().to_owned();
+    let env = [("PORTCULLIS_WORKER_THREADS", "1"), ("PORTCULLIS_BUSY_POLL_US", "2000")];
+    let (mut gateway, base) = serve_with(data_arg, &env).await;
+    let pid = gateway.id().unwrap();
+    let mut client = McpClient::new(format!("{base}/mcp/demo"), Some(key));
+    assert_eq!(client.initialize().await.status, 200);
+    for round in 0..20 {
+        let reply = client.call_tool("echo", json!({"message": format!("call {round}")})).await;
+        assert_eq!(text_of(&reply), format!("call {round}"));
+    }
+    // Past the window the polling sleeps; the next call wakes it and is answered.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let reply = client.call_tool("echo", json!({"message": "after a pause"})).await;
+    assert_eq!(text_of(&reply), "after a pause");
+    // Idle for a second: a loop that kept polling would use about a second of CPU.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 30, "an idle gateway used {used} clock ticks in a second: busy polling did not stop");
+    gateway.start_kill().unwrap();
+    gateway.wait().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
