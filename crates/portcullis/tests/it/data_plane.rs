@@ -451,6 +451,26 @@ async fn serve_with(data_dir: &str, env: &[(&str, &str)]) -> (tokio::process::Ch
     (gateway, base)
 }
 
+/// A data directory `dir/data` set up through the CLI, as an operator would: the demo server
+/// for ann@example.com (`apply`) and her API key (`api-key create`); the directory and the key.
+fn demo_data_dir(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("servers.toml"), demo_server_toml("demo", &["ann@example.com"])).unwrap();
+    let data_arg = data.to_str().unwrap();
+    let applied = std::process::Command::new(binary())
+        .args(["apply", "--data-dir", data_arg, "-f", dir.join("servers.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(applied.status.success());
+    let created = std::process::Command::new(binary())
+        .args(["api-key", "create", "--data-dir", data_arg, "--user", "ann@example.com"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(created.stdout).unwrap().lines().last().unwrap().to_owned();
+    (data, key)
+}
+
 /// CPU time (user + system, in clock ticks) the process `pid` has used.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -465,20 +485,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test]
 async fn busy_polling_serves_calls_and_stops_when_idle() {
     let dir = std::env::temp_dir().join(format!("portcullis-busy-{}", portcullis::crypto::new_id()));
-    let data = dir.join("data");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("servers.toml"), demo_server_toml("demo", &["ann@example.com"])).unwrap();
+    let (data, key) = demo_data_dir(&dir);
     let data_arg = data.to_str().unwrap();
-    let applied = std::process::Command::new(binary())
-        .args(["apply", "--data-dir", data_arg, "-f", dir.join("servers.toml").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(applied.status.success());
-    let created = std::process::Command::new(binary())
-        .args(["api-key", "create", "--data-dir", data_arg, "--user", "ann@example.com"])
-        .output()
-        .unwrap();
-    let key = String::from_utf8(created.stdout).unwrap().lines().last().unwrap().to_owned();
     let env = [("PORTCULLIS_WORKER_THREADS", "1"), ("PORTCULLIS_BUSY_POLL_US", "2000")];
     let (mut gateway, base) = serve_with(data_arg, &env).await;
     let pid = gateway.id().unwrap();
@@ -506,20 +514,8 @@ async fn busy_polling_serves_calls_and_stops_when_idle() {
 #[tokio::test]
 async fn an_acknowledged_call_survives_a_killed_gateway() {
     let dir = std::env::temp_dir().join(format!("portcullis-crash-{}", portcullis::crypto::new_id()));
-    let data = dir.join("data");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("servers.toml"), demo_server_toml("demo", &["ann@example.com"])).unwrap();
+    let (data, key) = demo_data_dir(&dir);
     let data_arg = data.to_str().unwrap();
-    let applied = std::process::Command::new(binary())
-        .args(["apply", "--data-dir", data_arg, "-f", dir.join("servers.toml").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(applied.status.success());
-    let created = std::process::Command::new(binary())
-        .args(["api-key", "create", "--data-dir", data_arg, "--user", "ann@example.com"])
-        .output()
-        .unwrap();
-    let key = String::from_utf8(created.stdout).unwrap().lines().last().unwrap().to_owned();
     let (mut gateway, base) = serve(data_arg).await;
     // A second process on the same SQLite store is refused at start, with the reason.
     let second = std::process::Command::new(binary())
