@@ -46,21 +46,32 @@ pub fn start(window: Duration) {
     }
     tokio::spawn(async move {
         loop {
-            let now = activity.since.elapsed().as_micros() as u64;
-            if now.saturating_sub(activity.last.load(Ordering::Relaxed)) < activity.window {
+            if activity.recent() {
                 tokio::task::yield_now().await;
-            } else {
-                activity.idle.store(true, Ordering::SeqCst);
+                continue;
+            }
+            activity.idle.store(true, Ordering::SeqCst);
+            // A request that came between the check and the flag found the loop not idle and
+            // did not wake it: look once more before sleeping.
+            if !activity.recent() {
                 activity.wake.notified().await;
             }
         }
     });
 }
 
+impl Activity {
+    /// The last request came within the window.
+    fn recent(&self) -> bool {
+        let now = self.since.elapsed().as_micros() as u64;
+        now.saturating_sub(self.last.load(Ordering::SeqCst)) < self.window
+    }
+}
+
 /// A request arrived: poll for the window from now.
 pub fn touch() {
     let Some(activity) = ACTIVITY.get() else { return };
-    activity.last.store(activity.since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    activity.last.store(activity.since.elapsed().as_micros() as u64, Ordering::SeqCst);
     if activity.idle.swap(false, Ordering::SeqCst) {
         // A stored permit if the loop is not waiting yet: it then goes on at once.
         activity.wake.notify_one();
