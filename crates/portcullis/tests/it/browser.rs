@@ -267,13 +267,23 @@ async fn sign_out(browser: &Driver) {
 
 /// Wait until the page (which may reload itself) contains `text`.
 async fn wait_for_text(browser: &Driver, text: &str) -> String {
+    wait_until(browser, |source| source.contains(text), &format!("never saw {text:?}")).await
+}
+
+/// Wait until the page no longer shows `text`; the page then.
+async fn wait_without_text(browser: &Driver, text: &str) -> String {
+    wait_until(browser, |source| !source.contains(text), &format!("{text:?} never went away")).await
+}
+
+/// Poll the page for up to 40 s until `done` holds; the page then. Fails with `failure`.
+async fn wait_until(browser: &Driver, done: impl Fn(&str) -> bool, failure: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     loop {
         let source = browser.source().await;
-        if source.contains(text) {
+        if done(&source) {
             return source;
         }
-        assert!(std::time::Instant::now() < deadline, "never saw {text:?}; the page is: {source}");
+        assert!(std::time::Instant::now() < deadline, "{failure}; the page is: {source}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -387,8 +397,10 @@ async fn a_server_is_requested_reviewed_approved_pinned_and_rejected_in_a_real_b
     let page = wait_for_text(&browser, "Held for review").await;
     assert!(page.contains("id_rsa") && page.contains("class=\"added\""), "the diff shows the change: {page}");
     browser.click("form[action$='/tools/approve'] button").await;
-    wait_for_text(&browser, "Pinned definitions").await;
-    assert!(!browser.source().await.contains("Held for review"));
+    // The approval redirects back to the same page: wait for the held section to go (the
+    // pinned one is on the page before and after).
+    let page = wait_without_text(&browser, "Held for review").await;
+    assert!(page.contains("Pinned definitions"), "{page}");
     assert_eq!(client.tool_names().await, ["lookup", "count"]);
 
     // Another request is rejected with a reason; the employee resubmits and it is approved.
