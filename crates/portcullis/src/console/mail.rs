@@ -3,12 +3,12 @@
 //! Inbox page.
 
 use super::html::{Html, esc, facts, link, note, rich_table};
-use super::{AppState, cell, csrf, failure, html_response, page, redirect, respond};
+use super::{AppState, cell, csrf, failure, redirect, respond};
 use crate::api::ApiError;
-use crate::registry::{AdminRole, Power};
+use crate::registry::Power;
 use crate::store::StoreError;
 use axum::extract::{Form, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -84,10 +84,6 @@ pub async fn section(state: &AppState, csrf: &str) -> Result<Html, StoreError> {
     Ok(content)
 }
 
-fn super_admin_only() -> Response {
-    html_response(StatusCode::FORBIDDEN, page("Settings", None, note("error", "Only super admins change settings.")))
-}
-
 /// `POST /console/settings/email`.
 pub async fn save(
     State(state): State<AppState>,
@@ -95,13 +91,10 @@ pub async fn save(
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    let signed = match super::require_form(&state, &headers, &form).await {
+    let signed = match super::require_super_admin_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !signed.account.admin_roles.contains(&AdminRole::SuperAdmin) {
-        return super_admin_only();
-    }
     let port = field("port").trim().parse::<u16>();
     let result = match port {
         Err(_) => Err(ApiError::BadRequest(format!("the port {:?} is not a number from 1 to 65535", field("port")))),
@@ -137,13 +130,10 @@ pub async fn test(
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    let signed = match super::require_form(&state, &headers, &form).await {
+    let signed = match super::require_super_admin_form(&state, &headers, &form).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !signed.account.admin_roles.contains(&AdminRole::SuperAdmin) {
-        return super_admin_only();
-    }
     let text =
         format!("This is a test message from Portcullis, sent by {}. Mail notifications work.", signed.account.email);
     let result = crate::notify::send_now(&state, &field("to"), "Portcullis test message", &text).await;
@@ -185,16 +175,12 @@ pub async fn preferences(
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    let signed = match super::require_form(&state, &headers, &form).await {
+    let refusal = "Email alerts are for the IT admins who review requests.";
+    let reviewer = super::with_power(Power::ManageServers);
+    let signed = match super::require_form_allowed(&state, &headers, &form, reviewer, refusal).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !signed.account.admin_roles.iter().any(|role| role.can(Power::ManageServers)) {
-        return html_response(
-            StatusCode::FORBIDDEN,
-            page("Not allowed", None, note("error", "Email alerts are for the IT admins who review requests.")),
-        );
-    }
     let value = if field("alerts") == "on" { "true" } else { "false" };
     let saved = async {
         let mut connection = state.store.pool.acquire().await?;

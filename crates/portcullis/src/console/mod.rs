@@ -1334,6 +1334,42 @@ async fn require_form(
     require(state, headers).await
 }
 
+/// [`require_form`] for someone whose admin roles pass `allowed`; anyone else gets a 403 page
+/// saying `refusal`.
+async fn require_form_allowed(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &std::collections::BTreeMap<String, String>,
+    allowed: impl Fn(&[AdminRole]) -> bool,
+    refusal: &str,
+) -> Result<Signed, Response> {
+    let signed = require_form(state, headers, form).await?;
+    if !allowed(&signed.account.admin_roles) {
+        return Err(html_response(StatusCode::FORBIDDEN, page("Not allowed", None, note("error", refusal))));
+    }
+    Ok(signed)
+}
+
+/// [`require_form`] for super admins (deployment settings).
+async fn require_super_admin_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &std::collections::BTreeMap<String, String>,
+) -> Result<Signed, Response> {
+    let super_admin = |roles: &[AdminRole]| roles.contains(&AdminRole::SuperAdmin);
+    require_form_allowed(state, headers, form, super_admin, "Only super admins change settings.").await
+}
+
+/// Admin roles with `power`.
+fn with_power(power: crate::registry::Power) -> impl Fn(&[AdminRole]) -> bool {
+    move |roles| roles.iter().any(|role| role.can(power))
+}
+
+/// Settings are for super admins only.
+fn super_admin_only() -> Response {
+    html_response(StatusCode::FORBIDDEN, page("Settings", None, note("error", "Only super admins change settings.")))
+}
+
 /// A page saying why something was not done, with the way back.
 fn not_done(
     state: &AppState,
@@ -1567,10 +1603,7 @@ async fn settings_page(State(state): State<AppState>, headers: HeaderMap) -> Res
         Err(response) => return response,
     };
     if !signed.account.admin_roles.contains(&AdminRole::SuperAdmin) {
-        return html_response(
-            StatusCode::FORBIDDEN,
-            page("Settings", None, note("error", "Only super admins change settings.")),
-        );
+        return super_admin_only();
     }
     let required = admin_mfa_required(&state).await;
     let (csrf_token, set) = csrf(&state, &headers);
@@ -1650,10 +1683,7 @@ async fn change_settings(
         Err(response) => return response,
     };
     if !signed.account.admin_roles.contains(&AdminRole::SuperAdmin) {
-        return html_response(
-            StatusCode::FORBIDDEN,
-            page("Settings", None, note("error", "Only super admins change settings.")),
-        );
+        return super_admin_only();
     }
     let value = match form.admin_mfa.as_str() {
         "on" => "true",

@@ -42,6 +42,18 @@ async fn signed_user(state: &AppState, headers: &HeaderMap) -> Result<(Signed, A
     }
 }
 
+/// [`signed_user`] for a form post, its CSRF token checked first.
+async fn signed_user_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+) -> Result<(Signed, Arc<UserEntry>), Response> {
+    if !csrf_ok(state, headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return Err(csrf_refusal());
+    }
+    signed_user(state, headers).await
+}
+
 fn problem(error: &ApiError) -> String {
     match error {
         ApiError::Internal(StoreError::Conflict(text) | StoreError::NotFound(text)) => text.clone(),
@@ -1093,10 +1105,7 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return csrf_refusal();
-    }
-    let (signed, user) = match signed_user(&state, &headers).await {
+    let (signed, user) = match signed_user_form(&state, &headers, &form).await {
         Ok(found) => found,
         Err(response) => return response,
     };
@@ -1142,10 +1151,7 @@ pub async fn save_targets(
     headers: HeaderMap,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !csrf_ok(&state, &headers, form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return csrf_refusal();
-    }
-    let (signed, user) = match signed_user(&state, &headers).await {
+    let (signed, user) = match signed_user_form(&state, &headers, &form).await {
         Ok(found) => found,
         Err(response) => return response,
     };

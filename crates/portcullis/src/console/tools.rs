@@ -3,12 +3,12 @@
 //! new definition, with "Approve" per item or for all, and "Check now".
 
 use super::html::{Html, cell, esc, facts, link, note, rich_table};
-use super::{AppState, csrf, failure, html_response, redirect, require_admin, respond};
+use super::{AppState, csrf, failure, redirect, require_admin, respond};
 use crate::registry::Power;
 use crate::store::{self, StoreError};
 use crate::time::iso_time;
 use axum::extract::{Form, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -198,16 +198,12 @@ pub async fn act(
     Path((server, action)): Path<(String, String)>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    let signed = match super::require_form(&state, &headers, &form).await {
+    let refusal = "Only IT admins check and approve server definitions.";
+    let manager = super::with_power(Power::ManageServers);
+    let signed = match super::require_form_allowed(&state, &headers, &form, manager, refusal).await {
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !signed.account.admin_roles.iter().any(|role| role.can(Power::ManageServers)) {
-        return html_response(
-            StatusCode::FORBIDDEN,
-            super::page("Not allowed", None, note("error", "Only IT admins check and approve server definitions.")),
-        );
-    }
     let back = format!("/console/servers/{}/tools", super::url_encode(&server));
     let result = match action.as_str() {
         "check" => crate::pinning::check(&state, &server, "checked by an admin").await.map(|_| ()),
