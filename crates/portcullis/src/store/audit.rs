@@ -245,6 +245,32 @@ pub mod sqlite_writer {
         }
     }
 
+    /// How long the writer thread works before it lets other runnable threads have its CPU.
+    const SLICE: std::time::Duration = std::time::Duration::from_micros(20);
+
+    /// Hands the CPU to whatever else is runnable on it every [`SLICE`] of a batch. A batch of
+    /// a few dozen events takes a few hundred microseconds; on a small host the scheduler
+    /// otherwise lets it run out before the thread it just woke (the upstream, the client, a
+    /// runtime worker with the next message), and that one call waits the whole batch out —
+    /// measured on 2 cores at concurrency 1: p99 +300 µs every fifth millisecond. A yield with
+    /// nothing else to run returns at once, so under load the writer keeps its full share.
+    struct Pace {
+        since: std::time::Instant,
+    }
+
+    impl Pace {
+        fn new() -> Pace {
+            Pace { since: std::time::Instant::now() }
+        }
+
+        fn step(&mut self) {
+            if self.since.elapsed() >= SLICE {
+                std::thread::yield_now();
+                self.since = std::time::Instant::now();
+            }
+        }
+    }
+
     impl Writer {
         pub fn open(path: &Path) -> Result<Writer, StoreError> {
             let connection = rusqlite::Connection::open(path).map_err(failed)?;
@@ -316,7 +342,9 @@ pub mod sqlite_writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
                  ?21)",
             )?;
+            let mut pace = Pace::new();
             for event in inserts {
+                pace.step();
                 sequence.push(insert.insert(rusqlite::params![
                     event.id,
                     event.ts,
@@ -345,6 +373,7 @@ pub mod sqlite_writer {
                 .connection
                 .prepare_cached("UPDATE audit_events SET outcome = ?1, error = ?2, latency_us = ?3 WHERE seq = ?4")?;
             for completion in completions {
+                pace.step();
                 complete.execute(rusqlite::params![
                     completion.outcome,
                     completion.error,
