@@ -106,8 +106,10 @@ pub fn encode(event: &AuditEvent) -> Vec<u8> {
         rules: &event.rules,
         detail: event.detail.as_deref(),
     };
-    // Room for the length in front, so the record is written once.
-    let mut bytes = vec![0; 4];
+    // Room for the length in front, so the record is written once; and for a typical record,
+    // so it is not grown piece by piece.
+    let mut bytes = Vec::with_capacity(1024);
+    bytes.extend_from_slice(&[0; 4]);
     if serde_json::to_writer(&mut bytes, &record).is_err() {
         bytes.truncate(4);
     }

@@ -218,6 +218,8 @@ struct WriterState {
     /// A batch whose commit failed, tried again before anything newer (so the journal position
     /// recorded never passes an event the database does not hold).
     retry: Option<JournaledBatch>,
+    /// The last batch's queue, emptied, put back as the queue at the next take.
+    spare: Vec<Op>,
 }
 
 /// Most running calls remembered; beyond it the oldest are forgotten (their outcome, should it
@@ -285,11 +287,13 @@ impl SqliteShared {
     /// time under load, each commit rewriting the same index pages (and an outcome that comes a
     /// moment after its event would cost an update instead of riding along with the insert).
     fn commit_queued(&self, state: &mut WriterState) {
-        let Some(mut batch) = self.take() else { return };
+        let Some(mut batch) = self.take(std::mem::take(&mut state.spare)) else { return };
         if batch.is_empty() && state.retry.is_none() {
+            state.spare = batch;
             return;
         }
         let mut split = split_journaled(&mut batch, state);
+        state.spare = batch;
         if state.writer.is_none() {
             state.writer = store::audit::sqlite_writer::Writer::open(&self.path)
                 .map_err(|error| tracing::error!(%error, "cannot open the audit store"))
@@ -341,10 +345,12 @@ impl SqliteShared {
         }
     }
 
-    /// Take everything queued, in order (a flush then follows what was queued before it).
-    fn take(&self) -> Option<Vec<Op>> {
+    /// Take everything queued, in order (a flush then follows what was queued before it),
+    /// leaving `spare` (empty, with the room of an earlier batch) for what comes next: callers
+    /// then push without growing the queue under its lock.
+    fn take(&self, spare: Vec<Op>) -> Option<Vec<Op>> {
         let mut queue = self.queue.lock().ok()?;
-        Some(std::mem::take(&mut *queue))
+        Some(std::mem::replace(&mut *queue, spare))
     }
 }
 
@@ -408,14 +414,15 @@ struct JournaledBatch {
 fn split_journaled(batch: &mut Vec<Op>, state: &mut WriterState) -> JournaledBatch {
     // A batch that failed before goes first, with its running calls still open to outcomes.
     let mut split = state.retry.take().unwrap_or_else(|| JournaledBatch {
-        inserts: Vec::new(),
+        inserts: Vec::with_capacity(batch.len()),
         completions: Vec::new(),
         running: Vec::new(),
         mark: None,
         waiters: Vec::new(),
     });
     let mut by_ticket: std::collections::HashMap<i64, usize> =
-        split.running.drain(..).map(|(position, ticket)| (ticket, position)).collect();
+        std::collections::HashMap::with_capacity(split.running.len() + batch.len());
+    by_ticket.extend(split.running.drain(..).map(|(position, ticket)| (ticket, position)));
     let mut completions = Vec::new();
     for op in batch.drain(..) {
         match op {

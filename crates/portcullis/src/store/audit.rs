@@ -253,18 +253,26 @@ pub mod sqlite_writer {
     /// otherwise lets it run out before the thread it just woke (the upstream, the client, a
     /// runtime worker with the next message), and that one call waits the whole batch out —
     /// measured on 2 cores at concurrency 1: p99 +300 µs every fifth millisecond. A yield with
-    /// nothing else to run returns at once, so under load the writer keeps its full share.
+    /// nothing else to run returns at once. Only a batch of at most [`POLITE_BATCH`] yields:
+    /// a larger one means the writer is falling behind, and a writer that gave way to a busy
+    /// CPU all the time would fall further behind until calls fail closed (seen at concurrency
+    /// 32 with a busy-polling worker on the other CPU).
     struct Pace {
         since: std::time::Instant,
+        polite: bool,
     }
 
+    /// The largest batch that yields its CPU (what queues in [`crate::audit`]'s deferral
+    /// window at a few thousand calls a second).
+    const POLITE_BATCH: usize = 128;
+
     impl Pace {
-        fn new() -> Pace {
-            Pace { since: std::time::Instant::now() }
+        fn new(polite: bool) -> Pace {
+            Pace { since: std::time::Instant::now(), polite }
         }
 
         fn step(&mut self) {
-            if self.since.elapsed() >= SLICE {
+            if self.polite && self.since.elapsed() >= SLICE {
                 std::thread::yield_now();
                 self.since = std::time::Instant::now();
             }
@@ -342,7 +350,7 @@ pub mod sqlite_writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
                  ?21)",
             )?;
-            let mut pace = Pace::new();
+            let mut pace = Pace::new(inserts.len() + completions.len() <= POLITE_BATCH);
             for event in inserts {
                 pace.step();
                 sequence.push(insert.insert(rusqlite::params![
