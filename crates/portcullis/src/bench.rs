@@ -32,6 +32,10 @@ pub struct Measurement {
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
+    /// CPU time per successful call over the measured window, in microseconds, of the load
+    /// generator (this process), the upstream and the proxy under test (`None` when calling
+    /// the upstream directly); `None` where `/proc` cannot tell.
+    pub cpu_us: [Option<f64>; 3],
 }
 
 impl Measurement {
@@ -51,6 +55,42 @@ pub struct Settings {
 struct Process {
     child: Child,
     url: String,
+}
+
+impl Process {
+    fn counted(&self) -> Counted {
+        self.child.id().map_or(Counted::Nothing, Counted::Child)
+    }
+}
+
+/// A process whose CPU time a measurement counts.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    /// This one: the load generator.
+    ThisProcess,
+    Child(u32),
+    Nothing,
+}
+
+/// CPU time the process has used so far (all its threads, living and ended), in clock ticks
+/// of 10 ms (Linux's fixed `USER_HZ`); `None` off Linux or once it is gone.
+fn cpu_ticks(process: Counted) -> Option<u64> {
+    let path = match process {
+        Counted::ThisProcess => "/proc/self/stat".to_owned(),
+        Counted::Child(pid) => format!("/proc/{pid}/stat"),
+        Counted::Nothing => return None,
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command (which may hold spaces) start with the state, field 3; user and
+    // system time are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+fn cpu_snapshot(counted: &[Counted; 3]) -> [Option<u64>; 3] {
+    counted.map(cpu_ticks)
 }
 
 impl Drop for Process {
@@ -147,6 +187,8 @@ async fn measure(
     key: Option<&str>,
     concurrency: usize,
     settings: &Settings,
+    // The load generator, the upstream and the proxy under test.
+    counted: [Counted; 3],
 ) -> anyhow::Result<Measurement> {
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
@@ -180,6 +222,10 @@ async fn measure(
             })
         })
         .collect();
+    tokio::time::sleep_until(warmup_until.into()).await;
+    let cpu_before = cpu_snapshot(&counted);
+    tokio::time::sleep_until(measure_until.into()).await;
+    let cpu_after = cpu_snapshot(&counted);
     let mut all = Vec::new();
     let mut errors = 0;
     for task in tasks {
@@ -188,6 +234,11 @@ async fn measure(
         errors += worker_errors;
     }
     all.sort_unstable();
+    let calls = all.len().max(1) as f64;
+    let cpu_us = std::array::from_fn(|index| match (cpu_before[index], cpu_after[index]) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 * 10_000.0 / calls),
+        _ => None,
+    });
     Ok(Measurement {
         label: label.to_owned(),
         concurrency,
@@ -197,6 +248,7 @@ async fn measure(
         p50_us: percentile(&all, 0.50),
         p90_us: percentile(&all, 0.90),
         p99_us: percentile(&all, 0.99),
+        cpu_us,
     })
 }
 
@@ -228,15 +280,17 @@ async fn run_in(directory: &std::path::Path, settings: &Settings) -> anyhow::Res
     let mut results = Vec::new();
     for &concurrency in &settings.concurrency {
         eprintln!("concurrency {concurrency}: direct …");
-        results.push(measure("direct", &upstream.url, None, concurrency, settings).await?);
+        let counted = |target: &Process| [Counted::ThisProcess, upstream.counted(), target.counted()];
+        let direct = [Counted::ThisProcess, upstream.counted(), Counted::Nothing];
+        results.push(measure("direct", &upstream.url, None, concurrency, settings, direct).await?);
         eprintln!("concurrency {concurrency}: through a bare pass-through proxy …");
-        results.push(measure("proxy", &proxy.url, None, concurrency, settings).await?);
+        results.push(measure("proxy", &proxy.url, None, concurrency, settings, counted(&proxy)).await?);
         eprintln!("concurrency {concurrency}: through the gateway …");
-        results
-            .push(measure("gateway", &format!("{}/mcp/echo", gateway.url), Some(&key), concurrency, settings).await?);
+        let gateway_url = format!("{}/mcp/echo", gateway.url);
+        results.push(measure("gateway", &gateway_url, Some(&key), concurrency, settings, counted(&gateway)).await?);
         eprintln!("concurrency {concurrency}: through the tuned gateway …");
         let tuned_url = format!("{}/mcp/echo", tuned.url);
-        results.push(measure("tuned", &tuned_url, Some(&tuned_key), concurrency, settings).await?);
+        results.push(measure("tuned", &tuned_url, Some(&tuned_key), concurrency, settings, counted(&tuned)).await?);
     }
     print_table(&results);
     drop(tuned);
@@ -324,10 +378,15 @@ fn print_table(results: &[Measurement]) {
         "tools/call echo, {} s per run after warm-up; latency in microseconds",
         results.first().map_or(0.0, |m| m.seconds)
     );
-    println!("{:<8} {:>4} {:>9} {:>9} {:>9} {:>11} {:>7}", "target", "conc", "p50", "p90", "p99", "req/s", "errors");
+    println!(
+        "{:<8} {:>4} {:>9} {:>9} {:>9} {:>11} {:>7}   {:>9} {:>9} {:>9}",
+        "target", "conc", "p50", "p90", "p99", "req/s", "errors", "cpu:load", "upstream", "proxy"
+    );
     for measurement in results {
+        let [generator, upstream, target] =
+            measurement.cpu_us.map(|cpu| cpu.map_or("-".to_owned(), |us| format!("{us:.1}")));
         println!(
-            "{:<8} {:>4} {:>9.0} {:>9.0} {:>9.0} {:>11.0} {:>7}",
+            "{:<8} {:>4} {:>9.0} {:>9.0} {:>9.0} {:>11.0} {:>7}   {generator:>9} {upstream:>9} {target:>9}",
             measurement.label,
             measurement.concurrency,
             measurement.p50_us,
@@ -337,6 +396,10 @@ fn print_table(results: &[Measurement]) {
             measurement.errors
         );
     }
+    println!(
+        "(cpu: microseconds of CPU time per call, over the measured seconds, of the load generator, \
+         the upstream and the proxy or gateway measured)"
+    );
     println!();
     for run in results.chunks(4) {
         if let [direct, proxy, gateway, tuned] = run {
