@@ -660,3 +660,29 @@ pub fn policy(seconds_per_case: f64) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_proc_and_grows_with_work() {
+        let before = cpu_ticks(Counted::ThisProcess).expect("this process's CPU time from /proc");
+        // Work until 200 ms of CPU time are counted (ticks are 10 ms); a count that never grows
+        // fails after 20 s of wall time, however busy the host.
+        let started = Instant::now();
+        let mut spin = 0u64;
+        let mut after = before;
+        while after < before + 20 && started.elapsed() < Duration::from_secs(20) {
+            for _ in 0..100_000 {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+            after = cpu_ticks(Counted::ThisProcess).expect("this process's CPU time from /proc");
+        }
+        assert!(after >= before + 20, "20 s of work counted {} ticks", after - before);
+        let child = cpu_ticks(Counted::Child(std::process::id())).expect("a process by its id");
+        assert!(child >= after);
+        assert_eq!(cpu_ticks(Counted::Nothing), None);
+        assert_eq!(cpu_ticks(Counted::Child(u32::MAX)), None, "no such process");
+    }
+}
