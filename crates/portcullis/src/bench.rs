@@ -89,10 +89,6 @@ fn cpu_ticks(process: Counted) -> Option<u64> {
     Some(user + system)
 }
 
-fn cpu_snapshot(counted: &[Counted; 3]) -> [Option<u64>; 3] {
-    counted.map(cpu_ticks)
-}
-
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
@@ -223,9 +219,9 @@ async fn measure(
         })
         .collect();
     tokio::time::sleep_until(warmup_until.into()).await;
-    let cpu_before = cpu_snapshot(&counted);
+    let cpu_before = counted.map(cpu_ticks);
     tokio::time::sleep_until(measure_until.into()).await;
-    let cpu_after = cpu_snapshot(&counted);
+    let cpu_after = counted.map(cpu_ticks);
     let mut all = Vec::new();
     let mut errors = 0;
     for task in tasks {
