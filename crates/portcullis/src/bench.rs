@@ -36,6 +36,8 @@ pub struct Measurement {
     /// generator (this process), the upstream and the proxy under test (`None` when calling
     /// the upstream directly); `None` where `/proc` cannot tell.
     pub cpu_us: [Option<f64>; 3],
+    /// How many calls took how long: counts per latency band (see [`band`]).
+    pub bands: Vec<u64>,
 }
 
 impl Measurement {
@@ -119,6 +121,62 @@ async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<P
     let url = line.strip_prefix("listening on ").context("unexpected first line")?.to_owned();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Process { child, url })
+}
+
+/// Latency bands of the drawn distribution: quarter octaves from [`FIRST_BAND_US`] (everything
+/// faster is in the first band) to 32 ms (everything slower is in the last).
+const BANDS: usize = 44;
+const FIRST_BAND_US: f64 = 16.0;
+/// Bands per octave, and bands between two labels of the drawing's axis.
+const BANDS_PER_OCTAVE: f64 = 4.0;
+const BANDS_PER_LABEL: usize = 8;
+
+/// The band of a latency given in nanoseconds.
+fn band(nanos: u64) -> usize {
+    let micros = nanos as f64 / 1000.0;
+    if micros < FIRST_BAND_US {
+        return 0;
+    }
+    (((micros / FIRST_BAND_US).log2() * BANDS_PER_OCTAVE) as usize).min(BANDS - 1)
+}
+
+/// The lower edge of a band, as the axis labels it (`64µs`, `1ms`).
+fn band_label(band: usize) -> String {
+    let micros = FIRST_BAND_US * (band as f64 / BANDS_PER_OCTAVE).exp2();
+    if micros < 1000.0 { format!("{micros:.0}µs") } else { format!("{:.0}ms", micros / 1000.0) }
+}
+
+/// Draw how the latencies of `runs` (one concurrency level) spread, one row per run on a shared
+/// logarithmic axis: a column per band, taller for a larger share of that run's calls (any call
+/// at all shows, so tails are visible). Only the bands some run used are drawn.
+fn draw_distribution(runs: &[Measurement]) -> Vec<String> {
+    const LEVELS: [char; 9] = [' ', '▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let used = |band: &usize| runs.iter().any(|run| run.bands.get(*band).is_some_and(|count| *count > 0));
+    let (Some(first), Some(last)) = ((0..BANDS).find(used), (0..BANDS).rev().find(used)) else {
+        return Vec::new();
+    };
+    let first = first - first % BANDS_PER_LABEL;
+    let last = (last | (BANDS_PER_LABEL - 1)).min(BANDS - 1);
+    let share = |run: &Measurement, band: usize| {
+        let total: u64 = run.bands.iter().sum();
+        run.bands.get(band).map_or(0.0, |count| *count as f64 / total.max(1) as f64)
+    };
+    let highest = runs.iter().flat_map(|run| (first..=last).map(|band| share(run, band))).fold(0.0, f64::max);
+    let mut axis = format!("{:<9}", "");
+    for band in (first..=last).step_by(BANDS_PER_LABEL) {
+        axis.push_str(&format!("{:<width$}", band_label(band), width = BANDS_PER_LABEL));
+    }
+    let mut lines = vec![axis.trim_end().to_owned()];
+    for run in runs {
+        let mut row = format!("{:<9}", run.label);
+        for band in first..=last {
+            let part = share(run, band);
+            let level = if part > 0.0 { ((part / highest * 8.0).ceil() as usize).clamp(1, 8) } else { 0 };
+            row.push(LEVELS[level]);
+        }
+        lines.push(row.trim_end().to_owned());
+    }
+    lines
 }
 
 fn percentile(sorted: &[u64], fraction: f64) -> f64 {
@@ -230,6 +288,10 @@ async fn measure(
         errors += worker_errors;
     }
     all.sort_unstable();
+    let mut bands = vec![0; BANDS];
+    for latency in &all {
+        bands[band(*latency)] += 1;
+    }
     let calls = all.len().max(1) as f64;
     let cpu_us = std::array::from_fn(|index| match (cpu_before[index], cpu_after[index]) {
         (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 * 10_000.0 / calls),
@@ -245,6 +307,7 @@ async fn measure(
         p90_us: percentile(&all, 0.90),
         p99_us: percentile(&all, 0.99),
         cpu_us,
+        bands,
     })
 }
 
@@ -396,6 +459,16 @@ fn print_table(results: &[Measurement]) {
         "(cpu: microseconds of CPU time per call, over the measured seconds, of the load generator, \
          the upstream and the proxy or gateway measured)"
     );
+    for run in results.chunk_by(|one, other| one.concurrency == other.concurrency) {
+        println!();
+        println!(
+            "how the latencies spread at concurrency {} (a column per quarter octave; taller: a larger share of the calls)",
+            run[0].concurrency
+        );
+        for line in draw_distribution(run) {
+            println!("{line}");
+        }
+    }
     println!();
     for run in results.chunks(4) {
         if let [direct, proxy, gateway, tuned] = run {
@@ -660,6 +733,67 @@ pub fn policy(seconds_per_case: f64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measured(label: &str, latencies_us: &[u64]) -> Measurement {
+        let mut bands = vec![0; BANDS];
+        for latency in latencies_us {
+            bands[band(latency * 1000)] += 1;
+        }
+        Measurement {
+            label: label.into(),
+            concurrency: 1,
+            requests: latencies_us.len(),
+            errors: 0,
+            seconds: 1.0,
+            p50_us: 0.0,
+            p90_us: 0.0,
+            p99_us: 0.0,
+            cpu_us: [None; 3],
+            bands,
+        }
+    }
+
+    #[test]
+    fn latencies_fall_in_quarter_octave_bands() {
+        assert_eq!(band(0), 0);
+        assert_eq!(band(15_999), 0);
+        assert_eq!(band(16_000), 0);
+        assert_eq!(band(19_100), 1, "16 µs times 2^(1/4) is 19.03 µs");
+        assert_eq!(band(32_000), 4);
+        assert_eq!(band(64_000), 8);
+        assert_eq!(band(1_024_000), 24);
+        assert_eq!(band(10_000_000_000), BANDS - 1, "ten seconds is in the last band");
+        assert_eq!(band_label(0), "16µs");
+        assert_eq!(band_label(8), "64µs");
+        assert_eq!(band_label(24), "1ms");
+        assert_eq!(band_label(40), "16ms");
+    }
+
+    #[test]
+    fn distributions_are_drawn_on_one_axis() {
+        // All of one run's calls at 50 µs; half of another's at 100 µs, a quarter at 1.1 ms and
+        // one call in four hundred at 5 ms.
+        let fast = measured("direct", &[50; 400]);
+        let mut slow_latencies = vec![100; 200];
+        slow_latencies.extend([1100; 199]);
+        slow_latencies.push(5000);
+        let slow = measured("gateway", &slow_latencies);
+        let lines = draw_distribution(&[fast, slow]);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        // From the 16 µs label to the end of the 4 ms octave pair: 40 columns.
+        assert_eq!(lines[0], format!("{:9}16µs    64µs    256µs   1ms     4ms", ""));
+        let columns = |line: &str| line.chars().skip(9).collect::<Vec<char>>();
+        let direct = columns(&lines[1]);
+        assert_eq!(direct.len(), band(50_000) + 1, "{:?}", lines[1]);
+        assert_eq!(direct[band(50_000)], '█');
+        assert!(direct[..band(50_000)].iter().all(|column| *column == ' '));
+        let gateway = columns(&lines[2]);
+        assert_eq!(gateway[band(100_000)], '▄', "half the calls: half the height of the tallest");
+        assert_eq!(gateway[band(1_100_000)], '▄');
+        assert_eq!(gateway[band(5_000_000)], '▁', "a single slow call still shows");
+        assert_eq!(gateway.iter().filter(|column| **column != ' ').count(), 3);
+        assert!(draw_distribution(&[measured("none", &[])]).is_empty());
+    }
 
     #[test]
     fn cpu_time_is_read_from_proc_and_grows_with_work() {
