@@ -42,6 +42,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub store: Store,
     pub keys: Keys,
+    /// Client sessions opened lately (see [`crate::proxy::session::OpenedSessions`]).
+    pub sessions: crate::proxy::session::OpenedSessions,
     pub snapshot: SnapshotHandle,
     pub upstreams: Upstreams,
     pub audit: AuditLog,
@@ -153,6 +155,7 @@ impl App {
             legacy: Default::default(),
             replicas: Default::default(),
             stateless: Default::default(),
+            sessions: Default::default(),
             config: Arc::new(config),
             store,
             keys,

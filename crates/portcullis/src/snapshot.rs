@@ -32,6 +32,9 @@ pub struct ServerEntry {
     pub url: Option<reqwest::Url>,
     /// The credential headers, as HTTP headers (invalid ones are left out, as before).
     pub headers: reqwest::header::HeaderMap,
+    /// The URL as the plain-HTTP client takes it, parsed once: for `http://` URLs without user
+    /// info (see [`crate::upstream::http::HttpUpstream`]).
+    pub plain_uri: Option<axum::http::Uri>,
     /// For servers with per-user OAuth: the person whose token goes upstream.
     pub user: Option<String>,
 }
@@ -48,7 +51,11 @@ impl ServerEntry {
                 headers.insert(name, value);
             }
         }
-        ServerEntry { server, secrets, url, headers, user: None }
+        let plain_uri = url
+            .as_ref()
+            .filter(|url| crate::upstream::http::is_plain(url))
+            .and_then(|url| url.as_str().parse::<axum::http::Uri>().ok());
+        ServerEntry { server, secrets, url, headers, plain_uri, user: None }
     }
 
     /// This server as used by `user_id` (whose OAuth token the upstream calls carry).
@@ -58,6 +65,7 @@ impl ServerEntry {
             secrets: self.secrets.clone(),
             url: self.url.clone(),
             headers: self.headers.clone(),
+            plain_uri: self.plain_uri.clone(),
             user: Some(user_id.to_owned()),
         }
     }

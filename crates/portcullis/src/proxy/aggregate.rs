@@ -128,8 +128,12 @@ fn permitted(identified: &Identified, client: Option<&(String, String)>) -> Vec<
 /// The caller's aggregate session named by the `Mcp-Session-Id` header, if it is one.
 fn aggregate_session(identified: &Identified, headers: &HeaderMap) -> Option<SessionState> {
     let header = headers.get(SESSION_HEADER)?.to_str().ok()?;
-    SessionState::open(&identified.state.keys.session, header)
+    let state = &identified.state;
+    state
+        .sessions
+        .open(&state.keys.session, header)
         .filter(|session| session.server == AGGREGATE && session.user_id.as_deref() == identified.caller.user_id())
+        .map(std::sync::Arc::unwrap_or_clone)
 }
 
 /// `POST /mcp`.

@@ -64,14 +64,14 @@ impl ReplicaDirectory {
 
 /// The replica that owns the session named by these headers, if it is another one.
 pub fn foreign_owner(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    owner_elsewhere(state, headers, &opened_session(state, headers)?)
+    owner_elsewhere(state, headers, &*opened_session(state, headers)?)
 }
 
 /// The session named by the request's `Mcp-Session-Id`, opened (once per request: callers
 /// keep it for the rest of the request).
-pub fn opened_session(state: &AppState, headers: &HeaderMap) -> Option<SessionState> {
+pub fn opened_session(state: &AppState, headers: &HeaderMap) -> Option<Arc<SessionState>> {
     let header = headers.get("mcp-session-id")?.to_str().ok()?;
-    SessionState::open(&state.keys.session, header)
+    state.sessions.open(&state.keys.session, header)
 }
 
 /// The replica that owns `session`, if it is another one (and the request was not forwarded

@@ -63,7 +63,7 @@ struct Exchange {
     started: Instant,
     accepts_sse: bool,
     /// The session the request's header names, opened once when the request arrived.
-    opened: Option<SessionState>,
+    opened: Option<Arc<SessionState>>,
 }
 
 /// What to send back for one message.
@@ -451,12 +451,12 @@ async fn handle(
     let resolved = match source {
         SessionSource::Header(headers) if stateless && !headers.contains_key(SESSION_HEADER) => {
             match exchange.state.stateless.session_for(exchange, &message).await {
-                Ok((session, _)) => Ok(session),
+                Ok((session, _)) => Ok(Arc::new(session)),
                 Err(answer) => return answer,
             }
         }
         SessionSource::Header(headers) => resolve_session(exchange, headers),
-        SessionSource::Known(Some(session)) => Ok(session),
+        SessionSource::Known(Some(session)) => Ok(Arc::new(session)),
         SessionSource::Known(None) => {
             Err((StatusCode::BAD_REQUEST, "the session is not initialized: send initialize first".to_owned()))
         }
@@ -536,7 +536,7 @@ fn method_label(message: &Message) -> String {
 }
 
 /// Open the sealed session, and check it belongs to this caller and server.
-fn resolve_session(exchange: &Exchange, headers: &HeaderMap) -> Result<SessionState, (StatusCode, String)> {
+fn resolve_session(exchange: &Exchange, headers: &HeaderMap) -> Result<Arc<SessionState>, (StatusCode, String)> {
     let Some(header) = headers.get(SESSION_HEADER).and_then(|value| value.to_str().ok()) else {
         return Err((StatusCode::BAD_REQUEST, "the Mcp-Session-Id header is missing: send initialize first".into()));
     };
@@ -544,7 +544,7 @@ fn resolve_session(exchange: &Exchange, headers: &HeaderMap) -> Result<SessionSt
         || (StatusCode::NOT_FOUND, "the session is unknown or has ended; initialize a new session".to_owned());
     let session = match &exchange.opened {
         Some(opened) => opened.clone(),
-        None => SessionState::open(&exchange.state.keys.session, header).ok_or_else(not_found)?,
+        None => exchange.state.sessions.open(&exchange.state.keys.session, header).ok_or_else(not_found)?,
     };
     if session.server != exchange.server() || session.user_id.as_deref() != exchange.caller.user_id() {
         return Err(not_found());
@@ -1145,7 +1145,7 @@ async fn session_request(
     }
     let exchange = begin(state, server, peer, headers)?;
     match resolve_session(&exchange, headers) {
-        Ok(session) => Ok((exchange, session)),
+        Ok(session) => Ok((exchange, Arc::unwrap_or_clone(session))),
         Err((status, text)) => {
             record_simple(&exchange, label, "none", &text, "invalid", None);
             Err(json_response(status, &error_response(None, ErrorCode::SessionNotFound, &text), None))

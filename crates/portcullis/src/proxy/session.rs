@@ -6,6 +6,8 @@ use crate::crypto::Sealer;
 use crate::upstream::Attachment;
 use mcp::ProtocolVersion;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// One server inside an aggregate session (`/mcp`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +65,48 @@ impl SessionState {
     }
 }
 
+/// Sessions opened lately, by their header value: a session sends many requests, and opening
+/// its header (base64, decryption, JSON) on each one costs more than finding it here. A header
+/// opens to the same state every time, so keeping it changes no answer: who may use the
+/// session is still checked on every request. Two generations bound the memory: when the newer
+/// fills up, the older is dropped and the newer takes its place; a session found only in the
+/// older moves to the newer.
+#[derive(Debug, Default)]
+pub struct OpenedSessions {
+    generations: Mutex<[HashMap<Box<str>, Arc<SessionState>>; 2]>,
+}
+
+/// Sessions in one generation.
+const GENERATION: usize = 4096;
+
+impl OpenedSessions {
+    /// The session sealed in `header`; `None` when it does not open (see [`SessionState::open`]).
+    pub fn open(&self, sealer: &Sealer, header: &str) -> Option<Arc<SessionState>> {
+        let header = header.trim();
+        if let Ok(mut generations) = self.generations.lock() {
+            if let Some(known) = generations[0].get(header) {
+                return Some(known.clone());
+            }
+            if let Some(known) = generations[1].remove(header) {
+                keep(&mut generations, header, known.clone());
+                return Some(known);
+            }
+        }
+        let opened = Arc::new(SessionState::open(sealer, header)?);
+        if let Ok(mut generations) = self.generations.lock() {
+            keep(&mut generations, header, opened.clone());
+        }
+        Some(opened)
+    }
+}
+
+fn keep(generations: &mut [HashMap<Box<str>, Arc<SessionState>>; 2], header: &str, session: Arc<SessionState>) {
+    if generations[0].len() >= GENERATION {
+        generations[1] = std::mem::take(&mut generations[0]);
+    }
+    generations[0].insert(header.into(), session);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +131,39 @@ mod tests {
         let mut tampered = header.into_bytes();
         tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
         assert_eq!(SessionState::open(&keys.session, &String::from_utf8(tampered).unwrap()), None);
+    }
+
+    fn session(number: usize) -> SessionState {
+        SessionState {
+            server: "docs".into(),
+            user_id: Some(format!("u{number}")),
+            version: "2025-06-18".into(),
+            attachment: Attachment::Http { session: None },
+            client: None,
+            created_ms: number as i64,
+            members: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn opened_sessions_are_kept_within_bounds_and_never_mixed_up() {
+        let keys = SecretKey::generate().derive();
+        let opened = OpenedSessions::default();
+        let headers: Vec<String> = (0..GENERATION * 2 + 10).map(|number| session(number).seal(&keys.session)).collect();
+        for (number, header) in headers.iter().enumerate() {
+            assert_eq!(opened.open(&keys.session, header).as_deref(), Some(&session(number)));
+        }
+        // Found again, from either generation, as the same session; never more than two
+        // generations kept.
+        for (number, header) in headers.iter().enumerate().rev().take(GENERATION + 5) {
+            assert_eq!(opened.open(&keys.session, &format!(" {header} ")).as_deref(), Some(&session(number)));
+        }
+        let kept: usize = opened.generations.lock().unwrap().iter().map(HashMap::len).sum();
+        assert!(kept <= 2 * GENERATION, "{kept} sessions kept");
+        // What does not open is not kept, and a header sealed with another key does not open.
+        assert_eq!(opened.open(&keys.session, "garbage"), None);
+        let foreign = session(1).seal(&SecretKey::generate().derive().session);
+        assert_eq!(opened.open(&keys.session, &foreign), None);
+        assert!(opened.generations.lock().unwrap().iter().all(|generation| !generation.contains_key("garbage")));
     }
 }

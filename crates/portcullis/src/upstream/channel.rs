@@ -246,10 +246,9 @@ impl ChannelPool {
                 (local, result)
             }
         };
-        let (sender, receiver) = mpsc::channel(1);
         let id = initialize.id.as_ref().map(mcp::Id::to_value).unwrap_or(Value::Null);
-        let _ = sender.try_send(Ok(serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result})));
-        Ok((Attachment::Local { replica: self.replica.clone(), local: format!("{SHARED_PREFIX}{local}") }, receiver))
+        let answer = Replies::one(Ok(serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result})));
+        Ok((Attachment::Local { replica: self.replica.clone(), local: format!("{SHARED_PREFIX}{local}") }, answer))
     }
 
     async fn open_link(
@@ -345,7 +344,7 @@ impl ChannelPool {
             }
             return Err(UpstreamError::Unavailable("the connection to the server is closed".into()));
         }
-        Ok(receiver)
+        Ok(Replies::stream(receiver))
     }
 
     /// Write a notification or a response as it is (a cancellation is renumbered).

@@ -15,6 +15,12 @@ use tokio::sync::mpsc;
 /// The largest single message accepted from an upstream.
 const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
+/// Whether the plain-HTTP client can send to `url`: `http://` without user info (user info,
+/// turned into Basic authentication, and proxies are reqwest's).
+pub fn is_plain(url: &reqwest::Url) -> bool {
+    url.scheme() == "http" && url.username().is_empty() && url.password().is_none()
+}
+
 /// An upstream's answer body, whichever client fetched it.
 pub type AnswerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, String>;
 
@@ -95,27 +101,36 @@ impl HttpUpstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<axum::http::Response<AnswerBody>, UpstreamError> {
-        // User info in the URL (turned into Basic authentication) and proxies are reqwest's.
-        let plain = url.scheme() == "http" && url.username().is_empty() && url.password().is_none();
-        if plain && !self.proxied {
+        if is_plain(&url) && !self.proxied {
             let uri: axum::http::Uri =
                 url.as_str().parse().map_err(|_| UpstreamError::Unavailable("the server's URL is not valid".into()))?;
-            let mut request = axum::http::Request::new(http_body_util::Full::new(body));
-            *request.method_mut() = method;
-            *request.uri_mut() = uri;
-            *request.headers_mut() = headers;
-            let response = self.plain.request(request).await.map_err(|error| {
-                if error.is_connect() {
-                    UpstreamError::Unavailable("cannot connect to it".into())
-                } else {
-                    UpstreamError::Unavailable("the request failed before an answer arrived".into())
-                }
-            })?;
-            return Ok(response.map(|body| body.map_err(|error| error.to_string()).boxed_unsync()));
+            return self.send_plain(method, uri, headers, body).await;
         }
         let response =
             self.client.request(method, url).headers(headers).body(body).send().await.map_err(describe_send_error)?;
         let response = axum::http::Response::<reqwest::Body>::from(response);
+        Ok(response.map(|body| body.map_err(|error| error.to_string()).boxed_unsync()))
+    }
+
+    /// Send one request with the plain-HTTP client.
+    async fn send_plain(
+        &self,
+        method: reqwest::Method,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<axum::http::Response<AnswerBody>, UpstreamError> {
+        let mut request = axum::http::Request::new(http_body_util::Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let response = self.plain.request(request).await.map_err(|error| {
+            if error.is_connect() {
+                UpstreamError::Unavailable("cannot connect to it".into())
+            } else {
+                UpstreamError::Unavailable("the request failed before an answer arrived".into())
+            }
+        })?;
         Ok(response.map(|body| body.map_err(|error| error.to_string()).boxed_unsync()))
     }
 
@@ -152,7 +167,6 @@ impl HttpUpstream {
         version: Option<ProtocolVersion>,
         message: &Message,
     ) -> Result<axum::http::Response<AnswerBody>, UpstreamError> {
-        let url = Self::url(entry)?;
         let mut headers = Self::headers(entry, session, version);
         if let Some(method) = message.method.as_deref().filter(|_| version.is_some_and(ProtocolVersion::is_stateless))
             && let Ok(value) = HeaderValue::from_str(method)
@@ -160,6 +174,13 @@ impl HttpUpstream {
             headers.insert("mcp-method", value);
         }
         let body = Bytes::from(message.to_bytes());
+        if entry.server.oauth.is_none()
+            && !self.proxied
+            && let Some(uri) = &entry.plain_uri
+        {
+            return self.send_plain(reqwest::Method::POST, uri.clone(), headers, body).await;
+        }
+        let url = Self::url(entry)?;
         if entry.server.oauth.is_none() {
             return self.send_request(reqwest::Method::POST, url, headers, body).await;
         }
@@ -220,11 +241,11 @@ impl HttpUpstream {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let (sender, receiver) = mpsc::channel(32);
         if content_type.starts_with("text/event-stream") && status.is_success() {
+            let (sender, receiver) = mpsc::channel(32);
             let wanted = request.id.as_ref().map(mcp::Id::to_value);
             tokio::spawn(relay_event_stream(response, wanted, sender));
-            return Ok(receiver);
+            return Ok(Replies::stream(receiver));
         }
         let limited = http_body_util::Limited::new(response.into_body(), MAX_MESSAGE_BYTES);
         let body = match limited.collect().await {
@@ -240,10 +261,7 @@ impl HttpUpstream {
         }
         match serde_json::from_slice::<Value>(&body) {
             // A JSON-RPC answer (even an error with an HTTP error status) is the upstream's own word.
-            Ok(value) if response_id(&value).is_some() => {
-                let _ = sender.try_send(Ok(value));
-                Ok(receiver)
-            }
+            Ok(value) if response_id(&value).is_some() => Ok(Replies::one(Ok(value))),
             _ if !status.is_success() => Err(UpstreamError::Unavailable(format!("it answered HTTP {status}"))),
             _ => Err(UpstreamError::Invalid(format!(
                 "HTTP {status} with content type {content_type:?} and no JSON-RPC response"

@@ -73,8 +73,33 @@ pub enum UpstreamError {
 /// One item of an upstream's answer.
 pub type Reply = Result<Value, UpstreamError>;
 
-/// The messages answering one request; the stream ends after the response.
-pub type Replies = mpsc::Receiver<Reply>;
+/// The messages answering one request; the stream ends after the response. An answer that is
+/// one message (the common case over Streamable HTTP) is carried as it is, without a channel.
+#[derive(Debug)]
+pub struct Replies {
+    first: Option<Reply>,
+    rest: Option<mpsc::Receiver<Reply>>,
+}
+
+impl Replies {
+    /// An answer of one message.
+    pub fn one(reply: Reply) -> Replies {
+        Replies { first: Some(reply), rest: None }
+    }
+
+    /// An answer that arrives over `receiver`.
+    pub fn stream(receiver: mpsc::Receiver<Reply>) -> Replies {
+        Replies { first: None, rest: Some(receiver) }
+    }
+
+    /// The next message; `None` once the answer is complete.
+    pub async fn recv(&mut self) -> Option<Reply> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        self.rest.as_mut()?.recv().await
+    }
+}
 
 /// Messages an upstream sends outside any request (the GET stream).
 pub type Listener = mpsc::Receiver<Value>;
