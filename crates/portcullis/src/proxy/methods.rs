@@ -5,26 +5,25 @@ use mcp::{ErrorCode, Message};
 use policy::Action;
 use serde_json::Value;
 
-/// The authorization question a message asks.
+/// The authorization question a message asks, in the message's own words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intent {
+pub struct Intent<'a> {
     pub action: Action,
     /// Tool name, resource URI or prompt name.
-    pub target: Option<String>,
+    pub target: Option<&'a str>,
     /// Arguments worth recording (tool and prompt arguments).
-    pub arguments: Option<Value>,
+    pub arguments: Option<&'a Value>,
 }
 
 /// Read the intent of a client request, or say which parameter is missing.
-pub fn intent(message: &Message) -> Result<Intent, (ErrorCode, String)> {
+pub fn intent(message: &Message) -> Result<Intent<'_>, (ErrorCode, String)> {
     let method = message.method();
-    let required = |key: &str, what: &str| -> Result<String, (ErrorCode, String)> {
+    let required = |key: &str, what: &str| -> Result<&str, (ErrorCode, String)> {
         message
             .param_str(key)
-            .map(str::to_owned)
             .ok_or_else(|| (ErrorCode::InvalidParams, format!("{method} needs params.{key} (a string: {what})")))
     };
-    let arguments = || message.params().and_then(|params| params.get("arguments")).cloned();
+    let arguments = || message.params().and_then(|params| params.get("arguments"));
     let intent = match method {
         "tools/call" => Intent {
             action: Action::CallTool,
@@ -45,18 +44,12 @@ pub fn intent(message: &Message) -> Result<Intent, (ErrorCode, String)> {
             match kind {
                 Some("ref/prompt") => Intent {
                     action: Action::GetPrompt,
-                    target: reference
-                        .and_then(|reference| reference.get("name"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    target: reference.and_then(|reference| reference.get("name")).and_then(Value::as_str),
                     arguments: None,
                 },
                 Some("ref/resource") => Intent {
                     action: Action::ReadResource,
-                    target: reference
-                        .and_then(|reference| reference.get("uri"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
+                    target: reference.and_then(|reference| reference.get("uri")).and_then(Value::as_str),
                     arguments: None,
                 },
                 _ => {

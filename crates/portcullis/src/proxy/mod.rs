@@ -105,9 +105,14 @@ impl Exchange {
 
     /// The audit event of a decided request.
     fn decided_event(&self, method: &str, decision: &policy::Decision, outcome: &str) -> AuditEvent {
+        self.decided_event_from(method, decision.clone(), outcome)
+    }
+
+    /// [`Exchange::decided_event`], keeping the decision's reason and rules rather than copying them.
+    fn decided_event_from(&self, method: &str, decision: policy::Decision, outcome: &str) -> AuditEvent {
         let mut event =
-            self.event(method, if decision.is_allowed() { "allow" } else { "deny" }, decision.reason.clone(), outcome);
-        event.rules = decision.matched_rules.clone();
+            self.event(method, if decision.is_allowed() { "allow" } else { "deny" }, decision.reason, outcome);
+        event.rules = decision.matched_rules;
         event
     }
 
@@ -717,19 +722,20 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
     let ask = Ask {
         server: exchange.server(),
         action: intent.action,
-        name: intent.target.as_deref().unwrap_or(""),
-        payload: intent.arguments.as_ref(),
+        name: intent.target.unwrap_or(""),
+        payload: intent.arguments,
     };
     let decision = exchange.decide(session.client.as_ref(), &ask);
-    let mut event = exchange.decided_event(&method, &decision, "pending");
-    event.target = intent.target.clone();
+    let denial = (!decision.is_allowed()).then(|| format!("access denied: {}", decision.reason));
+    let mut event = exchange.decided_event_from(&method, decision, "pending");
+    event.target = intent.target.map(str::to_owned);
     fill_client(&mut event, Some(session));
-    if let Some(arguments) = &intent.arguments {
+    if let Some(arguments) = intent.arguments {
         let (sealed, digest) = exchange.state.audit.seal_arguments(arguments);
         event.sealed_arguments = Some(sealed);
         event.arguments_digest = Some(digest);
     }
-    if !decision.is_allowed() {
+    if let Some(text) = denial {
         event.outcome = "denied".into();
         event.latency_us = Some(exchange.latency_us());
         exchange.state.metrics.request(&method, "denied");
@@ -744,7 +750,6 @@ async fn request(exchange: &Exchange, session: &SessionState, version: ProtocolV
                 "content": [{"type": "text", "text": text}], "isError": true}});
             return Answer::Json(StatusCode::OK, value, None);
         }
-        let text = format!("access denied: {}", decision.reason);
         return Answer::Json(StatusCode::OK, error_response(id.as_ref(), ErrorCode::AccessDenied, &text), None);
     }
     // A call with an effect is on the record before it happens; if the record cannot be
@@ -1081,7 +1086,12 @@ fn into_response(state: &AppState, answer: Answer) -> Response {
 }
 
 fn json_response(status: StatusCode, value: &Value, session: Option<&str>) -> Response {
-    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response();
+    // Room for a typical answer up front, rather than growing the text piece by piece.
+    let mut body = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut body, value).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Some(session) = session.and_then(|session| HeaderValue::from_str(session).ok()) {
         response.headers_mut().insert(SESSION_HEADER, session);
     }
