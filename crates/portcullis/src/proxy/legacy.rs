@@ -191,8 +191,9 @@ pub async fn message(
     };
     for message in messages {
         let known = session.state.lock().await.clone();
-        match handle(&exchange, SessionSource::Known(known), message, None).await {
-            Answer::Accepted => {}
+        match handle(&exchange, SessionSource::Known(known), message, None).await.json() {
+            // `json` leaves no answer relayed byte for byte.
+            Answer::Accepted | Answer::Raw(_) => {}
             Answer::Json(_, value, opened) => {
                 if let Some(opened) = opened {
                     *session.state.lock().await = Some(*opened);

@@ -74,6 +74,22 @@ enum Answer {
     Json(StatusCode, Value, Option<Box<SessionState>>),
     /// The upstream's messages, relayed as they come; the last one is the response.
     Stream(mpsc::Receiver<Value>),
+    /// The upstream's response, relayed byte for byte (answers that nothing filters).
+    Raw(Bytes),
+}
+
+impl Answer {
+    /// This answer with a response relayed byte for byte read into a value, for callers that
+    /// change or collect it.
+    fn json(self) -> Answer {
+        match self {
+            Answer::Raw(bytes) => {
+                let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                Answer::Json(StatusCode::OK, value, None)
+            }
+            other => other,
+        }
+    }
 }
 
 impl Exchange {
@@ -215,12 +231,12 @@ pub async fn post(
             let mut answers = Vec::new();
             let mut new_session = None;
             for message in messages {
-                match handle(&exchange, SessionSource::Header(&headers), message, header_version).await {
+                match handle(&exchange, SessionSource::Header(&headers), message, header_version).await.json() {
                     Answer::Json(_, value, session) => {
                         answers.push(value);
                         new_session = new_session.or(session);
                     }
-                    Answer::Accepted | Answer::Stream(_) => {}
+                    Answer::Accepted | Answer::Stream(_) | Answer::Raw(_) => {}
                 }
             }
             if answers.is_empty() {
@@ -480,7 +496,7 @@ async fn handle(
         header_version.unwrap_or_else(|| session.protocol_version())
     };
     match message.kind {
-        MessageKind::Request if stateless => match request(exchange, &session, version, message).await {
+        MessageKind::Request if stateless => match request(exchange, &session, version, message).await.json() {
             Answer::Json(status, mut value, opened) => {
                 if status == StatusCode::NOT_FOUND {
                     exchange.state.stateless.forget(exchange).await;
@@ -500,7 +516,7 @@ async fn handle(
                 });
                 Answer::Stream(marked)
             }
-            Answer::Accepted => Answer::Accepted,
+            other => other,
         },
         MessageKind::Request => request(exchange, &session, version, message).await,
         MessageKind::Notification | MessageKind::Response => {
@@ -862,15 +878,20 @@ impl Finish {
         if hidden > 0 {
             tracing::debug!(server = %self.entry.server.name, hidden, "list entries hidden by policy");
         }
+        self.answered(value.get("error"));
+        value
+    }
+
+    /// Count the upstream's answer and record the call's outcome: an error when the response
+    /// carries `error`.
+    fn answered(&self, error: Option<&Value>) {
         self.state.metrics.upstream_answered(&self.entry.server.name);
-        let outcome = if value.get("error").is_some() { "error" } else { "ok" };
-        let error = value
-            .get("error")
+        let outcome = if error.is_some() { "error" } else { "ok" };
+        let message = error
             .and_then(|error| error.get("message"))
             .and_then(Value::as_str)
             .map(|text| text.chars().take(500).collect::<String>());
-        self.record(outcome, error);
-        value
+        self.record(outcome, message);
     }
 
     fn record(&self, outcome: &str, error: Option<String>) {
@@ -927,6 +948,14 @@ async fn relay(
     deadline: tokio::time::Instant,
     accepts_sse: bool,
 ) -> Answer {
+    // An answer nothing filters (not a list) that is one response goes back as it came.
+    if finish.filter.is_none()
+        && !methods::is_list(&finish.method)
+        && let Some(raw) = replies.take_raw(&id)
+    {
+        finish.answered(raw.error.as_ref());
+        return Answer::Raw(raw.bytes);
+    }
     let first = match timeout_at(deadline, replies.recv()).await {
         Ok(Some(Ok(value))) => value,
         Ok(Some(Err(error))) => return Answer::Json(StatusCode::OK, finish.failure(&id, &error), None),
@@ -1082,6 +1111,9 @@ fn into_response(state: &AppState, answer: Answer) -> Response {
             json_response(status, &value, header.as_deref())
         }
         Answer::Stream(receiver) => sse_response(sse_body(None, receiver)),
+        Answer::Raw(bytes) => {
+            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
+        }
     }
 }
 

@@ -259,6 +259,10 @@ impl HttpUpstream {
             // The upstream refuses the gateway's credentials (never a client's: those are not sent).
             return Err(UpstreamError::Refused(format!("it answered HTTP {status}")));
         }
+        // The common answer: one response, relayed as it came.
+        if let Some(response) = super::RawResponse::read(body.clone()) {
+            return Ok(Replies::raw(response));
+        }
         match serde_json::from_slice::<Value>(&body) {
             // A JSON-RPC answer (even an error with an HTTP error status) is the upstream's own word.
             Ok(value) if response_id(&value).is_some() => Ok(Replies::one(Ok(value))),

@@ -78,24 +78,81 @@ pub type Reply = Result<Value, UpstreamError>;
 #[derive(Debug)]
 pub struct Replies {
     first: Option<Reply>,
+    raw: Option<RawResponse>,
     rest: Option<mpsc::Receiver<Reply>>,
+}
+
+/// A JSON-RPC response exactly as the upstream sent it, looked into only as far as a proxy
+/// needs: which request it answers and whether it is an error.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub bytes: bytes::Bytes,
+    pub id: Value,
+    /// The `error` member, for error responses.
+    pub error: Option<Value>,
+}
+
+impl RawResponse {
+    /// `bytes` when they are one JSON-RPC response with an id, a result or an error and no
+    /// method; `None` otherwise (the caller then reads them in full).
+    pub fn read(bytes: bytes::Bytes) -> Option<RawResponse> {
+        #[derive(Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow, default)]
+            id: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow, default)]
+            method: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow, default)]
+            result: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow, default)]
+            error: Option<&'a serde_json::value::RawValue>,
+        }
+        let envelope: Envelope = serde_json::from_slice(&bytes).ok()?;
+        if envelope.method.is_some() || (envelope.result.is_none() && envelope.error.is_none()) {
+            return None;
+        }
+        let id = serde_json::from_str(envelope.id?.get()).ok()?;
+        let error = match envelope.error {
+            Some(error) => Some(serde_json::from_str(error.get()).ok()?),
+            None => None,
+        };
+        Some(RawResponse { bytes, id, error })
+    }
+
+    /// The response as a JSON value.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
 }
 
 impl Replies {
     /// An answer of one message.
     pub fn one(reply: Reply) -> Replies {
-        Replies { first: Some(reply), rest: None }
+        Replies { first: Some(reply), raw: None, rest: None }
+    }
+
+    /// An answer of one response, kept as the upstream sent it.
+    pub fn raw(response: RawResponse) -> Replies {
+        Replies { first: None, raw: Some(response), rest: None }
     }
 
     /// An answer that arrives over `receiver`.
     pub fn stream(receiver: mpsc::Receiver<Reply>) -> Replies {
-        Replies { first: None, rest: Some(receiver) }
+        Replies { first: None, raw: None, rest: Some(receiver) }
+    }
+
+    /// The whole answer, as the upstream sent it, when it is one response to `id`.
+    pub fn take_raw(&mut self, id: &Value) -> Option<RawResponse> {
+        if self.raw.as_ref().is_some_and(|raw| raw.id == *id) { self.raw.take() } else { None }
     }
 
     /// The next message; `None` once the answer is complete.
     pub async fn recv(&mut self) -> Option<Reply> {
         if let Some(first) = self.first.take() {
             return Some(first);
+        }
+        if let Some(raw) = self.raw.take() {
+            return Some(Ok(raw.value()));
         }
         self.rest.as_mut()?.recv().await
     }
@@ -211,4 +268,55 @@ pub fn response_id(value: &Value) -> Option<&Value> {
         return None;
     }
     if object.contains_key("result") || object.contains_key("error") { object.get("id") } else { None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(text: &str) -> Option<(Value, Option<Value>)> {
+        RawResponse::read(bytes::Bytes::from(text.to_owned())).map(|raw| (raw.id, raw.error))
+    }
+
+    #[test]
+    fn only_plain_responses_are_relayed_as_they_came() {
+        assert_eq!(read(r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#), Some((json!(7), None)));
+        assert_eq!(read(r#"{"result":{},"jsonrpc":"2.0","id":"a-1"}"#), Some((json!("a-1"), None)));
+        let error = json!({"code": -32602, "message": "no such tool"});
+        assert_eq!(
+            read(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no such tool"}}"#),
+            Some((json!(1), Some(error)))
+        );
+        // Everything else is read in full by the caller, as before.
+        for other in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"result":{}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"result":{}}]"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}"#,
+            "not json",
+        ] {
+            assert_eq!(read(other), None, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_to_another_request_is_read_as_a_message() {
+        let text = r#"{"jsonrpc":"2.0","id":2,"result":{"ok":true}}"#;
+        let raw = RawResponse::read(bytes::Bytes::from(text)).expect("a response");
+        let mut replies = Replies::raw(raw);
+        assert!(replies.take_raw(&json!(1)).is_none(), "it does not answer request 1");
+        assert_eq!(
+            replies.recv().await.map(|reply| reply.ok()),
+            Some(Some(json!({"jsonrpc": "2.0", "id": 2, "result": {"ok": true}})))
+        );
+        assert!(replies.recv().await.is_none());
+        let mut replies = Replies::raw(RawResponse::read(bytes::Bytes::from(text)).expect("a response"));
+        let taken = replies.take_raw(&json!(2)).expect("it answers request 2");
+        assert_eq!(taken.bytes, text.as_bytes());
+        assert!(replies.recv().await.is_none(), "nothing is left once taken");
+    }
 }

@@ -101,6 +101,22 @@ async fn http_upstream_and_a_denied_user() {
     let mut client = gw.client("echo", Some(&ann));
     assert_eq!(client.initialize().await.status, 200);
     assert_eq!(text_of(&client.call_tool("echo", json!({"message": "hello"})).await), "hello");
+    // The upstream's own error comes back as it sent it, to the request that asked, and is
+    // recorded as the call's outcome.
+    let failed = client.call_tool("nope", json!({})).await;
+    assert_eq!(failed.status, 200, "{}", failed.text);
+    assert_eq!(failed.error_code(), Some(-32602), "{}", failed.text);
+    assert_eq!(failed.error_message(), "unknown tool \"nope\"");
+    assert_eq!(failed.last()["id"], 3, "{}", failed.text);
+    let events = gw.audit().await;
+    let outcome = |tool: &str| {
+        events
+            .iter()
+            .find(|event| event.method == "tools/call" && event.target.as_deref() == Some(tool))
+            .map(|event| (event.outcome.clone(), event.error.clone()))
+    };
+    assert_eq!(outcome("echo"), Some(("ok".to_owned(), None)));
+    assert_eq!(outcome("nope"), Some(("error".to_owned(), Some("unknown tool \"nope\"".to_owned()))));
 
     // Bob has no grant: a JSON-RPC error (not 401/403), with a reason, and an audit event.
     let mut denied = gw.client("echo", Some(&bob));
